@@ -1,0 +1,1 @@
+"""Label Studio ML backend, formats and CLI built on `clipseg`."""

@@ -1,0 +1,1 @@
+"""CLIPSeg in pure PyTorch with the reference API of `transformers`."""
