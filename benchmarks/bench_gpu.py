@@ -1,0 +1,243 @@
+"""GPU throughput: masks/s and images/s, ours against transformers on the same GPU in one run.
+
+For every dtype (fp32, fp16, bf16), batch of B images (1, 16, 64) and K labels (1, 5, 20) both
+sides turn B 640x480 images and K prompts into B x K probability maps at the image size, from the
+same random checkpoint at the CIDAS/clipseg-rd64-refined shape (see common.py):
+
+- transformers: its documented usage, one row per (image, prompt) pair:
+  `processor(text=prompts * B, images=<each image K times>, padding=True)`, `model(**inputs)`,
+  logits resized to the image size, sigmoid. Batches of more than --ref-max-rows pairs are sent in
+  chunks of that many rows (B=64, K=20 is 1,280 encoder passes: all of its hidden states at once
+  do not fit the memory of one GPU).
+- ours: `predictor.set_images(images)` (the vision encoder once per image), then
+  `predictor.predict(prompts)` (the decoder once per image and prompt).
+
+Timing is wall-clock around the whole call, CUDA-synchronised, after --warmup untimed runs,
+median of --repeats; each timed run uses prompts not seen before so that no text cache hits.
+`rel err` is ||p - p_ref||_2 / ||p_ref||_2 of the probabilities against transformers in fp32
+on the same two images and K prompts (the fp32 rows therefore also show how closely ours follows
+the reference); the fp16/bf16 target is at most 1e-2. `peak MiB` is the CUDA allocator's peak
+during the timed runs (0 on CPU).
+
+    python benchmarks/bench_gpu.py                      # CUDA: a few minutes on an H100
+    python benchmarks/bench_gpu.py --compile            # also torch.compile both models
+    python benchmarks/bench_gpu.py --device cpu --small # the smoke configuration (CPU, tiny model)
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+logger = logging.getLogger("bench_gpu")
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+REL_ERR_TARGET = 1e-2
+
+
+def variant(texts: list[str], run: int) -> list[str]:
+    """The prompts of one timed run: never seen before by a text-embedding cache."""
+    return [f"{t} {run}" for t in texts]
+
+
+def reference_batch(model, processor, images, texts, *, max_rows: int) -> torch.Tensor:
+    """transformers' usage for B images x K prompts -> probabilities (B, K, H, W) on the device."""
+    pairs = [(image, text) for image in images for text in texts]
+    out = []
+    for start in range(0, len(pairs), max_rows):
+        chunk = pairs[start : start + max_rows]
+        image = chunk[0][0]
+        inputs = processor(
+            text=[t for _, t in chunk],
+            images=[i for i, _ in chunk],
+            padding=True,
+            return_tensors="pt",
+        )
+        device = next(model.parameters()).device
+        dtype = next(model.parameters()).dtype
+        inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+        with torch.inference_mode():
+            logits = model(**inputs).logits.reshape(
+                len(chunk), 1, *inputs["pixel_values"].shape[-2:]
+            )
+            logits = torch.nn.functional.interpolate(
+                logits.float(),
+                size=(image.height, image.width),
+                mode="bilinear",
+                align_corners=False,
+            )
+            out.append(torch.sigmoid(logits[:, 0]))
+    probs = torch.cat(out)
+    return probs.reshape(len(images), len(texts), *probs.shape[-2:])
+
+
+def ours_batch(predictor, images, texts) -> np.ndarray | torch.Tensor:
+    """Our Predictor for B images x K prompts -> probabilities (B, K, H, W)."""
+    if len(images) == 1:
+        predictor.set_image(images[0])
+        return predictor.predict(texts)[None]
+    predictor.set_images(images)
+    return predictor.predict(texts)
+
+
+def _as_numpy(x) -> np.ndarray:
+    return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def rel_err(p: np.ndarray, ref: np.ndarray) -> float:
+    p64, r64 = p.astype(np.float64), ref.astype(np.float64)
+    return float(np.linalg.norm(p64 - r64) / np.linalg.norm(r64))
+
+
+def time_contender(fn, images, texts, args, device: str) -> tuple[float, float]:
+    """Median seconds of `fn(images, fresh prompts)` and the CUDA allocator's peak MiB."""
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    runs = itertools.count()
+    times = common.time_call(
+        lambda: fn(images, variant(texts, next(runs))),
+        repeats=args.repeats,
+        warmup=args.warmup,
+        device=device,
+    )
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else 0.0
+    return common.median(times), peak
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    common.common_arguments(parser)
+    parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu")
+    parser.add_argument("--small", action="store_true", help="a tiny model and grid (smoke test)")
+    parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    parser.add_argument("--batches", type=int, nargs="+", default=None, help="default 1 16 64")
+    parser.add_argument("--ks", type=int, nargs="+", default=None, help="default 1 5 20")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--ref-max-rows", type=int, default=64, help="transformers' chunk size")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=480)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    common.set_threads(args.threads)
+    batches = args.batches or ([1, 2] if args.small else [1, 16, 64])
+    ks = args.ks or ([1, 5] if args.small else [1, 5, 20])
+    device = args.device
+    cuda = torch.device(device).type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        parser.error("no CUDA device here: pass --device cpu (with --small for a quick run)")
+
+    from clipseg import Predictor
+
+    path = common.build_checkpoint(small=args.small, seed=args.seed, cache_dir=args.cache_dir)
+    images = [
+        common.make_image(args.width, args.height, seed=args.seed + i) for i in range(max(batches))
+    ]
+    check_images = images[:2]
+
+    # the fp32 reference for the error column: transformers in fp32, two images, per K
+    ref32_model, ref32_processor = common.load_reference(path, device, torch.float32)
+    fp32_ref = {
+        k: _as_numpy(
+            reference_batch(
+                ref32_model, ref32_processor, check_images, common.prompts(k), max_rows=64
+            )
+        )
+        for k in ks
+    }
+    del ref32_model
+    rows = []
+    for dname in args.dtypes:
+        dtype = DTYPES[dname]
+        ref_model, ref_processor = common.load_reference(path, device, dtype)
+        predictor = Predictor(*common.load_ours(path, device, dtype))
+        if args.compile:
+            ref_model = torch.compile(ref_model)
+            predictor.model = torch.compile(predictor.model)
+        contenders = {
+            "transformers": functools.partial(
+                reference_batch, ref_model, ref_processor, max_rows=args.ref_max_rows
+            ),
+            "ours": functools.partial(ours_batch, predictor),
+        }
+        for k in ks:
+            texts = common.prompts(k)
+            errs = {
+                name: rel_err(_as_numpy(fn(check_images, texts)), fp32_ref[k])
+                for name, fn in contenders.items()
+            }
+            for b in batches:
+                batch = images[:b]
+                medians = {}
+                peaks = {}
+                for name, fn in contenders.items():
+                    t0 = time.perf_counter()
+                    medians[name], peaks[name] = time_contender(fn, batch, texts, args, device)
+                    logger.info(
+                        "%s %s B=%d K=%d: %.1f ms (%.0f s in all)",
+                        name, dname, b, k, medians[name] * 1e3, time.perf_counter() - t0,
+                    )  # fmt: skip
+                for name in contenders:
+                    t = medians[name]
+                    rows.append(
+                        [
+                            dname,
+                            b,
+                            k,
+                            name,
+                            t * 1e3,
+                            b / t,
+                            b * k / t,
+                            medians["transformers"] / t,
+                            errs[name],
+                            peaks[name],
+                        ]
+                    )
+        del ref_model, predictor, contenders
+        if cuda:
+            torch.cuda.empty_cache()
+
+    shape = "small" if args.small else "rd64-refined"
+    print(
+        f"\nThroughput on {device}, {args.width}x{args.height} images, random {shape} weights, "
+        f"median of {args.repeats} runs{', torch.compile' if args.compile else ''}"
+    )
+    print(f"Machine: {common.machine_description()}\n")
+    print(
+        common.markdown_table(
+            [
+                "dtype",
+                "B",
+                "K",
+                "impl",
+                "ms/batch",
+                "images/s",
+                "masks/s",
+                "speed-up",
+                "rel err",
+                "peak MiB",
+            ],
+            rows,
+        )
+    )
+    worst = max((r[8] for r in rows if r[0] != "fp32"), default=0.0)
+    verdict = "OK" if worst <= REL_ERR_TARGET else "ABOVE TARGET"
+    print(f"\nworst fp16/bf16 rel err: {worst:.2e} (target <= {REL_ERR_TARGET:g}): {verdict}")
+
+
+if __name__ == "__main__":
+    main()
