@@ -1,0 +1,371 @@
+"""Fetch and validate task images.
+
+Where an image may come from (task data cannot make the backend read or fetch anything else):
+
+- `/data/local-files/?d=<path>`: read directly under LOCAL_FILES_DOCUMENT_ROOT when it is set
+  (resolved, symlinks included, and checked to stay inside it), else fetched from Label Studio;
+- `/data/upload/...` and any other relative URL: fetched from Label Studio, authenticated;
+- `s3://`, `gs://`, `azure-blob://`: through Label Studio's presign endpoint
+  (`/tasks/<id>/presign/?fileuri=<base64>`), whose redirect to the storage is followed without
+  credentials;
+- absolute `http(s)://` URLs: only on the Label Studio host or a host in CLIPSEG_ALLOWED_HOSTS.
+
+Every request has a timeout and a byte cap; the pixel count is checked from the image header
+before the pixels are decoded; EXIF orientation is applied, so the returned size is the one
+Label Studio shows (`original_width` / `original_height`).
+
+Label Studio tokens: a legacy token is sent as `Authorization: Token <key>`; a personal access
+token (a JWT refresh token) is exchanged at `/api/token/refresh/` for an access token sent as
+`Authorization: Bearer <access>`, cached, and exchanged again on a 401.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urljoin, urlparse
+
+import numpy as np
+import requests
+from label_studio_sdk._extensions.label_studio_tools.core.utils.io import (
+    encode_presign_fileuri,
+    is_cloud_storage_uri,
+    is_jwt_well_formed,
+)
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from backend.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: Raster formats the backend decodes (PIL names); anything else is refused.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM", "TGA")
+_MAX_REDIRECTS = 3
+
+
+class ImageError(Exception):
+    """A task's image cannot be loaded; the task gets an empty result."""
+
+
+class DisallowedSourceError(ImageError):
+    """The image would come from a host or path the backend must not read."""
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """A decoded task image: (H, W, 3) uint8 RGB after EXIF orientation."""
+
+    array: np.ndarray
+    source: str
+
+    @property
+    def height(self) -> int:
+        return int(self.array.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.array.shape[1])
+
+
+def _host_port(url: str) -> tuple[str, int | None]:
+    parsed = urlparse(url)
+    port = parsed.port or {"http": 80, "https": 443}.get(parsed.scheme)
+    return (parsed.hostname or "").lower(), port
+
+
+class LabelStudioClient:
+    """Authenticated GETs against one Label Studio (legacy token or personal access token)."""
+
+    def __init__(self, base_url: str, api_key: str, timeout: float) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"Label Studio URL must start with http:// or https://: {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key or ""
+        self.timeout = timeout
+        self.is_personal_token = bool(self.api_key) and is_jwt_well_formed(self.api_key)
+        self._access: str | None = None
+        self._lock = threading.Lock()
+        self.session = requests.Session()
+
+    def owns(self, url: str) -> bool:
+        """Whether `url` points at this Label Studio (same host and port)."""
+        return _host_port(url) == _host_port(self.base_url)
+
+    def absolute(self, url: str) -> str:
+        return urljoin(self.base_url + "/", url.lstrip("/")) if url.startswith("/") else url
+
+    def _exchange(self) -> str:
+        response = self.session.post(
+            f"{self.base_url}/api/token/refresh/",
+            json={"refresh": self.api_key},
+            timeout=self.timeout,
+        )
+        if response.status_code != 200:
+            raise ImageError(
+                f"Label Studio refused the personal access token at /api/token/refresh/ "
+                f"(HTTP {response.status_code}); create a new one in Account & Settings"
+            )
+        access = response.json().get("access")
+        if not access:
+            raise ImageError("Label Studio's /api/token/refresh/ answer has no 'access' token")
+        return access
+
+    def auth_headers(self, refresh: bool = False) -> dict[str, str]:
+        """The Authorization header for this Label Studio; `refresh` forces a new access token."""
+        if not self.api_key:
+            return {}
+        if not self.is_personal_token:
+            return {"Authorization": f"Token {self.api_key}"}
+        with self._lock:
+            if self._access is None or refresh:
+                self._access = self._exchange()
+            return {"Authorization": f"Bearer {self._access}"}
+
+    def get(self, url: str, **kwargs: Any) -> requests.Response:
+        """GET `url` (relative to Label Studio or on it) with credentials; retried once on a 401."""
+        url = self.absolute(url)
+        if not self.owns(url):
+            raise DisallowedSourceError(f"not a Label Studio URL: {url}")
+        kwargs.setdefault("timeout", self.timeout)
+        response = self.session.get(url, headers=self.auth_headers(), **kwargs)
+        if response.status_code == 401 and self.is_personal_token:
+            response.close()
+            response = self.session.get(url, headers=self.auth_headers(refresh=True), **kwargs)
+        if response.status_code == 401:
+            hint = (
+                " (Label Studio 1.23 rejects legacy tokens unless the organization enables them:"
+                " use a personal access token)"
+                if self.api_key and not self.is_personal_token
+                else ""
+            )
+            response.close()
+            raise ImageError(f"Label Studio answered 401 for {url}{hint}")
+        return response
+
+    def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        response = self.get(path, params=params)
+        if response.status_code != 200:
+            raise ImageError(f"Label Studio answered HTTP {response.status_code} for {path}")
+        return response.json()
+
+
+class ImageLoader:
+    """Resolve a task's image reference, fetch it within the limits, and decode it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        root = settings.local_files_document_root
+        self.local_root = Path(root).resolve() if root else None
+        if self.local_root is not None and self.local_root == Path(self.local_root.anchor):
+            raise ValueError("LOCAL_FILES_DOCUMENT_ROOT must not be the filesystem root")
+        self._session = requests.Session()
+
+    # ---- host policy
+    def host_allowed(self, url: str, ls: LabelStudioClient | None) -> bool:
+        """Whether an image may be downloaded from `url`'s host."""
+        if urlparse(url).scheme not in ("http", "https"):
+            return False
+        if ls is not None and ls.owns(url):
+            return True
+        host, port = _host_port(url)
+        for entry in self.settings.allowed_hosts:
+            name, _, want_port = entry.partition(":")
+            if want_port and str(port) != want_port:
+                continue
+            if name == host or (name.startswith("*.") and host.endswith(name[1:])):
+                return True
+        return False
+
+    # ---- entry point
+    def load(self, task: dict, value_key: str, ls: LabelStudioClient | None) -> LoadedImage:
+        """The image of `task["data"][value_key]`; raises ImageError when it cannot be had."""
+        data = task.get("data") or {}
+        if value_key not in data:
+            raise ImageError(f"task {task.get('id')} has no data key {value_key!r}")
+        ref = data[value_key]
+        if not isinstance(ref, str) or not ref.strip():
+            raise ImageError(f"task {task.get('id')}: data[{value_key!r}] is not an image URL")
+        ref = ref.strip()
+        return decode_image(self.read_bytes(ref, task.get("id"), ls), self.settings, ref)
+
+    def read_bytes(self, ref: str, task_id: Any, ls: LabelStudioClient | None) -> bytes:
+        """The raw bytes an image reference points at, following the source rules above."""
+        parsed = urlparse(ref)
+        if parsed.path.startswith("/data/local-files") and not parsed.netloc:
+            path = self.local_file(ref)
+            if path is not None:
+                return self._read_file(path)
+        if is_cloud_storage_uri(ref) or ref.startswith("gcs:"):
+            if ls is None:
+                raise ImageError(f"{ref}: cloud storage needs LABEL_STUDIO_URL (or /setup)")
+            if task_id is None:
+                raise ImageError(f"{ref}: cloud storage needs the task id for presigning")
+            presign = f"/tasks/{task_id}/presign/?fileuri={encode_presign_fileuri(ref)}"
+            return self._download(presign, ls, presigned=True)
+        if ref.startswith("/"):
+            if ls is None:
+                raise ImageError(
+                    f"{ref} is relative to Label Studio, whose URL is unknown: set "
+                    "LABEL_STUDIO_URL (and LABEL_STUDIO_API_KEY)"
+                )
+            return self._download(ref, ls, presigned="/presign" in parsed.path)
+        if parsed.scheme in ("http", "https"):
+            return self._download(ref, ls, presigned=False)
+        raise DisallowedSourceError(f"unsupported image reference: {ref[:200]!r}")
+
+    # ---- local files
+    def local_file(self, ref: str) -> Path | None:
+        """The path of a `/data/local-files/?d=...` URL under LOCAL_FILES_DOCUMENT_ROOT.
+
+        None when the root is not set (then Label Studio serves the file). Raises
+        DisallowedSourceError for a path that resolves outside the root (`..`, absolute paths,
+        symlinks out).
+        """
+        if self.local_root is None:
+            return None
+        values = parse_qs(urlparse(ref).query, keep_blank_values=True).get("d") or [""]
+        relative = values[-1]
+        if not relative:
+            raise ImageError(f"{ref}: local-files URL without ?d=")
+        candidate = (self.local_root / relative.lstrip("/")).resolve()
+        if candidate != self.local_root and self.local_root not in candidate.parents:
+            raise DisallowedSourceError(f"{relative!r} is outside LOCAL_FILES_DOCUMENT_ROOT")
+        return candidate
+
+    def _read_file(self, path: Path) -> bytes:
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise ImageError(f"cannot read local file {path}: {exc}") from exc
+        if size > self.settings.max_download_bytes:
+            raise ImageError(f"{path} is {size} bytes, over CLIPSEG_MAX_DOWNLOAD_BYTES")
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ImageError(f"cannot read local file {path}: {exc}") from exc
+
+    # ---- downloads
+    def _download(self, url: str, ls: LabelStudioClient | None, presigned: bool) -> bytes:
+        """GET `url` within the host policy, the timeout and the byte cap.
+
+        Redirects are followed by hand (at most 3): to allowed hosts, or anywhere http(s) when
+        Label Studio's presign endpoint sends them; credentials only ever go to Label Studio.
+        """
+        url = ls.absolute(url) if ls is not None else url
+        timeout = self.settings.http_timeout
+        for _ in range(_MAX_REDIRECTS + 1):
+            on_ls = ls is not None and ls.owns(url)
+            if not on_ls and not (presigned and urlparse(url).scheme in ("http", "https")):
+                if not self.host_allowed(url, ls):
+                    host = urlparse(url).netloc
+                    raise DisallowedSourceError(
+                        f"refusing to download from {host!r}: not the Label Studio host and not "
+                        "in CLIPSEG_ALLOWED_HOSTS"
+                    )
+            try:
+                if on_ls:
+                    response = ls.get(url, stream=True, allow_redirects=False)
+                else:
+                    response = self._session.get(
+                        url, stream=True, allow_redirects=False, timeout=timeout
+                    )
+            except requests.RequestException as exc:
+                raise ImageError(f"cannot download {url}: {exc}") from exc
+            with response:
+                if response.is_redirect:
+                    location = response.headers.get("Location", "")
+                    presigned = presigned and on_ls  # only Label Studio's own redirect is trusted
+                    url = urljoin(url, location)
+                    continue
+                if response.status_code != 200:
+                    raise ImageError(f"HTTP {response.status_code} for {url}")
+                return self._read_capped(response, url)
+        raise ImageError(f"too many redirects for {url}")
+
+    def _read_capped(self, response: requests.Response, url: str) -> bytes:
+        cap = self.settings.max_download_bytes
+        declared = response.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > cap:
+            raise ImageError(f"{url} is {declared} bytes, over CLIPSEG_MAX_DOWNLOAD_BYTES={cap}")
+        buf = io.BytesIO()
+        try:
+            for chunk in response.iter_content(chunk_size=1 << 16):
+                buf.write(chunk)
+                if buf.tell() > cap:
+                    raise ImageError(f"{url} is over CLIPSEG_MAX_DOWNLOAD_BYTES={cap}")
+        except requests.RequestException as exc:
+            raise ImageError(f"download of {url} failed: {exc}") from exc
+        return buf.getvalue()
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from the modes PIL decodes; 16-bit and float grey are rescaled."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(image, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        grey = arr.astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+    if mode in ("RGB", "L", "P", "1", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "La"):
+        return np.asarray(image.convert("RGB"))
+    raise ImageError(f"unsupported image mode {mode!r}")
+
+
+def decode_image(data: bytes, settings: Settings, source: str = "") -> LoadedImage:
+    """Decode image bytes: format and pixel-count checks first, then EXIF orientation and RGB."""
+    try:
+        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
+        raise ImageError(f"{source or 'image'}: not a supported image ({exc})") from exc
+    with image:
+        width, height = image.size
+        if width * height > settings.max_image_pixels:
+            raise ImageError(
+                f"{source or 'image'} is {width}x{height} = {width * height} pixels, over "
+                f"CLIPSEG_MAX_IMAGE_PIXELS={settings.max_image_pixels}"
+            )
+        try:
+            image.load()
+            oriented = ImageOps.exif_transpose(image)
+            array = _to_rgb(oriented)
+        except ImageError:
+            raise
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise ImageError(f"{source or 'image'}: corrupt image ({exc})") from exc
+    return LoadedImage(array=np.ascontiguousarray(array), source=source)
+
+
+def label_studio_client(
+    settings: Settings, hostname: str | None, access_token: str | None
+) -> LabelStudioClient | None:
+    """The client for LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY, else for what /setup sent."""
+    url = settings.label_studio_url or (hostname or "").rstrip("/")
+    key = settings.label_studio_api_key or (access_token or "")
+    if not url:
+        return None
+    try:
+        return LabelStudioClient(url, key, settings.http_timeout)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return None
+
+
+__all__ = [
+    "IMAGE_FORMATS",
+    "DisallowedSourceError",
+    "ImageError",
+    "ImageLoader",
+    "LabelStudioClient",
+    "LoadedImage",
+    "decode_image",
+    "label_studio_client",
+]

@@ -1,0 +1,126 @@
+"""Label config -> the controls the backend answers, their labels, prompts and thresholds.
+
+Parsed with label-studio-sdk's `LabelInterface`. Every labels control (BrushLabels, PolygonLabels,
+RectangleLabels, ...) pointing at an `<Image>` becomes a `ControlSpec`; which control types get
+results is the adapters' decision (`backend.controls`). Attributes honoured:
+
+- on `<Label>`: `prompt="a photo of a car"` (the text prompt; default: the label's value) and
+  `predicted_values="car, automobile"` (extra prompts; their probabilities are averaged);
+- on the control: `model_score_threshold="0.4"` (probability threshold; default CLIPSEG_THRESHOLD)
+  and `model_skip="true"` (no predictions for this control).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+
+from label_studio_sdk.label_interface import LabelInterface
+
+logger = logging.getLogger(__name__)
+
+_TRUE = ("1", "true", "yes", "on")
+
+
+class LabelConfigError(ValueError):
+    """The label config cannot be parsed."""
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """One `<Label>`: its value (what results carry) and the prompts that segment it."""
+
+    value: str
+    prompts: tuple[str, ...]  # the main prompt first, then the `predicted_values`
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    """One labels control on one `<Image>`."""
+
+    name: str  # from_name
+    tag: str  # "BrushLabels", "PolygonLabels", ...
+    to_name: str  # the Image's name
+    value_key: str  # the task data key of the image ("image" for value="$image")
+    labels: tuple[LabelSpec, ...]
+    threshold: float
+    attrs: tuple[tuple[str, str], ...] = ()  # the control's attributes as written
+
+    def attr(self, name: str, default: str | None = None) -> str | None:
+        return dict(self.attrs).get(name, default)
+
+    def label(self, value: str) -> LabelSpec | None:
+        return next((lab for lab in self.labels if lab.value == value), None)
+
+
+def _prompts(attr: dict[str, str], value: str) -> tuple[str, ...]:
+    main = (attr.get("prompt") or "").strip() or value
+    extra = [p.strip() for p in (attr.get("predicted_values") or "").split(",")]
+    out = [main]
+    for p in extra:
+        if p and p not in out:
+            out.append(p)
+    return tuple(out)
+
+
+def _threshold(attr: dict[str, str], control: str, default: float) -> float:
+    raw = attr.get("model_score_threshold")
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        logger.warning(
+            "control %r: model_score_threshold=%r is not a number in [0, 1]; using %s",
+            control,
+            raw,
+            default,
+        )
+        return default
+    return value
+
+
+@lru_cache(maxsize=64)
+def parse_label_config(config: str, default_threshold: float) -> tuple[ControlSpec, ...]:
+    """Every labels control on an `<Image>` of `config`, in config order (model_skip ones left out).
+
+    Cached: Label Studio sends the same config with every request.
+    """
+    try:
+        interface = LabelInterface(config)
+    except Exception as exc:  # the SDK raises assorted lxml / parsing errors
+        raise LabelConfigError(f"cannot parse the label config: {exc}") from exc
+    images = {obj.name: obj for obj in interface.objects if obj.tag.lower() == "image"}
+    specs: list[ControlSpec] = []
+    for control in interface.controls:
+        attr = dict(control.attr or {})
+        labels_attrs = getattr(control, "labels_attrs", None) or {}
+        if not labels_attrs:
+            continue  # not a labels control (TextArea, Choices, plain Rectangle, ...)
+        if (attr.get("model_skip") or "").strip().lower() in _TRUE:
+            logger.debug("control %r has model_skip; no predictions for it", control.name)
+            continue
+        labels = tuple(
+            LabelSpec(value=value, prompts=_prompts(dict(lab.attr or {}), value))
+            for value, lab in labels_attrs.items()
+        )
+        threshold = _threshold(attr, control.name, default_threshold)
+        for to_name in control.to_name or []:
+            image = images.get(to_name)
+            if image is None:
+                continue
+            specs.append(
+                ControlSpec(
+                    name=control.name,
+                    tag=control.tag,
+                    to_name=to_name,
+                    value_key=image.value_name,
+                    labels=labels,
+                    threshold=threshold,
+                    attrs=tuple(sorted(attr.items())),
+                )
+            )
+    return tuple(specs)

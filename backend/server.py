@@ -1,0 +1,307 @@
+"""The HTTP protocol Label Studio 1.23 speaks to ML backends, on Flask 3 (+ gunicorn).
+
+Routes: GET / and /health, POST /setup, POST /predict, POST /webhook. This module only does
+HTTP: auth, size limits, JSON in and out, and the webhook queue; the CLIPSeg work is the
+backend object's (`backend.model.CLIPSegBackend`: `health()`, `setup(...)`, `predict(...)`,
+`fit(event, data)`, `handles(event)`).
+
+`clipseg-backend [--host H] [--port P] [--debug]` loads the model first and exits non-zero with
+a clear message when it cannot, then serves with gunicorn (WORKERS processes x THREADS threads)
+or, with --debug, Werkzeug's development server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from backend.settings import Settings, SettingsError
+
+logger = logging.getLogger(__name__)
+
+
+class WebhookWorker:
+    """A background thread that runs webhook jobs one at a time, in arrival order.
+
+    Label Studio waits 1 s for a webhook answer, so /webhook only enqueues. The thread starts on
+    the first job of each process (gunicorn forks after the app is built).
+    """
+
+    def __init__(self, handler: Callable[[str, dict], Any], maxsize: int = 1000) -> None:
+        self.handler = handler
+        self.queue: queue.Queue[tuple[str, dict]] = queue.Queue(maxsize=maxsize)
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+
+    def _ensure_started(self) -> None:
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, name="webhook-worker", daemon=True)
+            self._thread.start()
+
+    def submit(self, event: str, data: dict) -> bool:
+        """Queue a job; False when the queue is full."""
+        self._ensure_started()
+        try:
+            self.queue.put_nowait((event, data))
+        except queue.Full:
+            return False
+        return True
+
+    def _run(self) -> None:
+        while True:
+            event, data = self.queue.get()
+            started = time.monotonic()
+            try:
+                self.handler(event, data)
+                logger.info("webhook %s handled in %.2f s", event, time.monotonic() - started)
+            except Exception:
+                logger.exception("webhook %s failed", event)
+            finally:
+                self.queue.task_done()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until every queued job is done; False if `timeout` seconds pass first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.queue.all_tasks_done:
+            while self.queue.unfinished_tasks:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self.queue.all_tasks_done.wait(remaining)
+        return True
+
+
+def _error(status: int, message: str) -> Response:
+    response = jsonify({"status": "error", "error": message})
+    response.status_code = status
+    return response
+
+
+def _json_body() -> dict[str, Any]:
+    """The request's JSON object; raises _BadBody with a message saying what is wrong."""
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        raise _BadBody("empty request body: send a JSON object")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _BadBody(f"malformed JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise _BadBody(f"the JSON body must be an object, not {type(body).__name__}")
+    return body
+
+
+class _BadBody(Exception):
+    pass
+
+
+def create_app(backend: Any, settings: Settings) -> Flask:
+    """The Flask app serving `backend` (an already loaded model; never loaded per request)."""
+    app = Flask("clipseg-backend")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
+    app.json.sort_keys = False
+    app.json.ensure_ascii = False
+    worker = WebhookWorker(backend.fit, settings.webhook_queue_size)
+    app.extensions["clipseg_backend"] = backend
+    app.extensions["clipseg_worker"] = worker
+    user, password = settings.basic_auth_user, settings.basic_auth_pass
+
+    @app.before_request
+    def _check_auth() -> Response | None:
+        if not user:
+            return None
+        auth = request.authorization
+        ok = (
+            auth is not None
+            and auth.type == "basic"
+            and hmac.compare_digest((auth.username or "").encode(), user.encode())
+            and hmac.compare_digest((auth.password or "").encode(), password.encode())
+        )
+        if ok:
+            return None
+        response = _error(401, "authentication required: HTTP Basic with BASIC_AUTH_USER/PASS")
+        response.headers["WWW-Authenticate"] = 'Basic realm="clipseg-backend"'
+        return response
+
+    @app.errorhandler(_BadBody)
+    def _bad_body(exc: _BadBody) -> Response:
+        return _error(400, str(exc))
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc: RequestEntityTooLarge) -> Response:
+        return _error(
+            413, f"request body over MAX_CONTENT_LENGTH={settings.max_content_length} bytes"
+        )
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        return _error(exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    @app.get("/")
+    @app.get("/health")
+    def health() -> Response:
+        return jsonify({"status": "UP", **backend.health()})
+
+    @app.post("/setup")
+    def setup() -> Response:
+        body = _json_body()
+        version = backend.setup(
+            project=body.get("project"),
+            label_config=body.get("schema") or body.get("label_config"),
+            hostname=body.get("hostname"),
+            access_token=body.get("access_token"),
+            extra_params=body.get("extra_params"),
+        )
+        return jsonify({"model_version": version})
+
+    @app.post("/predict")
+    def predict() -> Response:
+        body = _json_body()
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            raise _BadBody("'tasks' must be a list of task objects")
+        label_config = body.get("label_config")
+        if not isinstance(label_config, str) or not label_config.strip():
+            raise _BadBody("'label_config' (the project's labeling config) is missing")
+        params = body.get("params") or {}
+        if not isinstance(params, dict):
+            raise _BadBody("'params' must be an object")
+        started = time.monotonic()
+        results = backend.predict(
+            tasks,
+            context=params.get("context"),
+            project=body.get("project"),
+            label_config=label_config,
+        )
+        if len(results) != len(tasks):  # Label Studio would silently store nothing
+            raise RuntimeError(f"{len(results)} predictions for {len(tasks)} tasks")
+        logger.info("predicted %d task(s) in %.2f s", len(tasks), time.monotonic() - started)
+        return jsonify({"results": results})
+
+    @app.post("/webhook")
+    def webhook() -> Response:
+        body = _json_body()
+        event = body.get("action")
+        if not isinstance(event, str) or not event:
+            raise _BadBody("webhook body has no 'action'")
+        if not backend.handles(event):
+            return jsonify({"status": "ignored", "action": event})
+        if not worker.submit(event, body):
+            return _error(503, "webhook queue is full; try again later")
+        return jsonify({"status": "queued", "action": event})
+
+    return app
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="[%(asctime)s] [%(levelname)s] [%(name)s] %(message)s",
+    )
+
+
+#: gunicorn's exit status for "worker failed to boot": the master stops instead of respawning.
+WORKER_BOOT_ERROR = 3
+
+
+def load_backend_or_exit(settings: Settings, status: int = 1) -> Any:
+    """Load the model; on failure log why and how to fix it, and exit with `status`.
+
+    Inside a gunicorn worker pass WORKER_BOOT_ERROR, so that gunicorn halts rather than
+    restarting the worker forever.
+    """
+    from backend.model import CLIPSegBackend, ModelLoadError
+
+    try:
+        return CLIPSegBackend.load(settings)
+    except ModelLoadError as exc:
+        logger.error("cannot start: %s", exc)
+        sys.exit(status)
+
+
+def _gunicorn(app_factory: Callable[[], Flask], settings: Settings, bind: str, preload: bool):
+    from gunicorn.app.base import BaseApplication
+
+    class _Server(BaseApplication):
+        def load_config(self) -> None:
+            self.cfg.set("bind", bind)
+            self.cfg.set("workers", settings.workers)
+            self.cfg.set("threads", settings.threads)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("timeout", settings.timeout)
+            self.cfg.set("preload_app", preload)
+            self.cfg.set("loglevel", settings.log_level.lower())
+            self.cfg.set("accesslog", "-")
+
+        def load(self) -> Flask:
+            return app_factory()
+
+    return _Server()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`clipseg-backend`: load the model, then serve it (gunicorn, or Werkzeug with --debug)."""
+    parser = argparse.ArgumentParser(
+        prog="clipseg-backend", description="CLIPSeg ML backend for Label Studio"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=9090, help="port (default 9090)")
+    parser.add_argument("--debug", action="store_true", help="Werkzeug dev server, debug logs")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"clipseg-backend: bad setting: {exc}", file=sys.stderr)
+        sys.exit(2)
+    configure_logging("DEBUG" if args.debug else settings.log_level)
+
+    from backend.model import resolve_device
+
+    device = resolve_device(settings.device)
+    if args.debug:
+        app = create_app(load_backend_or_exit(settings), settings)
+        app.run(host=args.host, port=args.port, threaded=True, use_reloader=False)
+        return
+    if device.startswith("cuda"):
+        # CUDA does not survive fork: check the checkpoint here, load it in each worker. A
+        # worker that fails to load exits with gunicorn's boot-error code, which stops gunicorn
+        # (no restart loop).
+        from backend.model import check_checkpoint_or_exit
+
+        check_checkpoint_or_exit(settings)
+        server = _gunicorn(
+            lambda: create_app(load_backend_or_exit(settings, WORKER_BOOT_ERROR), settings),
+            settings,
+            f"{args.host}:{args.port}",
+            preload=False,
+        )
+    else:
+        # CPU: load once in the master; the workers share its memory after fork.
+        app = create_app(load_backend_or_exit(settings), settings)
+        server = _gunicorn(lambda: app, settings, f"{args.host}:{args.port}", preload=True)
+    server.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Every environment variable the backend reads, in one place.
+
+`Settings.from_env()` reads them once into a frozen dataclass; the rest of the backend takes a
+`Settings` and never looks at `os.environ`. docs/backend.md lists each variable with its default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+DEFAULT_MODEL = "CIDAS/clipseg-rd64-refined"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the backend cannot use."""
+
+
+def _get(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name)
+    return default if value is None or value.strip() == "" else value.strip()
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = _get(env, name, str(default))
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from exc
+    if value < minimum:
+        raise SettingsError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def _float(
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    lo: float | None = None,
+    hi: float | None = None,
+) -> float:
+    raw = _get(env, name, str(default))
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not a number") from exc
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise SettingsError(f"{name}={value} must lie in [{lo}, {hi}]")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _get(env, name, "true" if default else "false").lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a boolean (use true or false)")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _get(env, name, default).lower()
+    if value not in choices:
+        raise SettingsError(f"{name}={value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _hosts(raw: str) -> tuple[str, ...]:
+    return tuple(h.strip().lower() for h in raw.split(",") if h.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The backend's configuration; see docs/backend.md for what each field does."""
+
+    # --- the model
+    model: str = DEFAULT_MODEL  # CLIPSEG_MODEL: checkpoint directory, hub id, or "demo"
+    device: str = "auto"  # CLIPSEG_DEVICE: auto / cpu / cuda / cuda:N
+    dtype: str = "auto"  # CLIPSEG_DTYPE: auto / float32 / float16 / bfloat16
+    # --- turning probabilities into regions
+    threshold: float = 0.3  # CLIPSEG_THRESHOLD: default probability threshold per pixel
+    region_mode: str = "instance"  # CLIPSEG_REGION_MODE: instance (one region per blob) / semantic
+    min_region_area: float = (
+        0.0005  # CLIPSEG_MIN_REGION_AREA: fraction of the image (or px if >= 1)
+    )
+    polygon_tolerance: float = 1.0  # CLIPSEG_POLYGON_TOLERANCE: simplification, pixels
+    # --- exemplars
+    exemplar_weight: float = 0.5  # CLIPSEG_EXEMPLAR_WEIGHT: w in w * text + (1 - w) * exemplars
+    max_exemplars_per_label: int = 16  # CLIPSEG_MAX_EXEMPLARS_PER_LABEL (the newest are kept)
+    # --- scores
+    score_mode: str = "confidence"  # CLIPSEG_SCORE: what the prediction's top-level score is
+    uncertain_low: float = 0.2  # CLIPSEG_UNCERTAIN_LOW: lower edge of the uncertain band
+    uncertain_high: float = 0.8  # CLIPSEG_UNCERTAIN_HIGH: upper edge of the uncertain band
+    # --- task data
+    label_studio_url: str = ""  # LABEL_STUDIO_URL (else the hostname /setup sends)
+    label_studio_api_key: str = ""  # LABEL_STUDIO_API_KEY (else the access_token /setup sends)
+    local_files_document_root: str = ""  # LOCAL_FILES_DOCUMENT_ROOT
+    allowed_hosts: tuple[str, ...] = ()  # CLIPSEG_ALLOWED_HOSTS: extra hosts images may come from
+    max_image_pixels: int = 50_000_000  # CLIPSEG_MAX_IMAGE_PIXELS
+    max_download_bytes: int = 64 * 1024 * 1024  # CLIPSEG_MAX_DOWNLOAD_BYTES
+    http_timeout: float = 30.0  # CLIPSEG_HTTP_TIMEOUT: seconds, connect and read
+    # --- storage and server
+    model_dir: str = "./model-data"  # MODEL_DIR: where exemplars are stored
+    basic_auth_user: str = ""  # BASIC_AUTH_USER
+    basic_auth_pass: str = field(default="", repr=False)  # BASIC_AUTH_PASS
+    max_content_length: int = 64 * 1024 * 1024  # MAX_CONTENT_LENGTH: request body limit, bytes
+    webhook_queue_size: int = 1000  # CLIPSEG_WEBHOOK_QUEUE_SIZE
+    workers: int = 1  # WORKERS: gunicorn worker processes
+    threads: int = 4  # THREADS: gunicorn threads per worker
+    timeout: int = 300  # GUNICORN_TIMEOUT: seconds before gunicorn restarts a silent worker
+    log_level: str = "INFO"  # LOG_LEVEL
+
+    def __repr__(self) -> str:  # never print the API key or the password
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("label_studio_api_key", "basic_auth_pass") and value:
+                value = "***"
+            parts.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(parts)})"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from `env` (default `os.environ`); SettingsError on bad values."""
+        env = os.environ if env is None else env
+        low = _float(env, "CLIPSEG_UNCERTAIN_LOW", cls.uncertain_low, 0.0, 1.0)
+        high = _float(env, "CLIPSEG_UNCERTAIN_HIGH", cls.uncertain_high, 0.0, 1.0)
+        if low >= high:
+            raise SettingsError("CLIPSEG_UNCERTAIN_LOW must be below CLIPSEG_UNCERTAIN_HIGH")
+        user = _get(env, "BASIC_AUTH_USER", "")
+        password = _get(env, "BASIC_AUTH_PASS", "")
+        if bool(user) != bool(password):
+            raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        return cls(
+            model=_get(env, "CLIPSEG_MODEL", DEFAULT_MODEL),
+            device=_get(env, "CLIPSEG_DEVICE", "auto").lower(),
+            dtype=_choice(env, "CLIPSEG_DTYPE", "auto", ("auto", "float32", "float16", "bfloat16")),
+            threshold=_float(env, "CLIPSEG_THRESHOLD", cls.threshold, 0.0, 1.0),
+            region_mode=_choice(env, "CLIPSEG_REGION_MODE", "instance", ("instance", "semantic")),
+            min_region_area=_float(env, "CLIPSEG_MIN_REGION_AREA", cls.min_region_area, 0.0),
+            polygon_tolerance=_float(env, "CLIPSEG_POLYGON_TOLERANCE", cls.polygon_tolerance, 0.0),
+            exemplar_weight=_float(env, "CLIPSEG_EXEMPLAR_WEIGHT", cls.exemplar_weight, 0.0, 1.0),
+            max_exemplars_per_label=_int(
+                env, "CLIPSEG_MAX_EXEMPLARS_PER_LABEL", cls.max_exemplars_per_label, 1
+            ),
+            score_mode=_choice(env, "CLIPSEG_SCORE", "confidence", ("confidence", "uncertainty")),
+            uncertain_low=low,
+            uncertain_high=high,
+            label_studio_url=_get(env, "LABEL_STUDIO_URL", "").rstrip("/"),
+            label_studio_api_key=_get(env, "LABEL_STUDIO_API_KEY", ""),
+            local_files_document_root=_get(env, "LOCAL_FILES_DOCUMENT_ROOT", ""),
+            allowed_hosts=_hosts(_get(env, "CLIPSEG_ALLOWED_HOSTS", "")),
+            max_image_pixels=_int(env, "CLIPSEG_MAX_IMAGE_PIXELS", cls.max_image_pixels, 1),
+            max_download_bytes=_int(env, "CLIPSEG_MAX_DOWNLOAD_BYTES", cls.max_download_bytes, 1),
+            http_timeout=_float(env, "CLIPSEG_HTTP_TIMEOUT", cls.http_timeout, 0.1),
+            model_dir=_get(env, "MODEL_DIR", cls.model_dir),
+            basic_auth_user=user,
+            basic_auth_pass=password,
+            max_content_length=_int(env, "MAX_CONTENT_LENGTH", cls.max_content_length, 1),
+            webhook_queue_size=_int(env, "CLIPSEG_WEBHOOK_QUEUE_SIZE", cls.webhook_queue_size, 1),
+            workers=_int(env, "WORKERS", cls.workers, 1),
+            threads=_int(env, "THREADS", cls.threads, 1),
+            timeout=_int(env, "GUNICORN_TIMEOUT", cls.timeout, 1),
+            log_level=_get(env, "LOG_LEVEL", cls.log_level).upper(),
+        )

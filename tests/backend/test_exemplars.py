@@ -1,0 +1,71 @@
+"""The exemplar store: replace per annotation, bound per label, atomic files, version."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from backend.exemplars import Exemplar, ExemplarStore, project_key
+
+
+def _ex(label: str, value: float, dim: int = 4) -> Exemplar:
+    return Exemplar(
+        label=label, embedding=np.full(dim, value, np.float32), region="r", type="brushlabels"
+    )
+
+
+def test_project_key():
+    assert project_key("1.1795712334") == project_key(1) == project_key({"id": 1}) == "1"
+    for bad in (None, "../x", "a/b", ""):
+        with pytest.raises(ValueError):
+            project_key(bad)
+
+
+def test_replace_bound_remove_and_version(tmp_path):
+    store = ExemplarStore(tmp_path, max_per_label=3)
+    assert store.version(1) == "ex0" and store.embeddings(1) == {}
+    store.replace_annotation(1, 10, [_ex("cat", 1), _ex("dog", 2)], task_id=5, updated_at="t1")
+    v1 = store.version(1)
+    assert v1.startswith("ex2-") and store.counts(1) == {"cat": 1, "dog": 1}
+    # same annotation again: replaced, not duplicated; the version still changes
+    store.replace_annotation(1, 10, [_ex("cat", 3), _ex("cat", 4)], task_id=5, updated_at="t2")
+    assert store.counts(1) == {"cat": 2}
+    assert store.version(1) != v1
+    np.testing.assert_array_equal(store.embeddings(1)["cat"][:, 0], [3, 4])
+    assert store.known_annotation(1, 10, "t2") and not store.known_annotation(1, 10, "t1")
+    # bounded per label, newest kept
+    store.replace_annotation(1, 11, [_ex("cat", 5), _ex("cat", 6)])
+    np.testing.assert_array_equal(store.embeddings(1)["cat"][:, 0], [4, 5, 6])
+    # other projects are separate
+    assert store.version(2) == "ex0"
+    # survives a restart (a new store object over the same directory)
+    again = ExemplarStore(tmp_path, max_per_label=3)
+    assert again.version(1) == store.version(1)
+    assert again.remove_annotations(1, [11]) == 2
+    np.testing.assert_array_equal(again.embeddings(1)["cat"][:, 0], [4])
+    assert store.counts(1) == {"cat": 1}  # the other object sees the change on disk
+    assert again.annotation_ids(1) == {"10"}
+
+
+def test_files_are_written_atomically(tmp_path, monkeypatch):
+    store = ExemplarStore(tmp_path, max_per_label=3)
+    store.replace_annotation(1, 1, [_ex("cat", 1)])
+    before = (tmp_path / "1.json").read_text()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("backend.exemplars.os.replace", boom)
+    with pytest.raises(OSError):
+        store.replace_annotation(1, 2, [_ex("dog", 1)])
+    assert (tmp_path / "1.json").read_text() == before
+    assert json.loads(before)["format"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.json", "1.lock"]
+
+
+def test_unicode_labels(tmp_path):
+    store = ExemplarStore(tmp_path, max_per_label=2)
+    store.replace_annotation("3.123", "a", [_ex("Собака 🐕", 1)])
+    assert ExemplarStore(tmp_path, 2).counts(3) == {"Собака 🐕": 1}

@@ -1,0 +1,88 @@
+"""Settings from the environment, and label config parsing (prompts, thresholds, skips)."""
+
+from __future__ import annotations
+
+import pytest
+
+from backend.label_config import LabelConfigError, parse_label_config
+from backend.settings import DEFAULT_MODEL, Settings, SettingsError
+
+
+def test_defaults_and_overrides():
+    s = Settings.from_env({})
+    assert s.model == DEFAULT_MODEL == "CIDAS/clipseg-rd64-refined"
+    assert (s.device, s.dtype, s.threshold, s.exemplar_weight) == ("auto", "auto", 0.3, 0.5)
+    assert s.max_image_pixels == 50_000_000
+    s = Settings.from_env(
+        {
+            "CLIPSEG_MODEL": "demo",
+            "CLIPSEG_THRESHOLD": "0.6",
+            "CLIPSEG_ALLOWED_HOSTS": "a.example.com, B.example.com:8443,",
+            "LABEL_STUDIO_URL": "http://ls:8080/",
+            "LABEL_STUDIO_API_KEY": "secret-key",
+            "BASIC_AUTH_USER": "u",
+            "BASIC_AUTH_PASS": "hunter2",
+            "WORKERS": "2",
+        }
+    )
+    assert s.model == "demo" and s.threshold == 0.6 and s.workers == 2
+    assert s.allowed_hosts == ("a.example.com", "b.example.com:8443")
+    assert s.label_studio_url == "http://ls:8080"
+    assert "secret-key" not in repr(s) and "hunter2" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"CLIPSEG_THRESHOLD": "high"}, "CLIPSEG_THRESHOLD"),
+        ({"CLIPSEG_THRESHOLD": "1.5"}, "CLIPSEG_THRESHOLD"),
+        ({"CLIPSEG_DTYPE": "float8"}, "CLIPSEG_DTYPE"),
+        ({"WORKERS": "0"}, "WORKERS"),
+        ({"BASIC_AUTH_USER": "u"}, "BASIC_AUTH_PASS"),
+        ({"CLIPSEG_UNCERTAIN_LOW": "0.9"}, "CLIPSEG_UNCERTAIN_LOW"),
+    ],
+)
+def test_bad_values_name_the_variable(env, message):
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)
+
+
+CONFIG = """
+<View>
+  <Image name="image" value="$image"/>
+  <Image name="second" value="$other"/>
+  <BrushLabels name="tag" toName="image" model_score_threshold="0.45">
+    <Label value="Car" prompt="a photo of a car" predicted_values="automobile, vehicle"/>
+    <Label value="Кошка"/>
+  </BrushLabels>
+  <PolygonLabels name="poly" toName="second" smart="true"><Label value="cat"/></PolygonLabels>
+  <RectangleLabels name="skipped" toName="image" model_skip="true">
+    <Label value="x"/>
+  </RectangleLabels>
+  <RectangleLabels name="bad" toName="image" model_score_threshold="abc">
+    <Label value="y"/>
+  </RectangleLabels>
+  <TextArea name="prompt" toName="image"/>
+  <Rectangle name="plain" toName="image"/>
+</View>
+"""
+
+
+def test_parse_label_config():
+    specs = parse_label_config(CONFIG, 0.3)
+    assert [(s.name, s.tag, s.to_name, s.value_key) for s in specs] == [
+        ("tag", "BrushLabels", "image", "image"),
+        ("poly", "PolygonLabels", "second", "other"),
+        ("bad", "RectangleLabels", "image", "image"),
+    ]
+    tag, poly, bad = specs
+    assert tag.threshold == 0.45 and poly.threshold == 0.3 and bad.threshold == 0.3
+    assert tag.labels[0].value == "Car"
+    assert tag.labels[0].prompts == ("a photo of a car", "automobile", "vehicle")
+    assert tag.labels[1].prompts == ("Кошка",)
+    assert poly.attr("smart") == "true" and tag.label("Кошка") is tag.labels[1]
+
+
+def test_unparseable_config():
+    with pytest.raises(LabelConfigError):
+        parse_label_config("<View><Image", 0.3)
