@@ -344,6 +344,33 @@ def time_call(
     return times
 
 
+def time_interleaved(
+    fns: dict[str, Callable[[int], object]],
+    *,
+    repeats: int,
+    warmup: int = 1,
+    device: str = "cpu",
+) -> dict[str, list[float]]:
+    """Time several contenders round-robin: each round runs every function once, in turn.
+
+    On a shared, noisy machine interleaving exposes the contenders to the same background load,
+    so that their ratio is more trustworthy than that of two back-to-back series. Each function
+    receives the run index (warm-up runs get negative indices), e.g. to vary its inputs.
+    """
+    for i in range(warmup):
+        for fn in fns.values():
+            fn(-1 - i)
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn(r)
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
