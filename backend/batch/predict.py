@@ -1,0 +1,345 @@
+"""The batch prediction loop and the outputs rebuilt from its per-image records.
+
+`run_predict` reads images in batches, hands them to an `Annotator` (the model side: image ->
+Label Studio results, regions with exact masks, uncertainty), stores one record per image in the
+`StateStore` as soon as it is done, skips images whose record exists, and collects failures
+(unreadable image, bad URL, malformed task) without stopping. `write_outputs` then rebuilds
+``tasks.json``, ``coco.json`` and ``failures.json`` from the records of every source, so that
+a resumed run produces the same files as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from backend.batch.sources import ImageSource, SourceReader, task_image_value
+from backend.batch.state import StateStore, write_json_atomic
+from backend.images import ImageError
+from backend.overlays import label_colors, save_overlay
+
+logger = logging.getLogger(__name__)
+
+TASKS_FILE = "tasks.json"
+COCO_FILE = "coco.json"
+FAILURES_FILE = "failures.json"
+OVERLAY_DIR = "overlays"
+LABEL_CONFIG_FILE = "label_config.xml"
+
+
+@dataclass
+class Region:
+    """One predicted region: its label, score in [0, 1] and exact mask, bool (H, W)."""
+
+    label: str
+    score: float
+    mask: np.ndarray = field(repr=False)
+
+
+@dataclass
+class Outcome:
+    """What the model made of one image.
+
+    ``results``: Label Studio result items (for the prediction); ``regions``: the regions for
+    COCO and overlays, each label counted once; ``uncertainty``: the task's figure (see
+    `backend.batch.rank`); ``score``: the prediction's top-level score; ``labels``: per-label
+    details kept in the task's meta.
+    """
+
+    results: list[dict[str, Any]]
+    regions: list[Region]
+    uncertainty: float
+    score: float
+    labels: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class Annotator(Protocol):
+    """The model side of a batch: images in, one `Outcome` per image out."""
+
+    labels: Sequence[str]  # COCO categories, in order
+    model_version: str
+
+    def annotate(self, images: Sequence[np.ndarray]) -> list[Outcome]: ...
+
+
+@dataclass
+class Failure:
+    """An image that could not be done, and why."""
+
+    ref: str
+    origin: str
+    error: str
+    task_id: Any = None
+
+
+@dataclass
+class RunSummary:
+    """Counts of a run, and its failures."""
+
+    total: int = 0
+    done: int = 0  # predicted in this run
+    skipped: int = 0  # already done in an earlier run (resume)
+    failures: list[Failure] = field(default_factory=list)
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def rle_encode(mask: np.ndarray) -> dict[str, Any]:
+    """COCO RLE of a bool (H, W) mask, ``counts`` as a str (JSON-ready)."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode()}
+
+
+def rle_decode(rle: dict[str, Any]) -> np.ndarray:
+    """bool (H, W) from `rle_encode`'s output."""
+    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
+
+
+def _record(
+    source: ImageSource, image_value: str, size: tuple[int, int], outcome: Outcome, version: str
+) -> dict[str, Any]:
+    regions = []
+    for region in outcome.regions:
+        rle = rle_encode(region.mask)
+        raw = {"size": rle["size"], "counts": rle["counts"].encode()}
+        regions.append(
+            {
+                "label": region.label,
+                "score": float(region.score),
+                "segmentation": rle,
+                "area": float(mask_utils.area(raw)),
+                "bbox": [float(v) for v in mask_utils.toBbox(raw)],
+            }
+        )
+    return {
+        "ref": source.ref,
+        "origin": source.origin,
+        "image": image_value,
+        "task": source.task,
+        "height": size[0],
+        "width": size[1],
+        "prediction": {
+            "model_version": version,
+            "score": float(outcome.score),
+            "result": outcome.results,
+        },
+        "regions": regions,
+        "uncertainty": float(outcome.uncertainty),
+        "labels": outcome.labels,
+    }
+
+
+def overlay_name(record_key: str, ref: str) -> str:
+    """The overlay file name of an image: its stem (readable) and key (unique)."""
+    stem = Path(ref.split("?")[0]).stem or "image"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:60]
+    return f"{safe}-{record_key[:8]}.png"
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def make_progress(total: int, quiet: bool, desc: str = "predict") -> Any:
+    """A tqdm bar on stderr (rate and ETA), disabled with ``quiet`` or when stderr is no TTY."""
+    from tqdm import tqdm
+
+    disable = quiet or not sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit="img", disable=disable, dynamic_ncols=True)
+
+
+def run_predict(
+    sources: Sequence[ImageSource],
+    annotator: Annotator,
+    reader: SourceReader,
+    out_dir: str | Path,
+    *,
+    run_fingerprint: str,
+    image_value: Callable[[ImageSource], str],
+    batch_size: int = 4,
+    overlays: bool = False,
+    progress: Any = None,
+) -> RunSummary:
+    """Predict every source not done yet, store each record, and rebuild the outputs.
+
+    ``image_value`` gives each output task's ``data.image`` (see `task_image_value`).
+    ``progress`` is a tqdm-like object (``update``, ``close``) or None. Returns the summary;
+    the caller decides the exit code (failures -> 1).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    store = StateStore(out, run_fingerprint)
+    summary = RunSummary(total=len(sources))
+    colors = label_colors(annotator.labels)
+
+    todo = []
+    for src in sources:
+        if store.load(src.key) is not None:
+            summary.skipped += 1
+        else:
+            todo.append(src)
+    if progress is not None:
+        progress.update(summary.skipped)
+    if summary.skipped:
+        logger.info("resuming: %d of %d images already done", summary.skipped, len(sources))
+
+    for batch in _batches(todo, batch_size):
+        loaded = []
+        for src in batch:
+            try:
+                loaded.append((src, reader.read(src)))
+            except ImageError as exc:
+                summary.failures.append(_failure(src, str(exc)))
+                if progress is not None:
+                    progress.update(1)
+        if not loaded:
+            continue
+        outcomes = annotator.annotate([img.array for _, img in loaded])
+        for (src, img), outcome in zip(loaded, outcomes, strict=True):
+            record = _record(
+                src, image_value(src), img.array.shape[:2], outcome, annotator.model_version
+            )
+            if overlays:
+                name = overlay_name(src.key, src.ref)
+                pairs = [(r.label, r.mask) for r in outcome.regions]
+                save_overlay(out / OVERLAY_DIR / name, img.array, pairs, colors)
+                record["overlay"] = f"{OVERLAY_DIR}/{name}"
+            store.save(src.key, record)
+            summary.done += 1
+            if progress is not None:
+                progress.update(1)
+
+    if overlays:
+        _missing_overlays(sources, store, reader, out, colors, summary)
+    summary.outputs = write_outputs(sources, store, out, annotator.labels, summary.failures)
+    return summary
+
+
+def _failure(src: ImageSource, error: str) -> Failure:
+    return Failure(ref=src.ref, origin=src.origin, error=error, task_id=(src.task or {}).get("id"))
+
+
+def _missing_overlays(
+    sources: Sequence[ImageSource],
+    store: StateStore,
+    reader: SourceReader,
+    out: Path,
+    colors: dict[str, tuple[int, int, int]],
+    summary: RunSummary,
+) -> None:
+    """Draw overlays of images done in an earlier run without ``--overlays`` (reads them again)."""
+    for src in sources:
+        record = store.load(src.key)
+        if record is None or (record.get("overlay") and (out / record["overlay"]).exists()):
+            continue
+        try:
+            image = reader.read(src).array
+        except ImageError as exc:
+            summary.failures.append(_failure(src, f"overlay: {exc}"))
+            continue
+        name = overlay_name(src.key, src.ref)
+        pairs = [(r["label"], rle_decode(r["segmentation"])) for r in record["regions"]]
+        save_overlay(out / OVERLAY_DIR / name, image, pairs, colors)
+        record["overlay"] = f"{OVERLAY_DIR}/{name}"
+        store.save(src.key, record)
+
+
+def record_task(record: dict[str, Any], image_key: str = "image") -> dict[str, Any]:
+    """The Label Studio task (importable) of one record: data, the prediction, and meta.
+
+    An export task keeps its data (with ``data[image_key]`` as is); its id goes to
+    ``meta.clipseg.task_id`` rather than ``id`` so that importing creates new tasks.
+    """
+    source_task = record.get("task") or {}
+    data = dict(source_task.get("data") or {})
+    if not data:
+        data[image_key] = record["image"]
+    meta = {
+        "uncertainty": record["uncertainty"],
+        "labels": record.get("labels") or {},
+        "source": record["ref"],
+    }
+    if source_task.get("id") is not None:
+        meta["task_id"] = source_task["id"]
+    if record.get("overlay"):
+        meta["overlay"] = record["overlay"]
+    return {"data": data, "predictions": [record["prediction"]], "meta": {"clipseg": meta}}
+
+
+def records_to_coco(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[str, Any]:
+    """A COCO dataset (images, categories named after ``labels``, annotations with RLE
+    segmentation, area, bbox [x, y, w, h] and score) from predict records."""
+    categories = [{"id": i + 1, "name": name, "supercategory": ""} for i, name in enumerate(labels)]
+    cat_ids = {c["name"]: c["id"] for c in categories}
+    images, annotations = [], []
+    for image_id, record in enumerate(records, start=1):
+        images.append(
+            {
+                "id": image_id,
+                "file_name": record["image"],
+                "width": record["width"],
+                "height": record["height"],
+            }
+        )
+        for region in record["regions"]:
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": cat_ids[region["label"]],
+                    "segmentation": region["segmentation"],
+                    "area": region["area"],
+                    "bbox": region["bbox"],
+                    "iscrowd": 0,
+                    "score": region["score"],
+                }
+            )
+    return {
+        "info": {"description": "clipseg-label predict"},
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
+
+
+def write_outputs(
+    sources: Sequence[ImageSource],
+    store: StateStore,
+    out: Path,
+    labels: Sequence[str],
+    failures: Sequence[Failure],
+) -> dict[str, Path]:
+    """Rebuild tasks.json, coco.json and failures.json from the records of ``sources``."""
+    records = [r for r in (store.load(s.key) for s in sources) if r is not None]
+    paths = {"tasks": out / TASKS_FILE, "coco": out / COCO_FILE, "failures": out / FAILURES_FILE}
+    write_json_atomic(paths["tasks"], [record_task(r) for r in records], indent=1)
+    write_json_atomic(paths["coco"], records_to_coco(records, labels))
+    write_json_atomic(paths["failures"], [f.__dict__ for f in failures], indent=1)
+    return paths
+
+
+__all__ = [
+    "Annotator",
+    "Failure",
+    "Outcome",
+    "Region",
+    "RunSummary",
+    "records_to_coco",
+    "record_task",
+    "run_predict",
+    "task_image_value",
+    "write_outputs",
+]

@@ -1,0 +1,177 @@
+"""Send predictions and uncertainty scores to a Label Studio project through label-studio-sdk.
+
+`connect` makes the SDK client (``LabelStudio(base_url, api_key)``; the SDK exchanges a personal
+access token for access tokens itself, a legacy token is sent as is). Then:
+
+- `import_tasks`: the tasks of ``tasks.json`` become new tasks, with their predictions;
+- `attach_predictions`: each task's prediction is added to the project's existing task with the
+  same ``data[image_key]``; tasks with no match are returned, not guessed;
+- `push_scores`: the predictions' ``score`` is set to the ranking's uncertainty, so that Label
+  Studio's Data Manager can sort by it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from label_studio_sdk import LabelStudio
+
+logger = logging.getLogger(__name__)
+
+_IMPORT_CHUNK = 500
+
+
+class PushError(RuntimeError):
+    """Label Studio refused a request; the message says which and why."""
+
+
+@dataclass
+class PushReport:
+    """What a push did."""
+
+    created_tasks: int = 0
+    created_predictions: int = 0
+    updated_predictions: int = 0
+    unmatched: list[str] = field(default_factory=list)  # image references with no task
+
+
+def connect(url: str, api_key: str, **client_kwargs: Any) -> LabelStudio:
+    """The SDK client for ``url``; raises ValueError naming the missing setting."""
+    if not url:
+        raise ValueError("no Label Studio URL: pass --url or set LABEL_STUDIO_URL")
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"the Label Studio URL must start with http:// or https://: {url!r}")
+    if not api_key:
+        raise ValueError(
+            "no API key: pass --api-key or set LABEL_STUDIO_API_KEY (a personal access token "
+            "or a legacy token, from Label Studio's Account & Settings)"
+        )
+    return LabelStudio(base_url=url.rstrip("/"), api_key=api_key, **client_kwargs)
+
+
+def _call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run one SDK call, turning its API errors into a `PushError` that names the request."""
+    from label_studio_sdk.core.api_error import ApiError
+
+    try:
+        return fn(*args, **kwargs)
+    except ApiError as exc:
+        hint = ""
+        if exc.status_code == 401:
+            hint = " (check the API key; Label Studio 1.23 refuses legacy tokens unless enabled)"
+        elif exc.status_code == 404:
+            hint = " (check the project id)"
+        raise PushError(
+            f"{what}: Label Studio answered HTTP {exc.status_code}{hint}: {exc.body}"
+        ) from exc
+
+
+def _prediction_fields(pred: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"result": pred.get("result") or []}
+    if pred.get("model_version") is not None:
+        out["model_version"] = str(pred["model_version"])
+    if isinstance(pred.get("score"), (int, float)):
+        out["score"] = float(pred["score"])
+    return out
+
+
+def import_tasks(client: LabelStudio, project: int, tasks: Sequence[dict[str, Any]]) -> PushReport:
+    """Create new tasks (data, predictions, meta) in ``project``, in chunks."""
+    report = PushReport()
+    for start in range(0, len(tasks), _IMPORT_CHUNK):
+        chunk = [
+            {k: v for k, v in task.items() if k in ("data", "predictions", "meta", "annotations")}
+            for task in tasks[start : start + _IMPORT_CHUNK]
+        ]
+        _call(
+            f"import into project {project}",
+            client.projects.import_tasks,
+            id=project,
+            request=chunk,
+        )
+        report.created_tasks += len(chunk)
+        report.created_predictions += sum(len(t.get("predictions") or []) for t in chunk)
+    return report
+
+
+def _field(obj: Any, name: str) -> Any:
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+def project_tasks_by_image(client: LabelStudio, project: int, image_key: str) -> dict[str, Any]:
+    """``data[image_key]`` -> task id of every task of ``project`` (the first when repeated)."""
+    index: dict[str, Any] = {}
+    pager = _call(f"list the tasks of project {project}", client.tasks.list, project=project)
+    for task in pager:
+        data = _field(task, "data") or {}
+        ref = data.get(image_key) if isinstance(data, dict) else None
+        if isinstance(ref, str):
+            index.setdefault(ref, _field(task, "id"))
+    return index
+
+
+def attach_predictions(
+    client: LabelStudio, project: int, tasks: Sequence[dict[str, Any]], image_key: str = "image"
+) -> PushReport:
+    """Add each task's predictions to the existing task with the same ``data[image_key]``."""
+    report = PushReport()
+    index = project_tasks_by_image(client, project, image_key)
+    for task in tasks:
+        ref = str((task.get("data") or {}).get(image_key, ""))
+        task_id = index.get(ref)
+        if task_id is None:
+            report.unmatched.append(ref)
+            continue
+        for pred in task.get("predictions") or []:
+            _call(
+                f"add a prediction to task {task_id}",
+                client.predictions.create,
+                task=task_id,
+                **_prediction_fields(pred),
+            )
+            report.created_predictions += 1
+    return report
+
+
+def push_scores(
+    client: LabelStudio,
+    project: int,
+    scores: Sequence[tuple[Any, str, float]],
+    model_version: str | None = None,
+    image_key: str = "image",
+) -> PushReport:
+    """Set the score of the predictions of each (task id or None, image, score) to ``score``.
+
+    A task without an id is found by its image. Only predictions with ``model_version`` are
+    updated when it is given (the newest of the task otherwise).
+    """
+    report = PushReport()
+    index: dict[str, Any] | None = None
+    for task_id, image, score in scores:
+        if task_id is None:
+            if index is None:
+                index = project_tasks_by_image(client, project, image_key)
+            task_id = index.get(image)
+            if task_id is None:
+                report.unmatched.append(image)
+                continue
+        preds = _call(f"list predictions of task {task_id}", client.predictions.list, task=task_id)
+        if model_version is not None:
+            chosen = [p for p in preds if _field(p, "model_version") == model_version]
+        else:
+            chosen = sorted(preds, key=lambda p: _field(p, "id") or 0)[-1:]
+        if not chosen:
+            report.unmatched.append(image)
+            continue
+        for pred in chosen:
+            _call(
+                f"update prediction {_field(pred, 'id')}",
+                client.predictions.update,
+                _field(pred, "id"),
+                score=float(score),
+            )
+            report.updated_predictions += 1
+    return report
