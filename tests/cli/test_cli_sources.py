@@ -1,0 +1,108 @@
+"""Where batch images come from: folders, globs, lists, exports, URLs; and data.image values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from backend.batch.sources import (
+    ImageSource,
+    SourceError,
+    SourceReader,
+    collect_sources,
+    task_image_value,
+)
+from backend.images import ImageError
+from backend.settings import Settings
+
+
+def test_folder_glob_and_list_give_the_same_images(scene_dir, tmp_path):
+    folder, scenes = scene_dir
+    want = [str(p.resolve()) for p, _ in scenes]
+    assert [s.ref for s in collect_sources([str(folder)])] == want
+    assert [s.ref for s in collect_sources([str(folder / "*.png")])] == want
+    listing = tmp_path / "list.txt"
+    listing.write_text("# images\n" + "\n".join(f"images/{p.name}" for p, _ in scenes) + "\n\n")
+    assert [s.ref for s in collect_sources([str(listing)])] == want
+
+
+def test_duplicates_are_dropped_and_urls_kept(scene_dir):
+    folder, scenes = scene_dir
+    url = "https://example.com/a.png"
+    refs = [s.ref for s in collect_sources([str(folder), str(scenes[0][0]), url, url])]
+    assert refs == [str(p.resolve()) for p, _ in scenes] + [url]
+
+
+def test_export_tasks_keep_their_task_and_flag_missing_images(tmp_path):
+    export = tmp_path / "export.json"
+    tasks = [
+        {"id": 7, "data": {"image": "/data/upload/1/a.png"}},
+        {"id": 8, "data": {"text": "no image here"}},
+        {"id": 9, "data": {"img": "/data/local-files/?d=b.jpg"}},
+    ]
+    export.write_text(json.dumps(tasks))
+    sources = collect_sources([str(export)])
+    assert [s.task["id"] for s in sources] == [7, 8, 9]
+    assert sources[0].ref == "/data/upload/1/a.png" and sources[0].problem is None
+    assert sources[1].problem is not None and "task 8" in sources[1].problem
+    assert sources[2].ref == "/data/local-files/?d=b.jpg"
+    with pytest.raises(ImageError, match="task 8"):
+        SourceReader(Settings()).read(sources[1])
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("{not json", "not valid JSON"), ('{"tasks": 1}', "expected a list of tasks")],
+)
+def test_malformed_export_is_a_source_error(tmp_path, content, message):
+    export = tmp_path / "export.json"
+    export.write_text(content)
+    with pytest.raises(SourceError, match=message):
+        collect_sources([str(export)])
+
+
+def test_missing_inputs_name_the_problem(tmp_path):
+    with pytest.raises(SourceError, match="no such file"):
+        collect_sources([str(tmp_path / "nope.png")])
+    with pytest.raises(SourceError, match="matches no image"):
+        collect_sources([str(tmp_path / "*.png")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="no image files"):
+        collect_sources([str(tmp_path / "empty")])
+
+
+def test_task_image_value_prefix_and_root(tmp_path):
+    path = tmp_path / "sub" / "x.png"
+    src = ImageSource(ref=str(path))
+    assert task_image_value(src, None, "") == str(path)
+    assert task_image_value(src, str(tmp_path), "/data/local-files/?d=") == (
+        "/data/local-files/?d=sub/x.png"
+    )
+    with pytest.raises(SourceError, match="not under --image-root"):
+        task_image_value(src, str(tmp_path / "other"), "/data/local-files/?d=")
+    url = ImageSource(ref="https://example.com/a.png")
+    assert task_image_value(url, str(tmp_path), "/data/local-files/?d=") == url.ref
+
+
+def test_reader_decodes_files_and_reports_unreadable_ones(scene_dir, tmp_path):
+    folder, scenes = scene_dir
+    reader = SourceReader(Settings())
+    image = reader.read(ImageSource(ref=str(scenes[0][0])))
+    assert image.array.shape == (64, 64, 3)
+    assert (image.array == scenes[0][1].image).all()
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    with pytest.raises(ImageError, match="broken.png"):
+        reader.read(ImageSource(ref=str(broken)))
+    with pytest.raises(ImageError, match="relative to Label Studio"):
+        reader.read(ImageSource(ref="/data/upload/1/a.png"))
+
+
+def test_reader_reads_local_files_urls_under_the_root(scene_dir):
+    folder, scenes = scene_dir
+    settings = Settings(local_files_document_root=str(folder.parent))
+    src = ImageSource(ref=f"/data/local-files/?d=images/{scenes[1][0].name}")
+    assert (SourceReader(settings).read(src).array == scenes[1][1].image).all()
+    assert Path(scenes[1][0]).exists()
