@@ -22,6 +22,7 @@ from pycocotools import mask as mask_utils
 
 from backend.batch.sources import ImageSource, SourceReader, task_image_value
 from backend.batch.state import StateStore, write_json_atomic
+from backend.controls import Region
 from backend.images import ImageError
 from backend.overlays import label_colors, save_overlay
 
@@ -32,15 +33,6 @@ COCO_FILE = "coco.json"
 FAILURES_FILE = "failures.json"
 OVERLAY_DIR = "overlays"
 LABEL_CONFIG_FILE = "label_config.xml"
-
-
-@dataclass
-class Region:
-    """One predicted region: its label, score in [0, 1] and exact mask, bool (H, W)."""
-
-    label: str
-    score: float
-    mask: np.ndarray = field(repr=False)
 
 
 @dataclass

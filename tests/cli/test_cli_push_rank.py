@@ -1,0 +1,160 @@
+"""rank (ordering, files, --push) and push (new tasks, existing tasks) against a fake Label Studio
+served by httpx.MockTransport: the SDK's real requests, checked at the HTTP level."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import httpx
+import pytest
+
+from backend.batch import push
+from backend.batch.rank import rank_tasks, write_ranking
+
+
+class FakeLabelStudio:
+    """Just enough of Label Studio's API: tasks of one project, predictions, import."""
+
+    def __init__(self, tasks: list[dict]) -> None:
+        self.tasks = tasks
+        self.predictions: list[dict] = []
+        self.imported: list[dict] = []
+        self.updates: list[tuple[int, dict]] = []
+        self.auth: set[str] = set()
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        self.auth.add(request.headers.get("Authorization", ""))
+        path, method = request.url.path, request.method
+        if path == "/api/tasks/" and method == "GET":
+            page = int(request.url.params.get("page", "1"))
+            items = self.tasks if page == 1 else []
+            return httpx.Response(
+                200,
+                json={
+                    "tasks": items,
+                    "total": len(self.tasks),
+                    "total_annotations": 0,
+                    "total_predictions": 0,
+                },
+            )
+        if m := re.fullmatch(r"/api/projects/(\d+)/import", path):
+            if m[1] != "3":
+                return httpx.Response(404, json={"detail": "Not found."})
+            body = json.loads(request.content)
+            self.imported.extend(body)
+            return httpx.Response(201, json={"task_count": len(body), "project": int(m[1])})
+        if path == "/api/predictions/" and method == "POST":
+            body = json.loads(request.content)
+            body["id"] = 100 + len(self.predictions)
+            self.predictions.append(body)
+            return httpx.Response(201, json=body)
+        if path == "/api/predictions/" and method == "GET":
+            task = int(request.url.params["task"])
+            return httpx.Response(200, json=[p for p in self.predictions if p["task"] == task])
+        if m := re.fullmatch(r"/api/predictions/(\d+)/", path):
+            body = json.loads(request.content)
+            self.updates.append((int(m[1]), body))
+            return httpx.Response(200, json={"id": int(m[1]), **body, "result": [], "task": 0})
+        return httpx.Response(404, json={"detail": f"not faked: {method} {path}"})
+
+
+def _client(fake: FakeLabelStudio):
+    transport = httpx.MockTransport(fake.handler)
+    return push.connect(
+        "http://ls.test", "legacy-token-123", httpx_client=httpx.Client(transport=transport)
+    )
+
+
+def _task(image: str, uncertainty: float | None, scores=(0.9,), task_id=None) -> dict:
+    task = {
+        "data": {"image": image},
+        "predictions": [
+            {
+                "model_version": "m1",
+                "score": 0.9,
+                "result": [{"type": "brushlabels", "score": s} for s in scores],
+            }
+        ],
+    }
+    if uncertainty is not None:
+        task["meta"] = {"clipseg": {"uncertainty": uncertainty}}
+    if task_id is not None:
+        task["id"] = task_id
+    return task
+
+
+def test_rank_orders_by_uncertainty_with_fallbacks(tmp_path):
+    tasks = [
+        _task("a.png", 0.1),
+        _task("b.png", 0.7),
+        _task("c.png", None, scores=(0.5, 0.7)),  # 1 - 0.6 = 0.4
+        {"data": {"image": "d.png"}},  # no prediction: last
+        _task("e.png", 0.7),  # tie with b: input order
+    ]
+    ranking = rank_tasks(tasks)
+    assert [r.image for r in ranking] == ["b.png", "e.png", "c.png", "a.png", "d.png"]
+    assert [r.source for r in ranking] == ["meta", "meta", "region_scores", "meta", "none"]
+    assert ranking[2].uncertainty == pytest.approx(0.4)
+    assert ranking[-1].uncertainty is None
+
+    rows = list(csv.DictReader(write_ranking(tmp_path / "r.csv", ranking).open()))
+    assert [r["image"] for r in rows] == ["b.png", "e.png", "c.png", "a.png", "d.png"]
+    assert rows[-1]["uncertainty"] == ""
+    data = json.loads(write_ranking(tmp_path / "r.json", ranking).read_text())
+    assert data[0] == {
+        "rank": 1,
+        "task_id": None,
+        "image": "b.png",
+        "uncertainty": 0.7,
+        "source": "meta",
+        "regions": 1,
+    }
+
+
+def test_push_new_tasks_imports_data_predictions_and_meta():
+    fake = FakeLabelStudio([])
+    tasks = [_task("a.png", 0.2), _task("b.png", 0.3)]
+    report = push.import_tasks(_client(fake), 3, tasks)
+    assert (report.created_tasks, report.created_predictions) == (2, 2)
+    assert fake.imported == tasks
+    assert fake.auth == {"Token legacy-token-123"}
+
+
+def test_push_existing_matches_by_image_and_lists_the_rest():
+    fake = FakeLabelStudio(
+        [{"id": 5, "data": {"image": "a.png"}}, {"id": 6, "data": {"image": "x.png"}}]
+    )
+    report = push.attach_predictions(_client(fake), 3, [_task("a.png", 0.2), _task("b.png", 0.3)])
+    assert report.created_predictions == 1 and report.unmatched == ["b.png"]
+    (created,) = fake.predictions
+    assert created["task"] == 5 and created["model_version"] == "m1" and created["score"] == 0.9
+    assert created["result"] == [{"type": "brushlabels", "score": 0.9}]
+
+
+def test_rank_push_sets_prediction_scores():
+    fake = FakeLabelStudio([{"id": 5, "data": {"image": "a.png"}}])
+    fake.predictions = [
+        {"id": 1, "task": 5, "model_version": "old", "result": []},
+        {"id": 2, "task": 5, "model_version": "m1", "result": []},
+        {"id": 3, "task": 9, "model_version": "m1", "result": []},
+    ]
+    client = _client(fake)
+    report = push.push_scores(client, 3, [(None, "a.png", 0.25), (9, "z.png", 0.5)], "m1")
+    assert report.updated_predictions == 2 and report.unmatched == []
+    assert [(i, b["score"]) for i, b in fake.updates] == [(2, 0.25), (3, 0.5)]
+    # without a model version: the newest prediction of the task
+    fake.updates.clear()
+    push.push_scores(client, 3, [(5, "a.png", 0.75)])
+    assert [(i, b["score"]) for i, b in fake.updates] == [(2, 0.75)]
+
+
+def test_push_errors_name_the_request():
+    fake = FakeLabelStudio([])
+    with pytest.raises(push.PushError, match="HTTP 404.*project id"):
+        push.import_tasks(_client(fake), 99, [_task("a.png", 0.2)])
+    with pytest.raises(ValueError, match="LABEL_STUDIO_URL"):
+        push.connect("", "k")
+    with pytest.raises(ValueError, match="LABEL_STUDIO_API_KEY"):
+        push.connect("http://x", "")
