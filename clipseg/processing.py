@@ -598,10 +598,12 @@ def _array_to_pil(arr: np.ndarray, what: str) -> Image.Image:
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
     elif np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all() or arr.min() < 0.0 or arr.max() > 1.0:
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{what} holds NaN or infinite values (outside [0, 1])")
+        if arr.min() < 0.0 or arr.max() > 1.0:
             raise ValueError(
-                f"{what} is a float array with values outside [0, 1] (min {np.nanmin(arr)}, "
-                f"max {np.nanmax(arr)}); give floats in [0, 1] or uint8 in [0, 255]"
+                f"{what} is a float array with values outside [0, 1] (min {arr.min()}, "
+                f"max {arr.max()}); give floats in [0, 1] or uint8 in [0, 255]"
             )
         arr = np.round(arr.astype(np.float64) * 255.0).astype(np.uint8)
     elif np.issubdtype(arr.dtype, np.integer):
@@ -721,15 +723,12 @@ class CLIPSegImageProcessor:
         **kwargs: Any,
     ) -> None:
         self.do_resize = do_resize
-        self.size = (
-            dict(size)
-            if isinstance(size, Mapping)
-            else (
-                {"height": 352, "width": 352}
-                if size is None
-                else {"height": _square_size(size)[0], "width": _square_size(size)[1]}
-            )
-        )
+        if size is None:
+            size = {"height": 352, "width": 352}
+        elif not isinstance(size, Mapping):
+            h, w = _square_size(size)
+            size = {"height": h, "width": w}
+        self.size = dict(size)
         self.height, self.width = _square_size(self.size)
         self.resample = int(resample)
         self.do_rescale = do_rescale

@@ -1,0 +1,296 @@
+"""CLIPSegImageProcessor / load_image / CLIPSegProcessor against transformers' PIL-backend ViT
+image processor (the numbers CIDAS' preprocessor_config.json gives in transformers)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from clip_vocab import clip_vocab_fixture  # noqa: F401  (the session fixture clip_vocab_dir)
+from PIL import Image, ImageOps
+
+from clipseg.processing import (
+    CLIPSegImageProcessor,
+    CLIPSegProcessor,
+    CLIPTokenizer,
+    load_image,
+)
+
+transformers = pytest.importorskip("transformers", reason="transformers is the parity reference")
+
+MEAN = [0.485, 0.456, 0.406]
+STD = [0.229, 0.224, 0.225]
+CIDAS_CONFIG = {
+    "do_normalize": True,
+    "do_rescale": True,
+    "do_resize": True,
+    "image_mean": MEAN,
+    "image_processor_type": "ViTImageProcessor",
+    "image_std": STD,
+    "processor_class": "CLIPSegProcessor",
+    "resample": 2,
+    "rescale_factor": 0.00392156862745098,
+    "size": {"height": 352, "width": 352},
+}
+
+
+@pytest.fixture(scope="module")
+def ref():
+    """transformers' PIL ("slow") ViT processor with CIDAS' settings; do_convert_rgb=True so that
+    every mode reaches RGB (it composites alpha onto white, as ours does)."""
+    cls = getattr(transformers, "ViTImageProcessorPil", None) or transformers.ViTImageProcessor
+    return cls(
+        do_resize=True,
+        size={"height": 352, "width": 352},
+        resample=2,
+        do_rescale=True,
+        do_normalize=True,
+        image_mean=MEAN,
+        image_std=STD,
+        do_convert_rgb=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def ours():
+    return CLIPSegImageProcessor(**CIDAS_CONFIG)
+
+
+def _ref_pixels(ref, image) -> np.ndarray:
+    return np.asarray(ref(image, return_tensors="np")["pixel_values"])
+
+
+def _rgba(h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    # smooth-ish content plus noise so resampling is exercised
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack(
+        [xx * 255 / max(w - 1, 1), yy * 255 / max(h - 1, 1), (xx + yy) % 256, xx * 0 + 128], -1
+    )
+    noise = rng.integers(-40, 40, (h, w, 4))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def _modes(h: int, w: int) -> dict[str, Image.Image]:
+    arr = _rgba(h, w)
+    arr[..., 3] = np.linspace(0, 255, w, dtype=np.uint8)[None, :]  # varying alpha
+    rgb = Image.fromarray(arr[..., :3])
+    p_transparent = rgb.convert("P")
+    p_transparent.info["transparency"] = 3
+    return {
+        "RGB": rgb,
+        "RGBA": Image.fromarray(arr),
+        "L": Image.fromarray(arr[..., 0]),
+        "LA": Image.fromarray(arr).convert("LA"),
+        "P": rgb.convert("P"),
+        "P+transparency": p_transparent,
+        "CMYK": rgb.convert("CMYK"),
+        "I;16": Image.fromarray(arr[..., 0].astype(np.uint16) * 3),
+        "I": Image.fromarray(arr[..., 1].astype(np.int32) - 20),
+        "F": Image.fromarray(arr[..., 2].astype(np.float32) / 2),
+        "1": Image.fromarray(arr[..., 0]).convert("1"),
+    }
+
+
+@pytest.mark.parametrize("size", [(37, 53), (352, 352), (500, 301), (1, 1), (2, 900)], ids=str)
+@pytest.mark.parametrize("mode", list(_modes(4, 4)))
+def test_pil_modes_match_transformers(ref, ours, mode, size):
+    image = _modes(*size)[mode]
+    got = ours(image, return_tensors="pt")["pixel_values"]
+    assert got.dtype == torch.float32 and got.shape == (1, 3, 352, 352)
+    np.testing.assert_allclose(got.numpy(), _ref_pixels(ref, image), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels", [None, 1, 3, 4])
+def test_numpy_uint8_matches_transformers(ref, ours, channels):
+    arr = _rgba(61, 43, seed=1)
+    arr = arr[..., 0] if channels is None else arr[..., :channels]
+    got = ours(arr, return_tensors="np")["pixel_values"]
+    # transformers cannot read a 2-D array; its (H, W, 1) form is the same image
+    reference = _ref_pixels(ref, arr[..., None] if channels is None else arr)
+    np.testing.assert_allclose(got, reference, rtol=0, atol=1e-6)
+
+
+def test_float_and_tensor_inputs_equal_uint8(ours):
+    arr = _rgba(40, 30, seed=2)[..., :3]
+    expected = ours(arr, return_tensors="np")["pixel_values"]
+    as_float = arr.astype(np.float32) / 255.0
+    np.testing.assert_allclose(
+        ours(as_float, return_tensors="np")["pixel_values"], expected, atol=1e-6
+    )
+    chw = torch.from_numpy(arr).permute(2, 0, 1)
+    np.testing.assert_allclose(ours(chw, return_tensors="np")["pixel_values"], expected, atol=1e-6)
+
+
+def test_batch_and_list_output(ref, ours):
+    images = list(_modes(20, 31).values())[:4]
+    got = ours(images)["pixel_values"]
+    assert got.shape == (4, 3, 352, 352) and got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), _ref_pixels(ref, images), atol=1e-6)
+    as_list = ours(images, return_tensors=None)["pixel_values"]
+    assert len(as_list) == 4 and as_list[0].shape == (3, 352, 352)
+
+
+def _jpeg_with_orientation(arr: np.ndarray, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_applied(ref, ours, orientation):
+    data = _jpeg_with_orientation(_rgba(48, 80, seed=3)[..., :3], orientation)
+    raw = Image.open(io.BytesIO(data))
+    transposed = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    assert transposed.size != raw.size or orientation == 3
+    got = ours(raw, return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(got, _ref_pixels(ref, transposed), atol=1e-6)
+    assert not np.allclose(got, _ref_pixels(ref, raw), atol=1e-3)  # it really did something
+    assert load_image(data).size == transposed.size  # bytes go through the same path
+
+
+def test_load_image_alpha_composited_on_white():
+    arr = np.zeros((2, 2, 4), np.uint8)
+    arr[..., 0] = 200
+    arr[0, 0, 3] = 255  # opaque red-ish
+    arr[1, 1, 3] = 0  # fully transparent -> white
+    out = np.asarray(load_image(Image.fromarray(arr)))
+    assert out.shape == (2, 2, 3)
+    assert out[0, 0].tolist() == [200, 0, 0]
+    assert out[1, 1].tolist() == [255, 255, 255]
+    assert np.asarray(load_image(arr))[1, 1].tolist() == [255, 255, 255]
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (b"not an image at all", "could not be decoded"),
+        (b"", "empty"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "could not be decoded"),
+        (np.zeros((0, 5, 3), np.uint8), "empty"),
+        (np.zeros((5, 5, 2), np.uint8), "shape"),
+        (np.zeros((2, 5, 5, 3), np.uint8), "shape"),
+        (np.zeros((5,), np.uint8), "shape"),
+        (np.full((5, 5, 3), 2.0, np.float32), "outside"),
+        (np.full((5, 5, 3), np.nan, np.float32), "outside"),
+        (np.full((5, 5), 300, np.int32), "outside"),
+        (np.zeros((5, 5), np.complex64), "dtype"),
+        (12345, "int"),
+        ({"image": 1}, "dict"),
+        (None, "NoneType"),
+    ],
+    ids=lambda v: type(v).__name__,
+)
+def test_load_image_errors(bad, match):
+    with pytest.raises(ValueError, match=match):
+        load_image(bad)
+
+
+def test_load_image_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_image(tmp_path / "nope.png")
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(ValueError, match="could not be decoded"):
+        load_image(corrupt)
+
+
+def test_config_roundtrip_and_size_forms(tmp_path):
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({**CIDAS_CONFIG, "foo": 1}))
+    proc = CLIPSegImageProcessor.from_pretrained(tmp_path)
+    assert (proc.height, proc.width, proc.resample) == (352, 352, 2)
+    out = tmp_path / "saved"
+    proc.save_pretrained(out)
+    saved = json.loads((out / "preprocessor_config.json").read_text())
+    assert saved["size"] == {"height": 352, "width": 352} and saved["foo"] == 1
+    assert saved["image_mean"] == MEAN and saved["image_std"] == STD
+    assert CLIPSegImageProcessor(size={"shortest_edge": 224})(np.zeros((5, 9, 3), np.uint8))[
+        "pixel_values"
+    ].shape == (1, 3, 224, 224)
+    assert CLIPSegImageProcessor(size=64, crop_size={"height": 1})(np.zeros((5, 9), np.uint8))[
+        "pixel_values"
+    ].shape == (1, 3, 64, 64)
+    with pytest.raises(ValueError, match="size"):
+        CLIPSegImageProcessor(size={"bogus": 3})
+
+
+# ---- CLIPSegProcessor -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dir(clip_vocab_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    for f in clip_vocab_dir.iterdir():
+        (d / f.name).write_bytes(f.read_bytes())
+    (d / "preprocessor_config.json").write_text(json.dumps(CIDAS_CONFIG))
+    return d
+
+
+def test_processor_matches_transformers(checkpoint_dir, ref):
+    ours = CLIPSegProcessor.from_pretrained(checkpoint_dir)
+    theirs = transformers.CLIPSegProcessor(
+        image_processor=ref, tokenizer=transformers.CLIPTokenizer.from_pretrained(checkpoint_dir)
+    )
+    image = _modes(50, 70)["RGB"]
+    prompts = ["a cat", "a photo of a dog", "something"]
+    got = ours(text=prompts, images=[image] * 3, padding="max_length", return_tensors="pt")
+    exp = theirs(text=prompts, images=[image] * 3, padding="max_length", return_tensors="pt")
+    assert set(got) == set(exp) == {"input_ids", "attention_mask", "pixel_values"}
+    assert torch.equal(got["input_ids"], exp["input_ids"])
+    assert torch.equal(got["attention_mask"], exp["attention_mask"])
+    torch.testing.assert_close(got["pixel_values"], exp["pixel_values"], rtol=0, atol=1e-6)
+
+    vp = ours(images=[image], visual_prompt=[image], return_tensors="pt")
+    vp_exp = theirs(images=[image], visual_prompt=[image], return_tensors="pt")
+    assert set(vp) == set(vp_exp) == {"pixel_values", "conditional_pixel_values"}
+    torch.testing.assert_close(vp["conditional_pixel_values"], vp_exp["conditional_pixel_values"])
+    assert set(ours(visual_prompt=image)) == {"conditional_pixel_values"}
+    assert set(ours(images=image)) == {"pixel_values"}
+    assert set(ours(text="a cat")) == {"input_ids", "attention_mask"}
+    assert ours.batch_decode(got["input_ids"], skip_special_tokens=True) == prompts
+    assert ours.decode(got["input_ids"][0], skip_special_tokens=True) == "a cat"
+    assert got.input_ids is got["input_ids"]
+
+
+def test_processor_errors_and_roundtrip(checkpoint_dir, tmp_path):
+    proc = CLIPSegProcessor.from_pretrained(checkpoint_dir)
+    with pytest.raises(ValueError, match="either text, visual prompt or images"):
+        proc()
+    with pytest.raises(ValueError, match="exactly one type of prompt"):
+        proc(text="a", visual_prompt=np.zeros((4, 4, 3), np.uint8))
+    proc.save_pretrained(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} >= {
+        "vocab.json",
+        "merges.txt",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "preprocessor_config.json",
+    }
+    again = CLIPSegProcessor.from_pretrained(tmp_path)
+    assert isinstance(again.tokenizer, CLIPTokenizer)
+    assert again.tokenizer.encode("a photo of a cat") == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert again.image_processor.to_dict() == proc.image_processor.to_dict()
+
+
+def test_processor_resolves_names_through_weights(checkpoint_dir, monkeypatch):
+    """Non-directory names ("demo", hub ids) go through clipseg.weights.resolve_checkpoint."""
+    import sys
+    import types
+
+    calls = []
+    fake = types.ModuleType("clipseg.weights")
+
+    def resolve_checkpoint(name):
+        calls.append(name)
+        return checkpoint_dir
+
+    fake.resolve_checkpoint = resolve_checkpoint
+    monkeypatch.setitem(sys.modules, "clipseg.weights", fake)
+    proc = CLIPSegProcessor.from_pretrained("demo")
+    assert calls == ["demo"]
+    assert proc.tokenizer.encode("a cat")[0] == proc.tokenizer.bos_token_id
