@@ -27,7 +27,7 @@ def test_same_seed_same_scene():
     a, b = make_scene(1234), make_scene(1234)
     assert np.array_equal(a.image, b.image)
     assert [(o.color, o.shape) for o in a.objects] == [(o.color, o.shape) for o in b.objects]
-    for oa, ob in zip(a.objects, b.objects):
+    for oa, ob in zip(a.objects, b.objects, strict=True):
         assert np.array_equal(oa.mask, ob.mask)
     assert a.prompts() == b.prompts()
 

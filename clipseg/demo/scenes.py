@@ -2,7 +2,7 @@
 
 A scene is a square RGB image with 1 to 5 objects (a color and a shape each), painted in order, so
 later objects may partly hide earlier ones. Every object keeps the mask of its *visible* part. The
-prompts the demo model understands are ``"<color> <shape>"``, ``"<shape>"`` and ``"<color> object"``;
+demo model's prompts are ``"<color> <shape>"``, ``"<shape>"`` and ``"<color> object"``;
 ``Scene.target(prompt)`` is the union of the visible masks of every matching object (empty when
 nothing matches: an absent prompt).
 
@@ -32,7 +32,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "white": (250, 250, 250),
     "black": (12, 12, 12),
 }
-"""Object colors (RGB). Each object jitters its color by at most :data:`COLOR_JITTER` per channel."""
+"""Object colors (RGB); each object jitters its color by up to :data:`COLOR_JITTER` per channel."""
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "ring", "cross")
 BACKGROUNDS: tuple[str, ...] = ("plain", "gradient", "noise", "texture")
@@ -122,7 +122,8 @@ _PROMPT_RE = re.compile(r"^\s*(?:(\w+)\s+)?(\w+)\s*$")
 
 
 def parse_prompt(prompt: str) -> tuple[str | None, str | None]:
-    """``"<color> <shape>"``, ``"<shape>"`` or ``"<color> object"`` -> (color or None, shape or None).
+    """``"<color> <shape>"``, ``"<shape>"`` or ``"<color> object"`` -> (color, shape), None for
+    the part the prompt leaves open.
 
     Case and surrounding whitespace are ignored. Raises ``ValueError`` for anything else, naming
     the accepted words.
@@ -291,13 +292,13 @@ def make_scene(seed: int, size: int = 160, max_objects: int = 5) -> Scene:
         jitter = rng.integers(-COLOR_JITTER, COLOR_JITTER + 1, 3)
         paint.append(np.clip(np.array(COLORS[color]) + jitter, 0, 255).astype(np.float32))
 
-    for mask, rgb in zip(full_masks, paint):
+    for mask, rgb in zip(full_masks, paint, strict=True):
         image[mask] = rgb
     image += rng.normal(0, 3.0, image.shape).astype(np.float32)  # sensor noise
     image_u8 = np.clip(np.round(image), 0, 255).astype(np.uint8)
 
     objects = []
-    for i, ((color, shape), mask) in enumerate(zip(kinds, full_masks)):
+    for i, ((color, shape), mask) in enumerate(zip(kinds, full_masks, strict=True)):
         visible = mask.copy()
         for later in full_masks[i + 1 :]:
             visible &= ~later
