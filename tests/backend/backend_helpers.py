@@ -141,3 +141,115 @@ def make_jwt(payload: dict) -> str:
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
 
     return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(payload)}.c2lnbmF0dXJl"
+
+
+class FakePredictor:
+    """A stand-in for `clipseg.Predictor` with known answers, for protocol and logic tests.
+
+    The probability of a pixel is `red(pixel) * e[0]` where `e` is the conditional embedding:
+    text embeddings have e[0] = 0.9 for prompts containing "cat" or "red", else 0.1; every
+    exemplar embedding has e[0] = 0.9. So "cat" finds the red rectangle, "dog" finds nothing
+    until it has exemplars (0.5 * 0.1 + 0.5 * 0.9 = 0.5 > 0.3).
+    """
+
+    dim = 8
+
+    def __init__(self) -> None:
+        import torch
+
+        self.torch = torch
+        self.image = None
+        self.device = "cpu"
+        self.dtype = torch.float32
+        self.calls: list[tuple[str, object]] = []
+        self.active = 0
+        self.max_active = 0
+
+    def _enter(self) -> None:
+        import time
+
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        time.sleep(0.001)
+        self.active -= 1
+
+    def set_image(self, image) -> None:
+        self._enter()
+        self.image = np.asarray(image)
+        self.calls.append(("set_image", self.image.shape))
+
+    def embed_text(self, texts):
+        self.calls.append(("embed_text", list(texts)))
+        out = self.torch.zeros(len(texts), self.dim)
+        for i, t in enumerate(texts):
+            out[i, 0] = 0.9 if ("cat" in t.lower() or "red" in t.lower()) else 0.1
+            out[i, 1] = (sum(map(ord, t)) % 97) / 97.0
+        return out
+
+    def embed_exemplar(self, image, mask=None, box=None):
+        self.calls.append(("embed_exemplar", "mask" if mask is not None else box))
+        out = self.torch.zeros(self.dim)
+        out[0] = 0.9
+        return out
+
+    def predict_embeddings(self, embeddings):
+        if self.image is None:
+            raise RuntimeError("call set_image first")
+        self._enter()
+        self.calls.append(("predict_embeddings", tuple(embeddings.shape)))
+        img = self.image.astype(np.float32)
+        red = ((img[..., 0] > 150) & (img[..., 1] < 100)).astype(np.float32)
+        e0 = embeddings[:, 0].detach().cpu().numpy().astype(np.float32)
+        return np.clip(red[None] * e0[:, None, None], 0, 1).astype(np.float32)
+
+    def predict(self, prompts):
+        return self.predict_embeddings(self.embed_text(prompts))
+
+
+def fake_backend(tmp_path, **settings):
+    """A CLIPSegBackend over a FakePredictor, storing under tmp_path."""
+    from backend.model import CLIPSegBackend
+    from backend.settings import Settings
+
+    settings.setdefault("model_dir", str(tmp_path / "model-dir"))
+    return CLIPSegBackend(
+        Settings(**settings),
+        FakePredictor(),
+        model_name="clipseg-fake",
+        weights_hash="0123abcd",
+        is_demo=False,
+        device="cpu",
+        dtype="float32",
+    )
+
+
+CONFIG = (
+    '<View><Image name="image" value="$image"/>'
+    '<BrushLabels name="tag" toName="image"><Label value="cat"/><Label value="dog"/></BrushLabels>'
+    '<PolygonLabels name="poly" toName="image"><Label value="cat"/></PolygonLabels>'
+    '<RectangleLabels name="box" toName="image" smart="true"><Label value="cat"/></RectangleLabels>'
+    '<KeyPointLabels name="kp" toName="image" smart="true"><Label value="cat"/></KeyPointLabels>'
+    "</View>"
+)
+
+
+def check_result_item(item: dict, width: int, height: int) -> None:
+    """Asserts that one Label Studio result item is well formed."""
+    assert {"from_name", "to_name", "type", "value", "original_width", "original_height"} <= set(
+        item
+    )
+    assert (item["original_width"], item["original_height"]) == (width, height)
+    kind, value = item["type"], item["value"]
+    assert isinstance(value[kind], list) and value[kind]
+    if kind == "brushlabels":
+        assert value["format"] == "rle" and all(isinstance(v, int) for v in value["rle"])
+    elif kind == "polygonlabels":
+        assert len(value["points"]) >= 3
+        assert all(0 <= x <= 100 and 0 <= y <= 100 for x, y in value["points"])
+    elif kind == "rectanglelabels":
+        assert 0 <= value["x"] <= 100 and 0 <= value["y"] <= 100
+        assert 0 < value["width"] <= 100 and 0 < value["height"] <= 100
+    else:
+        raise AssertionError(f"unexpected result type {kind}")
+    if "score" in item:
+        assert 0.0 <= item["score"] <= 1.0

@@ -1,0 +1,662 @@
+"""The backend's model: CLIPSeg behind label-studio-ml's setup / predict / fit conventions.
+
+Orchestration only: label config -> prompts (`label_config`), task -> image (`images`), image +
+prompts -> probability maps (`clipseg.Predictor`), maps -> regions -> Label Studio results
+(`controls`, `formats`), annotations -> exemplars (`exemplars`).
+
+Per task, the image is encoded once and every prompt of every control is decoded in one call.
+A label's conditional embedding is its text prompt's, mixed with the mean of its exemplars when
+it has some: `w * text + (1 - w) * mean(exemplars)` (w = CLIPSEG_EXEMPLAR_WEIGHT); a label
+with several prompts (`prompt` + `predicted_values`) gets the mean of their probability maps.
+
+Scores (see docs/backend.md):
+- region `score`: the mean probability inside the region;
+- `confidence` of a task: the mean of its regions' scores (0 when nothing was found);
+- `uncertainty` of a task: the mean over its labels of the fraction of uncertain pixels, those
+  with a probability in [CLIPSEG_UNCERTAIN_LOW, CLIPSEG_UNCERTAIN_HIGH], among the label's
+  candidate pixels (probability >= CLIPSEG_UNCERTAIN_LOW; 0 when there are none).
+The prediction's top-level `score` is the confidence (CLIPSEG_SCORE=uncertainty makes it the
+uncertainty); both are also sent as separate fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from backend.controls import ControlAdapter, Region, adapter_for, decode_brush_rle, make_adapters
+from backend.exemplars import Exemplar, ExemplarStore, project_key
+from backend.images import ImageError, ImageLoader, LabelStudioClient, label_studio_client
+from backend.label_config import ControlSpec, LabelConfigError, parse_label_config
+from backend.settings import DEFAULT_MODEL, Settings
+
+logger = logging.getLogger(__name__)
+
+#: Webhook actions `fit` acts on.
+FIT_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING")
+_REGION_TYPES = ("brushlabels", "polygonlabels", "rectanglelabels")
+_CONTEXT_TYPES = ("brushlabels", "rectanglelabels", "keypointlabels", "polygonlabels")
+
+
+class ModelLoadError(RuntimeError):
+    """The CLIPSeg checkpoint cannot be found or loaded; the message says what to do."""
+
+
+def resolve_device(name: str) -> str:
+    """ "auto" -> "cuda" when a GPU is visible, else "cpu"; anything else as given."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _how_to_fix(name: str) -> str:
+    return (
+        f"To use {DEFAULT_MODEL}, download it where the backend can read it, e.g. "
+        f"`pip install huggingface_hub && hf download {DEFAULT_MODEL} "
+        "--local-dir ./models/clipseg-rd64-refined` and set "
+        "CLIPSEG_MODEL=./models/clipseg-rd64-refined (in docker: see docker/README.md). "
+        "To try the backend without downloading anything, run the bundled demo model: "
+        "CLIPSEG_MODEL=demo (a small model trained on synthetic shapes, not real photos)."
+    )
+
+
+def _resolve(name: str) -> Path:
+    from clipseg.weights import resolve_checkpoint
+
+    try:
+        return Path(resolve_checkpoint(name))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot find the CLIPSeg model {name!r} (CLIPSEG_MODEL): {exc}. {_how_to_fix(name)}"
+        ) from exc
+
+
+def check_checkpoint_or_exit(settings: Settings) -> None:
+    """Fail fast before gunicorn forks when the checkpoint cannot even be found."""
+    import sys
+
+    try:
+        _resolve(settings.model)
+    except ModelLoadError as exc:
+        logger.error("cannot start: %s", exc)
+        sys.exit(1)
+
+
+def _weights_hash(directory: Path) -> str:
+    """A short sha256 of the checkpoint's weights file (or of its config when there is none)."""
+    for name in ("model.safetensors", "pytorch_model.bin", "config.json"):
+        path = directory / name
+        if path.is_file():
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                while chunk := handle.read(1 << 22):
+                    digest.update(chunk)
+            return digest.hexdigest()[:8]
+    return "unknown"
+
+
+def _slug(name: str, directory: Path, is_demo: bool) -> str:
+    if is_demo:
+        return "clipseg-demo"
+    base = name.rstrip("/").split("/")[-1] if not Path(name).exists() else directory.name
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-") or "clipseg"
+    return base if base.lower().startswith("clipseg") else f"clipseg-{base}"
+
+
+def _config_is_demo(config: Any) -> bool:
+    for key in ("is_demo", "demo", "clipseg_demo"):
+        value = getattr(config, key, None)
+        if value is None and isinstance(getattr(config, "extra", None), dict):
+            value = config.extra.get(key)
+        if value:
+            return True
+    return False
+
+
+def uncertainty_of(probs: np.ndarray, low: float, high: float) -> float:
+    """Fraction of a map's candidate pixels (p >= low) that are uncertain (low <= p <= high)."""
+    candidate = probs >= low
+    n = int(candidate.sum())
+    if n == 0:
+        return 0.0
+    return float(np.count_nonzero(candidate & (probs <= high))) / n
+
+
+def _min_area(setting: float, height: int, width: int) -> int:
+    return int(setting) if setting >= 1 else int(round(setting * height * width))
+
+
+def find_regions(
+    label: str, probs: np.ndarray, threshold: float, mode: str, min_area: int
+) -> list[Region]:
+    """Regions of one label's (H, W) probability map: pixels above `threshold`, small blobs
+    (< `min_area` px) dropped, one region per connected blob ("instance") or one per label
+    ("semantic"); each scored with its mean probability. No pixel above -> no region."""
+    above = probs > threshold
+    if not above.any():
+        return []
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(above.astype(np.uint8), 8)
+    keep = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= max(min_area, 1)]
+    if not keep:
+        return []
+    if mode == "semantic":
+        mask = np.isin(labels, keep)
+        return [Region(label, mask, float(probs[mask].mean()))]
+    regions = []
+    for i in keep:
+        mask = labels == i
+        regions.append(Region(label, mask, float(probs[mask].mean())))
+    regions.sort(key=lambda r: -r.score)
+    return regions
+
+
+@dataclass
+class ImagePrediction:
+    """What the model made of one image for a set of controls."""
+
+    results: list[dict[str, Any]]
+    regions: list[Region] = field(repr=False)
+    uncertainty: float
+    confidence: float
+    labels: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class CLIPSegBackend:
+    """Loaded once per process; `predict` and `fit` are safe to call from several threads."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        predictor: Any,
+        model_name: str,
+        weights_hash: str,
+        is_demo: bool,
+        device: str,
+        dtype: str,
+    ) -> None:
+        self.settings = settings
+        self.predictor = predictor
+        self.model_name = model_name
+        self.weights_hash = weights_hash
+        self.is_demo = is_demo
+        self.device = device
+        self.dtype = dtype
+        self.base_version = f"{model_name}@{weights_hash}"
+        self.adapters: tuple[ControlAdapter, ...] = make_adapters(settings.polygon_tolerance)
+        self.images = ImageLoader(settings)
+        self.store = ExemplarStore(
+            Path(settings.model_dir) / "exemplars" / self.base_version,
+            settings.max_exemplars_per_label,
+        )
+        self._predictor_lock = threading.Lock()  # the Predictor holds one image at a time
+        self._connections: dict[str, tuple[str | None, str | None]] = {}
+        self._clients: dict[tuple[str | None, str | None], LabelStudioClient | None] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, settings: Settings) -> CLIPSegBackend:
+        """Load the checkpoint named by CLIPSEG_MODEL; ModelLoadError says how to fix a failure."""
+        directory = _resolve(settings.model)
+        device = resolve_device(settings.device)
+        dtype = None if settings.dtype == "auto" else settings.dtype
+        try:
+            from clipseg import Predictor
+
+            predictor = Predictor.from_pretrained(str(directory), device=device, dtype=dtype)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"cannot load the CLIPSeg model {settings.model!r} from {directory}: "
+                f"{type(exc).__name__}: {exc}. {_how_to_fix(settings.model)}"
+            ) from exc
+        model = getattr(predictor, "model", None)
+        is_demo = settings.model == "demo" or _config_is_demo(getattr(model, "config", None))
+        name = _slug(settings.model, directory, is_demo)
+        backend = cls(
+            settings,
+            predictor,
+            model_name=name,
+            weights_hash=_weights_hash(directory),
+            is_demo=is_demo,
+            device=str(getattr(predictor, "device", device)),
+            dtype=str(getattr(predictor, "dtype", dtype or "float32")).replace("torch.", ""),
+        )
+        logger.info(
+            "loaded %s from %s on %s (%s); model_version %s",
+            settings.model,
+            directory,
+            backend.device,
+            backend.dtype,
+            backend.base_version,
+        )
+        if is_demo:
+            logger.warning(
+                "CLIPSEG_MODEL=%s is the DEMO model: a small CLIPSeg trained on synthetic "
+                "'<color> <shape>' scenes; it will not segment real photos. For real images run "
+                "the published model: CLIPSEG_MODEL=%s clipseg-backend (see docs/backend.md)",
+                settings.model,
+                DEFAULT_MODEL,
+            )
+        return backend
+
+    # ------------------------------------------------------------------ protocol
+    def health(self) -> dict[str, Any]:
+        return {
+            "model_class": type(self).__name__,
+            "model_name": self.model_name,
+            "model_source": self.settings.model,
+            "model_version": self.base_version,
+            "device": self.device,
+            "dtype": self.dtype,
+            "demo": self.is_demo,
+        }
+
+    def handles(self, event: str) -> bool:
+        return event in FIT_EVENTS
+
+    def model_version(self, project: Any = None) -> str:
+        """`<model>@<weights hash>+ex<count>-<hash>`: changes when the project's exemplars do."""
+        try:
+            key = project_key(project)
+        except ValueError:
+            return f"{self.base_version}+ex0"
+        return f"{self.base_version}+{self.store.version(key)}"
+
+    def setup(
+        self,
+        project: Any = None,
+        label_config: str | None = None,
+        hostname: str | None = None,
+        access_token: str | None = None,
+        extra_params: Any = None,
+    ) -> str:
+        """Remember how to reach this project's Label Studio; return its model_version."""
+        try:
+            key = project_key(project)
+        except ValueError:
+            key = None
+        if key is not None and (hostname or access_token):
+            with self._lock:
+                self._connections[key] = (hostname, access_token)
+        if label_config:
+            try:
+                parse_label_config(label_config, self.settings.threshold)
+            except LabelConfigError as exc:
+                logger.warning("project %s: %s", key, exc)
+        return self.model_version(key)
+
+    def _client(self, project: Any) -> LabelStudioClient | None:
+        try:
+            key = project_key(project)
+        except ValueError:
+            key = None
+        with self._lock:
+            hostname, token = self._connections.get(key, (None, None)) if key else (None, None)
+            if (hostname, token) not in self._clients:
+                self._clients[(hostname, token)] = label_studio_client(
+                    self.settings, hostname, token
+                )
+            return self._clients[(hostname, token)]
+
+    # ------------------------------------------------------------------ prediction
+    def controls(self, label_config: str) -> list[ControlSpec]:
+        specs = parse_label_config(label_config, self.settings.threshold)
+        return [c for c in specs if adapter_for(c, self.adapters) is not None]
+
+    def predict(
+        self,
+        tasks: Sequence[dict],
+        context: dict | None = None,
+        project: Any = None,
+        label_config: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """One prediction per task, in order; a task that fails gets an empty result."""
+        version = self.model_version(project)
+        try:
+            controls = self.controls(label_config or "")
+        except LabelConfigError as exc:
+            logger.error("project %s: %s; answering empty results", project, exc)
+            controls = []
+        if not controls:
+            logger.warning("no BrushLabels/PolygonLabels/RectangleLabels on an Image to predict")
+        try:
+            stored = self.store.embeddings(project_key(project))
+        except ValueError:
+            stored = {}
+        client = self._client(project)
+        out = []
+        for task in tasks:
+            try:
+                pred = self.predict_task(task, controls, stored, context, client)
+                score = pred.uncertainty if self.settings.score_mode == "uncertainty" else None
+                out.append(
+                    {
+                        "result": pred.results,
+                        "score": pred.confidence if score is None else score,
+                        "model_version": version,
+                        "confidence": pred.confidence,
+                        "uncertainty": pred.uncertainty,
+                    }
+                )
+            except Exception as exc:  # one bad task must not sink the batch
+                if isinstance(exc, ImageError):
+                    logger.error("task %s: %s", task.get("id"), exc)
+                else:
+                    logger.exception("task %s: prediction failed", task.get("id"))
+                out.append({"result": [], "score": 0.0, "model_version": version})
+        return out
+
+    def predict_task(
+        self,
+        task: dict,
+        controls: Sequence[ControlSpec],
+        stored: dict[str, np.ndarray],
+        context: dict | None,
+        client: LabelStudioClient | None,
+    ) -> ImagePrediction:
+        """Results of every control for one task, each of its images loaded and encoded once."""
+        by_image: dict[str, list[ControlSpec]] = {}
+        for control in controls:
+            by_image.setdefault(control.value_key, []).append(control)
+        parts = []
+        for value_key, image_controls in by_image.items():
+            image = self.images.load(task, value_key, client)
+            parts.append(self.predict_image(image.array, image_controls, stored, context))
+        return _merge(parts)
+
+    def predict_image(
+        self,
+        image: np.ndarray,
+        controls: Sequence[ControlSpec],
+        stored: dict[str, np.ndarray] | None = None,
+        context: dict | None = None,
+    ) -> ImagePrediction:
+        """Predict `controls` on one (H, W, 3) uint8 image.
+
+        `stored`: label -> (N, D) exemplar embeddings; `context`: Label Studio's interactive
+        context, whose smart regions on this image serve as exemplars of their labels (and then
+        only their labels are answered).
+        """
+        import torch
+
+        height, width = image.shape[:2]
+        to_names = {c.to_name for c in controls}
+        with self._predictor_lock:
+            live = self._context_exemplars(image, context, to_names)
+            wanted = set(live) if live else None
+            labels: dict[str, tuple[str, ...]] = {}  # label -> prompts, first control wins
+            for control in controls:
+                for lab in control.labels:
+                    if wanted is None or lab.value in wanted:
+                        labels.setdefault(lab.value, lab.prompts)
+            if not labels:
+                return ImagePrediction([], [], 0.0, 0.0)
+            rows: list[tuple[str, str]] = [(lab, p) for lab, ps in labels.items() for p in ps]
+            prompts = list(dict.fromkeys(p for _, p in rows))
+            self.predictor.set_image(image)
+            text = self.predictor.embed_text(prompts)  # (P, D)
+            index = {p: i for i, p in enumerate(prompts)}
+            conds = []
+            w = self.settings.exemplar_weight
+            for lab, prompt in rows:
+                cond = text[index[prompt]]
+                vecs = list((stored or {}).get(lab, ()))
+                vecs += [v.detach().cpu().float().numpy() for v in live.get(lab, [])]
+                if vecs:
+                    mean = torch.as_tensor(np.mean(np.stack(vecs), axis=0))
+                    cond = w * cond + (1 - w) * mean.to(device=cond.device, dtype=cond.dtype)
+                conds.append(cond)
+            probs_all = self.predictor.predict_embeddings(torch.stack(conds))  # (K, H, W)
+        probs: dict[str, np.ndarray] = {}
+        for lab in labels:
+            rows_of = [i for i, (name, _) in enumerate(rows) if name == lab]
+            probs[lab] = np.asarray(probs_all[rows_of], dtype=np.float32).mean(axis=0)
+        min_area = _min_area(self.settings.min_region_area, height, width)
+        results: list[dict[str, Any]] = []
+        all_regions: list[Region] = []
+        details: dict[str, dict[str, Any]] = {}
+        found: dict[tuple[str, float], list[Region]] = {}
+        for control in controls:
+            adapter = adapter_for(control, self.adapters)
+            for lab in control.labels:
+                if lab.value not in probs:
+                    continue
+                key = (lab.value, control.threshold)
+                if key not in found:
+                    found[key] = find_regions(
+                        lab.value,
+                        probs[lab.value],
+                        control.threshold,
+                        self.settings.region_mode,
+                        min_area,
+                    )
+                    all_regions.extend(found[key])
+                results.extend(adapter.results(control, found[key]))
+        for lab, p in probs.items():
+            details[lab] = {
+                "max_probability": float(p.max()),
+                "uncertainty": uncertainty_of(
+                    p, self.settings.uncertain_low, self.settings.uncertain_high
+                ),
+                "exemplars": len((stored or {}).get(lab, ())) + len(live.get(lab, [])),
+            }
+        uncertainty = float(np.mean([d["uncertainty"] for d in details.values()]))
+        scores = [r["score"] for r in results]
+        confidence = float(np.mean(scores)) if scores else 0.0
+        return ImagePrediction(results, all_regions, uncertainty, confidence, details)
+
+    def _context_exemplars(
+        self, image: np.ndarray, context: dict | None, to_names: set[str]
+    ) -> dict[str, list[Any]]:
+        """label -> embeddings of the smart regions the annotator just drew on this image."""
+        if not isinstance(context, dict):
+            return {}
+        out: dict[str, list[Any]] = {}
+        height, width = image.shape[:2]
+        for item in context.get("result") or []:
+            kind = (item.get("type") or "").lower()
+            if kind not in _CONTEXT_TYPES or item.get("to_name") not in to_names:
+                continue
+            value = item.get("value") or {}
+            if value.get("is_positive") is False:
+                continue
+            names = value.get(kind) or []
+            shape = _region_shape(item, kind, value, height, width)
+            if not names or shape is None:
+                continue
+            emb = self.predictor.embed_exemplar(image, **shape)
+            for name in names:
+                out.setdefault(name, []).append(emb)
+        return out
+
+    # ------------------------------------------------------------------ exemplars (fit)
+    def fit(self, event: str, data: dict) -> None:
+        """Update the project's exemplars from a webhook (run on the background worker)."""
+        project = data.get("project")
+        key = project_key(project)
+        if event == "ANNOTATIONS_DELETED":
+            ids = [a.get("id") if isinstance(a, dict) else a for a in data.get("annotations") or []]
+            removed = self.store.remove_annotations(key, [i for i in ids if i is not None])
+            logger.info("project %s: %d exemplar(s) of deleted annotations removed", key, removed)
+            return
+        label_config = project.get("label_config") if isinstance(project, dict) else None
+        if event in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED") or (
+            event == "START_TRAINING" and data.get("annotation") and data.get("task")
+        ):
+            self._learn_annotation(key, data["task"], data["annotation"], label_config)
+            return
+        if event == "START_TRAINING":
+            self._learn_project(key, label_config)
+            return
+        logger.debug("webhook %s ignored", event)
+
+    def _learn_annotation(
+        self, key: str, task: dict, annotation: dict, label_config: str | None
+    ) -> int:
+        ann_id = annotation.get("id")
+        if ann_id is None:
+            raise ValueError("annotation without an id")
+        if annotation.get("was_cancelled"):
+            self.store.remove_annotations(key, [ann_id])
+            return 0
+        exemplars = self.exemplars_of(task, annotation.get("result") or [], label_config, key)
+        self.store.replace_annotation(
+            key, ann_id, exemplars, task_id=task.get("id"), updated_at=annotation.get("updated_at")
+        )
+        logger.info(
+            "project %s: annotation %s -> %d exemplar(s); model_version %s",
+            key,
+            ann_id,
+            len(exemplars),
+            self.model_version(key),
+        )
+        return len(exemplars)
+
+    def _learn_project(self, key: str, label_config: str | None) -> None:
+        """START_TRAINING: sync the exemplars with all of the project's annotations."""
+        client = self._client(key)
+        if client is None:
+            raise ImageError(
+                "START_TRAINING needs Label Studio's API: set LABEL_STUDIO_URL and "
+                "LABEL_STUDIO_API_KEY (or connect the backend so that /setup sends them)"
+            )
+        tasks = client.get_json(f"/api/projects/{key}/export", params={"exportType": "JSON"})
+        seen: set[str] = set()
+        for task in tasks:
+            for annotation in task.get("annotations") or []:
+                ann_id = annotation.get("id")
+                if ann_id is None:
+                    continue
+                seen.add(str(ann_id))
+                if self.store.known_annotation(key, ann_id, annotation.get("updated_at")):
+                    continue
+                try:
+                    self._learn_annotation(key, task, annotation, label_config)
+                except Exception:
+                    logger.exception("project %s: annotation %s skipped", key, ann_id)
+        stale = self.store.annotation_ids(key) - seen
+        if stale:
+            self.store.remove_annotations(key, stale)
+        logger.info(
+            "project %s: START_TRAINING synced %d annotation(s); model_version %s",
+            key,
+            len(seen),
+            self.model_version(key),
+        )
+
+    def exemplars_of(
+        self, task: dict, results: Sequence[dict], label_config: str | None, project: Any = None
+    ) -> list[Exemplar]:
+        """The exemplars of an annotation's brush / polygon / rectangle regions."""
+        value_keys: dict[str, str] = {}
+        if label_config:
+            for spec in parse_label_config(label_config, self.settings.threshold):
+                value_keys[spec.to_name] = spec.value_key
+        client = self._client(project)
+        images: dict[str, np.ndarray] = {}
+        out: list[Exemplar] = []
+        for item in results:
+            kind = (item.get("type") or "").lower()
+            value = item.get("value") or {}
+            names = value.get(kind) or []
+            if kind not in _REGION_TYPES or not names:
+                continue
+            to_name = item.get("to_name") or ""
+            value_key = value_keys.get(to_name, to_name)
+            if value_key not in images:
+                images[value_key] = self.images.load(task, value_key, client).array
+            image = images[value_key]
+            try:
+                shape = _region_shape(item, kind, value, *image.shape[:2])
+            except (ValueError, TypeError, KeyError, IndexError) as exc:
+                logger.warning(
+                    "region %s (%s) is malformed, skipped: %s", item.get("id"), kind, exc
+                )
+                continue
+            if shape is None:
+                continue
+            with self._predictor_lock:
+                emb = self.predictor.embed_exemplar(image, **shape)
+            vec = emb.detach().cpu().float().numpy()
+            for name in names:
+                out.append(Exemplar(name, vec, region=str(item.get("id") or ""), type=kind))
+        return out
+
+
+def _region_shape(
+    item: dict, kind: str, value: dict, height: int, width: int
+) -> dict[str, Any] | None:
+    """`mask=` or `box=` (pixels, x0 y0 x1 y1) for `Predictor.embed_exemplar`, at (H, W)."""
+    if kind == "brushlabels":
+        rle = value.get("rle")
+        if not rle:
+            return None
+        h = int(item.get("original_height") or height)
+        w = int(item.get("original_width") or width)
+        mask = decode_brush_rle(rle, h, w) > 0
+        if mask.shape != (height, width):
+            mask = cv2.resize(mask.astype(np.uint8), (width, height), cv2.INTER_NEAREST) > 0
+        return {"mask": mask} if mask.any() else None
+    if kind == "polygonlabels":
+        points = value.get("points") or []
+        if len(points) < 3:
+            return None
+        pts = np.array([[x * width / 100.0, y * height / 100.0] for x, y in points], np.float64)
+        mask = np.zeros((height, width), np.uint8)
+        cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
+        return {"mask": mask > 0} if mask.any() else None
+    if kind == "rectanglelabels":
+        x, y = float(value.get("x", 0)), float(value.get("y", 0))
+        w, h = float(value.get("width", 0)), float(value.get("height", 0))
+        box = _clip_box(
+            x * width / 100,
+            y * height / 100,
+            (x + w) * width / 100,
+            (y + h) * height / 100,
+            height,
+            width,
+        )
+        return {"box": box} if box is not None else None
+    if kind == "keypointlabels":
+        cx, cy = float(value.get("x", 0)) * width / 100, float(value.get("y", 0)) * height / 100
+        r = max(8.0, 0.05 * min(height, width))  # a small box around the point
+        box = _clip_box(cx - r, cy - r, cx + r, cy + r, height, width)
+        return {"box": box} if box is not None else None
+    return None
+
+
+def _clip_box(
+    x0: float, y0: float, x1: float, y1: float, height: int, width: int
+) -> tuple[int, int, int, int] | None:
+    x0, x1 = sorted((min(max(x0, 0), width), min(max(x1, 0), width)))
+    y0, y1 = sorted((min(max(y0, 0), height), min(max(y1, 0), height)))
+    box = (int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1)))
+    return box if box[2] > box[0] and box[3] > box[1] else None
+
+
+def _merge(parts: list[ImagePrediction]) -> ImagePrediction:
+    if len(parts) == 1:
+        return parts[0]
+    results = [r for p in parts for r in p.results]
+    scores = [r["score"] for r in results]
+    labels: dict[str, dict[str, Any]] = {}
+    for p in parts:
+        labels.update(p.labels)
+    return ImagePrediction(
+        results,
+        [r for p in parts for r in p.regions],
+        float(np.mean([p.uncertainty for p in parts])) if parts else 0.0,
+        float(np.mean(scores)) if scores else 0.0,
+        labels,
+    )

@@ -1,0 +1,216 @@
+"""CLIPSegBackend logic over a stand-in predictor: controls, prompts, thresholds, regions,
+scores, exemplars from webhooks, interactive context, bad tasks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from backend_helpers import CONFIG, check_result_item, fake_backend, png_bytes
+
+from backend.controls import decode_brush_rle
+from backend.model import find_regions, uncertainty_of
+
+W, H = 96, 64
+
+
+@pytest.fixture
+def local_root(tmp_path):
+    root = tmp_path / "files"
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "a.png").write_bytes(png_bytes(W, H))
+    return root
+
+
+def _task(i=1, name="a.png"):
+    return {"id": i, "data": {"image": f"/data/local-files/?d=images/{name}"}}
+
+
+def _red_mask():
+    # png_bytes draws the red block at rows H//4 .. H//4 + H//2, cols W//4 .. W//4 + W//3
+    mask = np.zeros((H, W), bool)
+    mask[H // 4 : H // 4 + H // 2, W // 4 : W // 4 + W // 3] = True
+    return mask
+
+
+def test_predict_every_control_once_per_image(tmp_path, local_root):
+    backend = fake_backend(tmp_path, local_files_document_root=str(local_root))
+    [pred] = backend.predict([_task()], project="1.123", label_config=CONFIG)
+    types = sorted((r["from_name"], r["type"]) for r in pred["result"])
+    # cat: brush, polygon, rectangle; dog: nothing; KeyPointLabels: ignored
+    assert types == [("box", "rectanglelabels"), ("poly", "polygonlabels"), ("tag", "brushlabels")]
+    for item in pred["result"]:
+        check_result_item(item, W, H)
+        assert item["value"][item["type"]] == ["cat"]
+        assert item["score"] == pytest.approx(0.9, abs=1e-5)
+    brush = next(r for r in pred["result"] if r["type"] == "brushlabels")
+    np.testing.assert_array_equal(decode_brush_rle(brush["value"]["rle"], H, W) > 0, _red_mask())
+    rect = next(r for r in pred["result"] if r["type"] == "rectanglelabels")["value"]
+    assert rect["x"] == pytest.approx(100 * (W // 4) / W) and rect["width"] == pytest.approx(
+        100 * (W // 3) / W
+    )
+    assert pred["model_version"] == "clipseg-fake@0123abcd+ex0"
+    assert pred["score"] == pred["confidence"] == pytest.approx(0.9, abs=1e-5)
+    assert 0 <= pred["uncertainty"] <= 1
+    calls = [c[0] for c in backend.predictor.calls]
+    assert calls.count("set_image") == 1 and calls.count("predict_embeddings") == 1
+    # one text embedding per distinct prompt, all in one call
+    assert [c[1] for c in backend.predictor.calls if c[0] == "embed_text"] == [["cat", "dog"]]
+
+
+def test_prompt_attributes_threshold_skip_and_unicode(tmp_path, local_root):
+    config = (
+        '<View><Image name="image" value="$image"/>'
+        '<BrushLabels name="tag" toName="image">'
+        '<Label value="Кот" prompt="a red thing" predicted_values="blue thing"/></BrushLabels>'
+        '<PolygonLabels name="strict" toName="image" model_score_threshold="0.95">'
+        '<Label value="cat"/></PolygonLabels>'
+        '<RectangleLabels name="off" toName="image" model_skip="true"><Label value="cat"/>'
+        "</RectangleLabels></View>"
+    )
+    backend = fake_backend(tmp_path, local_files_document_root=str(local_root))
+    [pred] = backend.predict([_task()], project=1, label_config=config)
+    # "a red thing" -> 0.9, "blue thing" -> 0.1: averaged 0.5 > 0.3; strict 0.95: nothing
+    assert [(r["from_name"], r["value"]["brushlabels"]) for r in pred["result"]] == [
+        ("tag", ["Кот"])
+    ]
+    assert pred["result"][0]["score"] == pytest.approx(0.5, abs=1e-5)
+    [texts] = [c[1] for c in backend.predictor.calls if c[0] == "embed_text"]
+    assert texts == ["a red thing", "blue thing", "cat"]
+
+
+def test_bad_tasks_get_empty_results_in_order(tmp_path, local_root):
+    (local_root / "images" / "corrupt.png").write_bytes(b"\x89PNG garbage")
+    backend = fake_backend(tmp_path, local_files_document_root=str(local_root))
+    tasks = [
+        _task(1),
+        _task(2, "corrupt.png"),
+        {"id": 3, "data": {"other": "x"}},
+        _task(4, "missing.png"),
+        {"id": 5, "data": {"image": "http://example.invalid/x.png"}},
+        _task(6, "../../etc/passwd"),
+        _task(7),
+    ]
+    preds = backend.predict(tasks, project=1, label_config=CONFIG)
+    assert len(preds) == 7
+    assert [bool(p["result"]) for p in preds] == [True, False, False, False, False, False, True]
+    assert all(p["model_version"] == preds[0]["model_version"] for p in preds)
+
+
+def test_regions_and_uncertainty_helpers():
+    probs = np.zeros((20, 20), np.float32)
+    probs[2:6, 2:6] = 0.8
+    probs[10:18, 10:18] = 0.6
+    probs[0, 19] = 0.9  # a single pixel: dropped by min_area
+    inst = find_regions("x", probs, 0.5, "instance", min_area=4)
+    assert [int(r.mask.sum()) for r in inst] == [16, 64]
+    assert [round(r.score, 3) for r in inst] == [0.8, 0.6]
+    [sem] = find_regions("x", probs, 0.5, "semantic", min_area=4)
+    assert int(sem.mask.sum()) == 80
+    assert find_regions("x", probs, 0.95, "instance", 1) == []
+    assert uncertainty_of(probs, 0.2, 0.7) == pytest.approx(64 / 81)
+    assert uncertainty_of(np.zeros((4, 4)), 0.2, 0.8) == 0.0
+
+
+def _annotation(ann_id=1, updated="t1"):
+    mask = np.zeros((H, W), np.uint8)
+    mask[5:20, 5:30] = 255
+    from backend.controls import encode_brush_rle
+
+    return {
+        "id": ann_id,
+        "updated_at": updated,
+        "result": [
+            {
+                "id": "b1",
+                "from_name": "tag",
+                "to_name": "image",
+                "type": "brushlabels",
+                "original_width": W,
+                "original_height": H,
+                "value": {"format": "rle", "rle": encode_brush_rle(mask), "brushlabels": ["dog"]},
+            },
+            {
+                "id": "p1",
+                "from_name": "poly",
+                "to_name": "image",
+                "type": "polygonlabels",
+                "original_width": W,
+                "original_height": H,
+                "value": {"points": [[10, 10], [40, 10], [40, 40]], "polygonlabels": ["cat"]},
+            },
+        ],
+    }
+
+
+def test_webhooks_grow_replace_and_remove_exemplars(tmp_path, local_root):
+    backend = fake_backend(tmp_path, local_files_document_root=str(local_root))
+    project = {"id": 1, "label_config": CONFIG}
+    before = backend.model_version("1.99")
+    [pred] = backend.predict([_task()], project="1.99", label_config=CONFIG)
+    assert not any(r["value"].get("brushlabels") == ["dog"] for r in pred["result"])
+
+    backend.fit(
+        "ANNOTATION_CREATED", {"annotation": _annotation(), "task": _task(), "project": project}
+    )
+    assert backend.store.counts(1) == {"dog": 1, "cat": 1}
+    after = backend.model_version("1.99")
+    assert after != before and after.startswith("clipseg-fake@0123abcd+ex2-")
+    # dog now has an exemplar: 0.5 * 0.1 + 0.5 * 0.9 = 0.5 > 0.3 on the red block
+    [pred] = backend.predict([_task()], project="1.99", label_config=CONFIG)
+    assert pred["model_version"] == after
+    assert any(r["value"].get("brushlabels") == ["dog"] for r in pred["result"])
+
+    backend.fit(
+        "ANNOTATION_UPDATED",
+        {"annotation": _annotation(updated="t2"), "task": _task(), "project": project},
+    )
+    assert backend.store.counts(1) == {"dog": 1, "cat": 1}  # replaced, not duplicated
+    assert backend.model_version(1) != after
+    backend.fit("ANNOTATIONS_DELETED", {"annotations": [{"id": 1}], "project": project})
+    assert backend.store.counts(1) == {} and backend.model_version(1).endswith("+ex0")
+
+
+def test_start_training_syncs_with_the_project_export(tmp_path, fake_ls):
+    fake_ls.files["/data/upload/1/a.png"] = png_bytes(W, H)
+    task = {"id": 1, "data": {"image": "/data/upload/1/a.png"}}
+    fake_ls.export = [{**task, "annotations": [_annotation(1), _annotation(2)]}]
+    backend = fake_backend(
+        tmp_path, label_studio_url=fake_ls.url, label_studio_api_key="legacy-key"
+    )
+    backend.store.replace_annotation(1, 99, [])  # an annotation deleted meanwhile
+    project = {"id": 1, "label_config": CONFIG}
+    backend.fit("START_TRAINING", {"action": "START_TRAINING", "project": project})
+    assert backend.store.counts(1) == {"dog": 2, "cat": 2}
+    assert backend.store.annotation_ids(1) == {"1", "2"}
+    embeds = sum(c[0] == "embed_exemplar" for c in backend.predictor.calls)
+    backend.fit("START_TRAINING", {"action": "START_TRAINING", "project": project})
+    assert sum(c[0] == "embed_exemplar" for c in backend.predictor.calls) == embeds  # unchanged
+
+
+def test_interactive_context_region_is_a_live_exemplar(tmp_path, local_root):
+    backend = fake_backend(tmp_path, local_files_document_root=str(local_root))
+    context = {
+        "result": [
+            {
+                "from_name": "kp",
+                "to_name": "image",
+                "type": "keypointlabels",
+                "original_width": W,
+                "original_height": H,
+                "value": {"x": 50, "y": 50, "keypointlabels": ["dog"]},
+            },
+            {
+                "type": "textarea",
+                "value": {"text": ["a cat"]},
+                "from_name": "p",
+                "to_name": "image",
+            },
+        ]
+    }
+    [pred] = backend.predict([_task()], context=context, project=1, label_config=CONFIG)
+    # only the context's label is answered, and the exemplar makes "dog" found
+    assert pred["result"] and {r["value"]["brushlabels"][0] for r in pred["result"]} == {"dog"}
+    [box] = [c[1] for c in backend.predictor.calls if c[0] == "embed_exemplar"]
+    x0, y0, x1, y1 = box
+    assert x0 < W / 2 < x1 and y0 < H / 2 < y1 and (x1 - x0) <= 20
+    assert backend.store.counts(1) == {}  # used for the answer, not stored
