@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, help="what to do")
     _add_predict(sub)
     _add_push(sub)
     _add_rank(sub)
@@ -166,6 +166,18 @@ def _add_predict(sub: Any) -> None:
         help="read '/data/local-files/?d=' references of exports from this folder "
         "(default from LOCAL_FILES_DOCUMENT_ROOT)",
     )
+    p.add_argument(
+        "--exemplars-project",
+        default=None,
+        metavar="ID",
+        help="mix in the exemplars of this project from the store (see 'exemplars build')",
+    )
+    p.add_argument(
+        "--store",
+        default=_env("MODEL_DIR", "./model-data"),
+        metavar="MODEL_DIR",
+        help="the backend's MODEL_DIR holding exemplar stores (default from MODEL_DIR)",
+    )
     _add_ls_connection(p, required=False)
     p.add_argument("--recursive", action="store_true", help="search folders recursively")
     p.add_argument("--overlays", action="store_true", help="also write OUT/overlays/*.png")
@@ -181,8 +193,8 @@ def _add_ls_connection(p: argparse.ArgumentParser, required: bool) -> None:
     )
     p.add_argument(
         "--api-key",
-        default=_env("LABEL_STUDIO_API_KEY"),
-        help="personal access token or legacy token, default from LABEL_STUDIO_API_KEY (not shown)",
+        default=None,
+        help="personal access token or legacy token (default: LABEL_STUDIO_API_KEY, not shown)",
     )
 
 
@@ -280,7 +292,9 @@ def _add_exemplars(sub: Any) -> None:
         ),
         formatter_class=_Formatter,
     )
-    esub = p.add_subparsers(dest="exemplars_command", metavar="ACTION", required=True)
+    esub = p.add_subparsers(
+        dest="exemplars_command", metavar="ACTION", required=True, help="build or show"
+    )
     b = esub.add_parser(
         "build",
         help="embed the annotated regions of an export into the store",
@@ -301,6 +315,13 @@ def _add_exemplars(sub: Any) -> None:
         default=None,
         metavar="DIR",
         help="folder that '/data/local-files/?d=' paths and plain relative paths are read from",
+    )
+    b.add_argument(
+        "--label-config",
+        metavar="FILE",
+        default=None,
+        help="the project's label config, to find which task data key each region's image "
+        "is (default: the region's to_name)",
     )
     b.add_argument(
         "--model",
@@ -371,6 +392,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         label_studio_url=args.url.rstrip("/") or None,
         label_studio_api_key=args.api_key or None,
         local_files_document_root=args.local_files_root or None,
+        model_dir=args.store,
     )
     summary = batch_run.predict(
         args.inputs,
@@ -386,6 +408,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         recursive=args.recursive,
         overlays=args.overlays,
         quiet=args.quiet,
+        exemplars_project=args.exemplars_project,
     )
     if not args.quiet:
         print(
@@ -407,6 +430,13 @@ def _report_failures(failures: Sequence[Any], where: Path) -> int:
     return EXIT_PARTIAL
 
 
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
 def _read_tasks(path: str) -> list[dict[str, Any]]:
     from backend.batch.sources import read_export
 
@@ -421,7 +451,7 @@ def _connect(args: argparse.Namespace) -> Any:
     from backend.batch import push
 
     try:
-        return push.connect(args.url, args.api_key)
+        return push.connect(args.url, args.api_key or _env("LABEL_STUDIO_API_KEY"))
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
 
@@ -499,7 +529,10 @@ def cmd_exemplars(args: argparse.Namespace) -> int:
     from backend.batch import exemplar_build
 
     if args.exemplars_command == "show":
-        listing = exemplar_build.describe_store(args.store, project=args.project)
+        try:
+            listing = exemplar_build.describe_store(args.store, project=args.project)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
         if args.json:
             print(json.dumps(listing, indent=2))
         else:
@@ -514,13 +547,18 @@ def cmd_exemplars(args: argparse.Namespace) -> int:
         label_studio_url=args.url.rstrip("/") or None,
         label_studio_api_key=args.api_key or None,
     )
-    report = exemplar_build.build_store(
-        _read_tasks(args.export),
-        settings=settings,
-        project=args.project,
-        images_root=args.images_root,
-        quiet=args.quiet,
-    )
+    config = _read_text(args.label_config) if args.label_config else None
+    try:
+        report = exemplar_build.build_store(
+            _read_tasks(args.export),
+            settings=settings,
+            project=args.project,
+            images_root=args.images_root,
+            label_config=config,
+            quiet=args.quiet,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     print(
         f"project {args.project}: {report.exemplars} exemplars from {report.annotations} "
         f"annotations stored in {report.store}",
@@ -549,11 +587,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from backend.batch.push import PushError
     from backend.batch.sources import SourceError
     from backend.label_config import LabelConfigError
+    from backend.model import ModelLoadError
     from backend.settings import SettingsError
 
     try:
         return _COMMANDS[args.command](args)
-    except (UsageError, SourceError, LabelConfigError, SettingsError) as exc:
+    except (UsageError, SourceError, LabelConfigError, SettingsError, ModelLoadError) as exc:
         print(f"clipseg-label {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except PushError as exc:

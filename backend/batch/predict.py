@@ -22,8 +22,8 @@ from pycocotools import mask as mask_utils
 
 from backend.batch.sources import ImageSource, SourceReader, task_image_value
 from backend.batch.state import StateStore, write_json_atomic
-from backend.controls import Region
 from backend.images import ImageError
+from backend.model import ImagePrediction
 from backend.overlays import label_colors, save_overlay
 
 logger = logging.getLogger(__name__)
@@ -35,30 +35,15 @@ OVERLAY_DIR = "overlays"
 LABEL_CONFIG_FILE = "label_config.xml"
 
 
-@dataclass
-class Outcome:
-    """What the model made of one image.
-
-    ``results``: Label Studio result items (for the prediction); ``regions``: the regions for
-    COCO and overlays, each label counted once; ``uncertainty``: the task's figure (see
-    `backend.batch.rank`); ``score``: the prediction's top-level score; ``labels``: per-label
-    details kept in the task's meta.
-    """
-
-    results: list[dict[str, Any]]
-    regions: list[Region]
-    uncertainty: float
-    score: float
-    labels: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
 class Annotator(Protocol):
-    """The model side of a batch: images in, one `Outcome` per image out."""
+    """The model side of a batch: (H, W, 3) uint8 images in, one `ImagePrediction` each out
+    (Label Studio results, regions with exact masks, uncertainty, confidence, per-label details;
+    see `backend.model`)."""
 
     labels: Sequence[str]  # COCO categories, in order
     model_version: str
 
-    def annotate(self, images: Sequence[np.ndarray]) -> list[Outcome]: ...
+    def annotate(self, images: Sequence[np.ndarray]) -> list[ImagePrediction]: ...
 
 
 @dataclass
@@ -98,7 +83,11 @@ def rle_decode(rle: dict[str, Any]) -> np.ndarray:
 
 
 def _record(
-    source: ImageSource, image_value: str, size: tuple[int, int], outcome: Outcome, version: str
+    source: ImageSource,
+    size: tuple[int, int],
+    outcome: ImagePrediction,
+    version: str,
+    score_mode: str,
 ) -> dict[str, Any]:
     regions = []
     for region in outcome.regions:
@@ -116,17 +105,19 @@ def _record(
     return {
         "ref": source.ref,
         "origin": source.origin,
-        "image": image_value,
         "task": source.task,
         "height": size[0],
         "width": size[1],
         "prediction": {
             "model_version": version,
-            "score": float(outcome.score),
+            "score": float(
+                outcome.uncertainty if score_mode == "uncertainty" else outcome.confidence
+            ),
             "result": outcome.results,
         },
         "regions": regions,
         "uncertainty": float(outcome.uncertainty),
+        "confidence": float(outcome.confidence),
         "labels": outcome.labels,
     }
 
@@ -161,11 +152,14 @@ def run_predict(
     image_value: Callable[[ImageSource], str],
     batch_size: int = 4,
     overlays: bool = False,
+    score_mode: str = "confidence",
+    image_key: str = "image",
     progress: Any = None,
 ) -> RunSummary:
     """Predict every source not done yet, store each record, and rebuild the outputs.
 
-    ``image_value`` gives each output task's ``data.image`` (see `task_image_value`).
+    ``image_value`` gives each output task's ``data[image_key]`` (see `task_image_value`);
+    ``score_mode`` picks the prediction's top-level score ("confidence" or "uncertainty").
     ``progress`` is a tqdm-like object (``update``, ``close``) or None. Returns the summary;
     the caller decides the exit code (failures -> 1).
     """
@@ -201,9 +195,8 @@ def run_predict(
             continue
         outcomes = annotator.annotate([img.array for _, img in loaded])
         for (src, img), outcome in zip(loaded, outcomes, strict=True):
-            record = _record(
-                src, image_value(src), img.array.shape[:2], outcome, annotator.model_version
-            )
+            size = img.array.shape[:2]
+            record = _record(src, size, outcome, annotator.model_version, score_mode)
             if overlays:
                 name = overlay_name(src.key, src.ref)
                 pairs = [(r.label, r.mask) for r in outcome.regions]
@@ -216,7 +209,9 @@ def run_predict(
 
     if overlays:
         _missing_overlays(sources, store, reader, out, colors, summary)
-    summary.outputs = write_outputs(sources, store, out, annotator.labels, summary.failures)
+    summary.outputs = write_outputs(
+        sources, store, out, annotator.labels, summary.failures, image_value, image_key
+    )
     return summary
 
 
@@ -249,18 +244,20 @@ def _missing_overlays(
         store.save(src.key, record)
 
 
-def record_task(record: dict[str, Any], image_key: str = "image") -> dict[str, Any]:
+def record_task(record: dict[str, Any], image: str, image_key: str = "image") -> dict[str, Any]:
     """The Label Studio task (importable) of one record: data, the prediction, and meta.
 
-    An export task keeps its data (with ``data[image_key]`` as is); its id goes to
-    ``meta.clipseg.task_id`` rather than ``id`` so that importing creates new tasks.
+    ``image`` is ``data[image_key]`` for a plain image. An export task keeps its data as is;
+    its id goes to ``meta.clipseg.task_id`` rather than ``id`` so that importing creates new
+    tasks.
     """
     source_task = record.get("task") or {}
     data = dict(source_task.get("data") or {})
     if not data:
-        data[image_key] = record["image"]
+        data[image_key] = image
     meta = {
         "uncertainty": record["uncertainty"],
+        "confidence": record["confidence"],
         "labels": record.get("labels") or {},
         "source": record["ref"],
     }
@@ -271,17 +268,20 @@ def record_task(record: dict[str, Any], image_key: str = "image") -> dict[str, A
     return {"data": data, "predictions": [record["prediction"]], "meta": {"clipseg": meta}}
 
 
-def records_to_coco(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[str, Any]:
-    """A COCO dataset (images, categories named after ``labels``, annotations with RLE
-    segmentation, area, bbox [x, y, w, h] and score) from predict records."""
+def records_to_coco(
+    records: Sequence[dict[str, Any]], images: Sequence[str], labels: Sequence[str]
+) -> dict[str, Any]:
+    """A COCO dataset (images named ``images``, categories named after ``labels``, annotations
+    with RLE segmentation, area, bbox [x, y, w, h] and score) from predict records."""
     categories = [{"id": i + 1, "name": name, "supercategory": ""} for i, name in enumerate(labels)]
     cat_ids = {c["name"]: c["id"] for c in categories}
-    images, annotations = [], []
-    for image_id, record in enumerate(records, start=1):
-        images.append(
+    annotations = []
+    image_list = []
+    for image_id, (record, name) in enumerate(zip(records, images, strict=True), start=1):
+        image_list.append(
             {
                 "id": image_id,
-                "file_name": record["image"],
+                "file_name": name,
                 "width": record["width"],
                 "height": record["height"],
             }
@@ -301,7 +301,7 @@ def records_to_coco(records: Sequence[dict[str, Any]], labels: Sequence[str]) ->
             )
     return {
         "info": {"description": "clipseg-label predict"},
-        "images": images,
+        "images": image_list,
         "annotations": annotations,
         "categories": categories,
     }
@@ -313,12 +313,17 @@ def write_outputs(
     out: Path,
     labels: Sequence[str],
     failures: Sequence[Failure],
+    image_value: Callable[[ImageSource], str],
+    image_key: str = "image",
 ) -> dict[str, Path]:
     """Rebuild tasks.json, coco.json and failures.json from the records of ``sources``."""
-    records = [r for r in (store.load(s.key) for s in sources) if r is not None]
+    done = [(s, r) for s, r in ((s, store.load(s.key)) for s in sources) if r is not None]
+    records = [r for _, r in done]
+    images = [image_value(s) for s, _ in done]
     paths = {"tasks": out / TASKS_FILE, "coco": out / COCO_FILE, "failures": out / FAILURES_FILE}
-    write_json_atomic(paths["tasks"], [record_task(r) for r in records], indent=1)
-    write_json_atomic(paths["coco"], records_to_coco(records, labels))
+    tasks = [record_task(r, image, image_key) for r, image in zip(records, images, strict=True)]
+    write_json_atomic(paths["tasks"], tasks, indent=1)
+    write_json_atomic(paths["coco"], records_to_coco(records, images, labels))
     write_json_atomic(paths["failures"], [f.__dict__ for f in failures], indent=1)
     return paths
 
@@ -326,8 +331,6 @@ def write_outputs(
 __all__ = [
     "Annotator",
     "Failure",
-    "Outcome",
-    "Region",
     "RunSummary",
     "records_to_coco",
     "record_task",

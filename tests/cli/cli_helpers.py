@@ -39,7 +39,8 @@ class ThresholdAnnotator:
         self.seen = 0
 
     def annotate(self, images):
-        from backend.batch.predict import Outcome, Region
+        from backend.controls import Region
+        from backend.model import ImagePrediction
 
         outcomes = []
         for image in images:
@@ -48,7 +49,7 @@ class ThresholdAnnotator:
             regions = []
             for label, mask in (("light", grey > 180), ("dark", grey < 60)):
                 if mask.any():
-                    regions.append(Region(label=label, score=0.75, mask=mask))
+                    regions.append(Region(label=label, mask=mask, score=0.75))
             results = [
                 {
                     "from_name": "tag",
@@ -62,11 +63,11 @@ class ThresholdAnnotator:
                 for r in regions
             ]
             outcomes.append(
-                Outcome(
+                ImagePrediction(
                     results=results,
                     regions=regions,
                     uncertainty=float(np.mean(grey > 128)),
-                    score=0.75,
+                    confidence=0.75,
                     labels={r.label: {"regions": 1} for r in regions},
                 )
             )

@@ -23,6 +23,7 @@ def _run(sources, annotator, out, fingerprint="fp1", overlays=False, batch_size=
         out,
         run_fingerprint=fingerprint,
         image_value=lambda s: task_image_value(s, None, ""),
+        score_mode="confidence",
         batch_size=batch_size,
         overlays=overlays,
     )
