@@ -1,1 +1,25 @@
 """CLIPSeg in pure PyTorch with the reference API of `transformers`."""
+
+from clipseg.configuration import CLIPSegConfig, CLIPSegTextConfig, CLIPSegVisionConfig
+from clipseg.modeling import (
+    CLIPSegForImageSegmentation,
+    CLIPSegModel,
+    CLIPSegPreTrainedModel,
+    CLIPSegTextModel,
+    CLIPSegVisionModel,
+)
+from clipseg.processing import CLIPSegImageProcessor, CLIPSegProcessor, CLIPTokenizer
+
+__all__ = [
+    "CLIPSegConfig",
+    "CLIPSegTextConfig",
+    "CLIPSegVisionConfig",
+    "CLIPSegPreTrainedModel",
+    "CLIPSegTextModel",
+    "CLIPSegVisionModel",
+    "CLIPSegModel",
+    "CLIPSegForImageSegmentation",
+    "CLIPTokenizer",
+    "CLIPSegImageProcessor",
+    "CLIPSegProcessor",
+]

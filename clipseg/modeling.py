@@ -1,0 +1,474 @@
+"""The CLIPSeg models with the reference API of `transformers`.
+
+`CLIPSegTextModel` and `CLIPSegVisionModel` are the CLIP towers, `CLIPSegModel` adds the
+projections and the contrastive similarity, and `CLIPSegForImageSegmentation` adds the decoder
+(`clipseg.decoder`). Parameter names equal the reference's state-dict keys, so Hugging Face
+checkpoints load strictly; every class has ``from_pretrained`` / ``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from clipseg.configuration import (
+    CONFIG_NAME,
+    CLIPSegConfig,
+    CLIPSegTextConfig,
+    CLIPSegVisionConfig,
+)
+from clipseg.decoder import CLIPSegDecoder
+from clipseg.layers import MLP, Attention
+from clipseg.outputs import (
+    BaseModelOutputWithPooling,
+    CLIPSegDecoderOutput,
+    CLIPSegImageSegmentationOutput,
+    CLIPSegOutput,
+)
+from clipseg.text import TextEmbeddings, TextTower
+from clipseg.vision import VisionEmbeddings, VisionTower
+from clipseg.weights import (
+    CheckpointError,
+    Layout,
+    convert_state_dict,
+    load_state_dict_strict,
+    read_state_dict,
+    resolve_checkpoint,
+    save_state_dict,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CLIPSegPreTrainedModel",
+    "CLIPSegTextModel",
+    "CLIPSegVisionModel",
+    "CLIPSegModel",
+    "CLIPSegForImageSegmentation",
+]
+
+_M = TypeVar("_M", bound="CLIPSegPreTrainedModel")
+
+
+class CLIPSegPreTrainedModel(nn.Module):
+    """Checkpoint I/O and weight initialisation shared by the CLIPSeg model classes."""
+
+    config_class: type = CLIPSegConfig
+    layout: Layout = "segmentation"
+
+    # -- configs -----------------------------------------------------------------------------
+
+    @classmethod
+    def _config_from_dict(cls, data: dict[str, Any]) -> Any:
+        """This class's config from a config.json dict (a full CLIPSeg config, or a tower's)."""
+        return CLIPSegConfig.from_dict(data)
+
+    @classmethod
+    def _read_config(cls, directory: Path) -> Any:
+        path = directory / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no {CONFIG_NAME} in {directory}: a checkpoint directory needs config.json next "
+                "to its weights"
+            )
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path} is not valid JSON ({exc}); download it again") from exc
+        model_type = data.get("model_type", "clipseg")
+        if not str(model_type).startswith("clipseg"):
+            raise CheckpointError(
+                f"{path} describes a {model_type!r} model, not CLIPSeg; pass a CLIPSeg checkpoint"
+            )
+        return cls._config_from_dict(data)
+
+    # -- loading and saving ------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls: type[_M],
+        name_or_path: str | os.PathLike[str],
+        *,
+        config: Any = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> _M:
+        """Load a checkpoint directory, a hub id or ``"demo"`` (see `resolve_checkpoint`).
+
+        The weights are mapped to this class's keys (`convert_state_dict`: a segmentation
+        checkpoint gives `CLIPSegModel` and the towers exactly its ``clip.*`` weights) and loaded
+        strictly. ``dtype`` defaults to float32; ``device`` to the CPU. Returns the model in
+        eval mode.
+        """
+        directory = resolve_checkpoint(name_or_path)
+        if config is None:
+            config = cls._read_config(directory)
+        state = convert_state_dict(read_state_dict(directory), cls.layout)
+        dtype = dtype or torch.get_default_dtype()
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        with torch.device("meta"):
+            model = cls(config)
+        load_state_dict_strict(model, state, assign=True)
+        model.to(device=device or "cpu", dtype=dtype)
+        logger.info("loaded %s from %s", cls.__name__, directory)
+        return model.eval()
+
+    def _config_dict(self) -> dict[str, Any]:
+        data = self.config.to_dict()
+        data["architectures"] = [type(self).__name__]
+        return data
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (HF layout) into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_NAME).write_text(
+            json.dumps(self._config_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
+        save_state_dict(self, directory)
+        return directory
+
+    # -- random initialisation (the reference's scheme; only for models built from a config) --
+
+    def _init_module(self, module: nn.Module, factor: float, std: float) -> None:
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        if isinstance(module, TextEmbeddings):
+            nn.init.normal_(module.token_embedding.weight, std=factor * 0.02)
+            nn.init.normal_(module.position_embedding.weight, std=factor * 0.02)
+        elif isinstance(module, VisionEmbeddings):
+            nn.init.normal_(module.class_embedding, std=module.embed_dim**-0.5 * factor)
+            nn.init.normal_(module.patch_embedding.weight, std=std * factor)
+            nn.init.normal_(module.position_embedding.weight, std=std * factor)
+
+    def init_weights(self) -> None:
+        """Random weights as the reference initialises them (normal, scaled by depth)."""
+        for tower, tower_config in self._tower_configs():
+            factor = tower_config.initializer_factor
+            std = tower_config.initializer_range
+            depth = tower_config.num_hidden_layers
+            for module in tower.modules():
+                self._init_module(module, factor, std)
+                if isinstance(module, Attention):
+                    width = module.embed_dim
+                    for proj in (module.q_proj, module.k_proj, module.v_proj):
+                        nn.init.normal_(proj.weight, std=width**-0.5 * (2 * depth) ** -0.5 * factor)
+                    nn.init.normal_(module.out_proj.weight, std=width**-0.5 * factor)
+                elif isinstance(module, MLP):
+                    width = module.fc1.in_features
+                    nn.init.normal_(module.fc1.weight, std=(2 * width) ** -0.5 * factor)
+                    nn.init.normal_(
+                        module.fc2.weight, std=width**-0.5 * (2 * depth) ** -0.5 * factor
+                    )
+
+    def _tower_configs(self) -> list[tuple[nn.Module, Any]]:
+        return []
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+
+def _vector_norm(x: torch.Tensor) -> torch.Tensor:
+    """L2 norm over the last axis, keepdim, computed as the reference does (bitwise equal)."""
+    return torch.pow(torch.sum(torch.pow(x, 2), dim=-1, keepdim=True), 0.5)
+
+
+def _contrastive_loss(similarity: torch.Tensor) -> torch.Tensor:
+    """Symmetric cross-entropy of a (B, B) text x image similarity matrix (CLIP's loss)."""
+    targets = torch.arange(len(similarity), device=similarity.device)
+    caption = nn.functional.cross_entropy(similarity, targets)
+    image = nn.functional.cross_entropy(similarity.t(), targets)
+    return (caption + image) / 2.0
+
+
+class CLIPSegTextModel(TextTower, CLIPSegPreTrainedModel):
+    """The CLIP text tower without projection: ``forward(input_ids, attention_mask=None,
+    position_ids=None, output_attentions=False, output_hidden_states=False)``."""
+
+    config_class = CLIPSegTextConfig
+    layout: Layout = "text"
+
+    def __init__(self, config: CLIPSegTextConfig) -> None:
+        super().__init__(config)
+        if not _on_meta(self):
+            self.init_weights()
+
+    @classmethod
+    def _config_from_dict(cls, data: dict[str, Any]) -> CLIPSegTextConfig:
+        if data.get("model_type", "clipseg") == "clipseg" or "text_config" in data:
+            return CLIPSegConfig.from_dict(data).text_config
+        return CLIPSegTextConfig.from_dict(data)
+
+    def _tower_configs(self) -> list[tuple[nn.Module, Any]]:
+        return [(self, self.config)]
+
+
+class CLIPSegVisionModel(VisionTower, CLIPSegPreTrainedModel):
+    """The CLIP vision tower without projection: ``forward(pixel_values,
+    output_attentions=False, output_hidden_states=False, interpolate_pos_encoding=True)``."""
+
+    config_class = CLIPSegVisionConfig
+    layout: Layout = "vision"
+
+    def __init__(self, config: CLIPSegVisionConfig) -> None:
+        super().__init__(config)
+        if not _on_meta(self):
+            self.init_weights()
+
+    @classmethod
+    def _config_from_dict(cls, data: dict[str, Any]) -> CLIPSegVisionConfig:
+        if data.get("model_type", "clipseg") == "clipseg" or "vision_config" in data:
+            return CLIPSegConfig.from_dict(data).vision_config
+        return CLIPSegVisionConfig.from_dict(data)
+
+    def _tower_configs(self) -> list[tuple[nn.Module, Any]]:
+        return [(self, self.config)]
+
+
+def _on_meta(module: nn.Module) -> bool:
+    return any(p.is_meta for p in module.parameters())
+
+
+class CLIPSegModel(CLIPSegPreTrainedModel):
+    """CLIP: both towers, their projections to ``projection_dim`` and the learned temperature."""
+
+    layout: Layout = "clip"
+
+    def __init__(self, config: CLIPSegConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.projection_dim = config.projection_dim
+        self.text_embed_dim = config.text_config.hidden_size
+        self.vision_embed_dim = config.vision_config.hidden_size
+        self.text_model = CLIPSegTextModel(config.text_config)
+        self.vision_model = CLIPSegVisionModel(config.vision_config)
+        self.visual_projection = nn.Linear(self.vision_embed_dim, self.projection_dim, bias=False)
+        self.text_projection = nn.Linear(self.text_embed_dim, self.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        if not _on_meta(self):
+            self._init_projections()
+
+    def _init_projections(self) -> None:
+        factor = self.config.initializer_factor
+        nn.init.normal_(self.text_projection.weight, std=self.text_embed_dim**-0.5 * factor)
+        nn.init.normal_(self.visual_projection.weight, std=self.vision_embed_dim**-0.5 * factor)
+
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> BaseModelOutputWithPooling:
+        """The text tower's output with ``pooler_output`` replaced by its projection (B, D)
+        (as `transformers` 5 returns it; v4 returned the (B, D) tensor itself)."""
+        out = self.text_model(
+            input_ids, attention_mask, position_ids, output_attentions, output_hidden_states
+        )
+        out.pooler_output = self.text_projection(out.pooler_output)
+        return out
+
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool = True,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> BaseModelOutputWithPooling:
+        """The vision tower's output with ``pooler_output`` = visual_projection(post_layernorm
+        (CLS)) (B, D)."""
+        out = self.vision_model(
+            pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+        )
+        out.pooler_output = self.visual_projection(out.pooler_output)
+        return out
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        interpolate_pos_encoding: bool = True,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+    ) -> CLIPSegOutput | tuple:
+        """Image-text similarity: logits_per_image (B_image, B_text) = scale * cos; with
+        ``return_loss`` the symmetric contrastive loss (needs B_image == B_text)."""
+        vision = self.get_image_features(
+            pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states
+        )
+        text = self.get_text_features(
+            input_ids, attention_mask, position_ids, output_attentions, output_hidden_states
+        )
+        image_embeds = vision.pooler_output / _vector_norm(vision.pooler_output)
+        text_embeds = text.pooler_output / _vector_norm(text.pooler_output)
+        logits_per_text = torch.matmul(text_embeds, image_embeds.t().to(text_embeds.device))
+        logits_per_text = logits_per_text * self.logit_scale.exp().to(text_embeds.device)
+        logits_per_image = logits_per_text.t()
+        loss = _contrastive_loss(logits_per_text) if return_loss else None
+        out = CLIPSegOutput(
+            loss=loss,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            text_model_output=text,
+            vision_model_output=vision,
+        )
+        return out if return_dict else out.to_tuple()
+
+
+class CLIPSegForImageSegmentation(CLIPSegPreTrainedModel):
+    """CLIPSeg: the frozen CLIP model (``clip``) and the segmentation decoder (``decoder``).
+
+    ``forward`` segments each query image (B, 3, H, W) for its own condition: ``input_ids``
+    (B, T) text, ``conditional_pixel_values`` (B, 3, h, w) example images, or
+    ``conditional_embeddings`` (B, D). Logits are (B, H, W), also for B = 1.
+    """
+
+    layout: Layout = "segmentation"
+
+    def __init__(self, config: CLIPSegConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.clip = CLIPSegModel(config)
+        self.extract_layers = list(config.extract_layers)
+        self.decoder = CLIPSegDecoder(config)
+        if not _on_meta(self):
+            self._init_decoder()
+
+    def _init_decoder(self) -> None:
+        std = self.config.vision_config.initializer_range
+        for module in self.decoder.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def get_conditional_embeddings(
+        self,
+        batch_size: int | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        conditional_pixel_values: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, D) conditional vectors: projected text (EOS) or projected image (CLS) embeddings,
+        computed without gradients (the CLIP towers are frozen)."""
+        if input_ids is not None:
+            if batch_size is not None and len(input_ids) != batch_size:
+                raise ValueError("Make sure to pass as many prompt texts as there are query images")
+            with torch.no_grad():
+                return self.clip.get_text_features(
+                    input_ids, attention_mask=attention_mask, position_ids=position_ids
+                ).pooler_output
+        if conditional_pixel_values is not None:
+            if batch_size is not None and len(conditional_pixel_values) != batch_size:
+                raise ValueError(
+                    "Make sure to pass as many prompt images as there are query images"
+                )
+            with torch.no_grad():
+                return self.clip.get_image_features(conditional_pixel_values).pooler_output
+        raise ValueError(
+            "Invalid conditional, should be either provided as `input_ids` or "
+            "`conditional_pixel_values`"
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        conditional_pixel_values: torch.Tensor | None = None,
+        conditional_embeddings: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = True,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+    ) -> CLIPSegImageSegmentationOutput | tuple:
+        """Segment ``pixel_values`` (B, 3, H, W); ``labels`` (B, H, W) in [0, 1] add the mean
+        BCE-with-logits loss. Gradients flow only into the decoder, as in the reference."""
+        if pixel_values is None:
+            raise ValueError("You have to specify pixel_values (the query images)")
+        with torch.no_grad():
+            vision = self.clip.get_image_features(
+                pixel_values,
+                interpolate_pos_encoding=interpolate_pos_encoding,
+                output_attentions=output_attentions,
+                output_hidden_states=True,
+            )
+            activations = [vision.hidden_states[i + 1] for i in self.extract_layers]
+            if not output_hidden_states:
+                vision.hidden_states = None
+
+        batch = pixel_values.shape[0]
+        if conditional_embeddings is None:
+            conditional_embeddings = self.get_conditional_embeddings(
+                batch_size=batch,
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                conditional_pixel_values=conditional_pixel_values,
+            )
+        else:
+            if conditional_embeddings.shape[0] != batch:
+                raise ValueError(
+                    "Make sure to pass as many conditional embeddings as there are query images "
+                    "in the batch"
+                )
+            if conditional_embeddings.shape[1] != self.config.projection_dim:
+                raise ValueError(
+                    "Make sure that the feature dimension of the conditional embeddings matches"
+                    f" `config.projection_dim` ({self.config.projection_dim})."
+                )
+
+        decoder_output: CLIPSegDecoderOutput = self.decoder(
+            activations,
+            conditional_embeddings,
+            grid=self.clip.vision_model.grid_of(pixel_values),
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = decoder_output.logits
+        loss = None
+        if labels is not None:
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.device))
+        out = CLIPSegImageSegmentationOutput(
+            loss=loss,
+            logits=logits,
+            conditional_embeddings=conditional_embeddings,
+            pooled_output=vision.pooler_output,
+            vision_model_output=vision,
+            decoder_output=decoder_output,
+        )
+        return out if return_dict else out.to_tuple()

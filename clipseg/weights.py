@@ -1,0 +1,261 @@
+"""Checkpoint files: where they are, how their keys map to our modules, and a strict load.
+
+A checkpoint is a directory in the Hugging Face layout (``config.json`` + ``model.safetensors``
+or ``pytorch_model.bin``). `resolve_checkpoint` finds it (a local directory, ``"demo"`` for the
+checkpoint shipped in ``clipseg/demo/checkpoint``, or a hub id through the optional
+``huggingface_hub``). `convert_state_dict` is a pure function from any CLIPSeg checkpoint layout to
+the keys of the requested model class, and `load_state_dict_strict` refuses to load anything that
+is missing, unexpected or mis-shaped, naming the keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CheckpointError",
+    "DEMO_CHECKPOINT",
+    "SAFE_WEIGHTS_NAME",
+    "WEIGHTS_NAME",
+    "resolve_checkpoint",
+    "read_state_dict",
+    "convert_state_dict",
+    "load_state_dict_strict",
+    "save_state_dict",
+]
+
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+WEIGHTS_NAME = "pytorch_model.bin"
+DEMO_CHECKPOINT = Path(__file__).resolve().parent / "demo" / "checkpoint"
+
+# The layouts a state dict can come in, by the model class that wrote it.
+Layout = Literal["segmentation", "clip", "text", "vision"]
+# Where each model's keys live inside a segmentation checkpoint.
+_PREFIX: dict[str, str] = {
+    "segmentation": "",
+    "clip": "clip.",
+    "text": "clip.text_model.",
+    "vision": "clip.vision_model.",
+}
+# Non-parameter buffers that checkpoints may carry and our modules recompute.
+_IGNORED_BUFFERS = re.compile(r"(^|\.)position_ids$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as is: missing, corrupt, or disagreeing with its config."""
+
+
+def _download_hint(repo_id: str) -> str:
+    local = "./" + repo_id.split("/")[-1]
+    return (
+        f"download it once, e.g. `huggingface-cli download {repo_id} --local-dir {local}` or "
+        f"`git clone https://huggingface.co/{repo_id} {local}`, then pass the directory ({local})"
+    )
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
+    """The local directory holding the checkpoint ``name_or_path``.
+
+    - an existing directory: itself;
+    - ``"demo"``: the demo checkpoint shipped in the package (``clipseg/demo/checkpoint``);
+    - a hub id such as ``"CIDAS/clipseg-rd64-refined"``: the local snapshot from
+      ``huggingface_hub.snapshot_download`` (optional dependency ``clipseg-label-studio[hub]``).
+
+    Raises FileNotFoundError (with the fix) when none of these applies.
+    """
+    text = os.fspath(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path
+    if text == "demo":
+        if (DEMO_CHECKPOINT / "config.json").is_file():
+            return DEMO_CHECKPOINT
+        raise FileNotFoundError(
+            f"the demo checkpoint is not installed (expected {DEMO_CHECKPOINT}/config.json); "
+            "reinstall the package or train it with `python -m clipseg.train`"
+        )
+    if path.exists():
+        raise NotADirectoryError(
+            f"{path} is a file; pass the checkpoint directory that holds config.json and "
+            f"{SAFE_WEIGHTS_NAME}"
+        )
+    if isinstance(name_or_path, str) and _HUB_ID.match(text) and not text.startswith((".", "~")):
+        return _snapshot(text)
+    raise FileNotFoundError(
+        f"no checkpoint directory at {path}: pass a directory holding config.json and "
+        f"{SAFE_WEIGHTS_NAME} (or {WEIGHTS_NAME}), a hub id such as CIDAS/clipseg-rd64-refined, "
+        "or 'demo'"
+    )
+
+
+def _snapshot(repo_id: str) -> Path:
+    """Download (or find in the local cache) the files of hub repository ``repo_id``."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise FileNotFoundError(
+            f"{repo_id!r} is not a local directory and huggingface_hub is not installed "
+            f"(pip install 'clipseg-label-studio[hub]'); or {_download_hint(repo_id)}"
+        ) from None
+    patterns = ["*.json", "*.txt", SAFE_WEIGHTS_NAME]
+    try:
+        directory = Path(snapshot_download(repo_id, allow_patterns=patterns))
+        if not (directory / SAFE_WEIGHTS_NAME).is_file():
+            directory = Path(snapshot_download(repo_id, allow_patterns=[*patterns, WEIGHTS_NAME]))
+    except Exception as exc:  # network, auth, missing repo: all end in the same advice
+        raise FileNotFoundError(
+            f"could not fetch {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: "
+            f"{exc}); {_download_hint(repo_id)}"
+        ) from exc
+    logger.info("resolved %s to %s", repo_id, directory)
+    return directory
+
+
+def read_state_dict(directory: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """All tensors of the checkpoint in ``directory`` on the CPU.
+
+    Prefers ``model.safetensors`` (or a sharded ``model.safetensors.index.json``); falls back to
+    ``pytorch_model.bin`` read with ``torch.load(weights_only=True)`` (no code execution).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    safe, index, pickle = (
+        directory / SAFE_WEIGHTS_NAME,
+        directory / SAFE_WEIGHTS_INDEX_NAME,
+        directory / WEIGHTS_NAME,
+    )
+    try:
+        if safe.is_file():
+            return load_file(safe)
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            state: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                state.update(load_file(directory / shard))
+            return state
+        if pickle.is_file():
+            return torch.load(pickle, map_location="cpu", weights_only=True)
+    except (SafetensorError, OSError, RuntimeError, ValueError, KeyError, EOFError) as exc:
+        broken = next(p for p in (safe, index, pickle) if p.is_file())
+        raise CheckpointError(
+            f"cannot read the weights in {broken} ({type(exc).__name__}: {exc}); the file is "
+            "corrupt or truncated: download the checkpoint again"
+        ) from exc
+    raise FileNotFoundError(
+        f"no weights in {directory}: expected {SAFE_WEIGHTS_NAME} or {WEIGHTS_NAME}"
+    )
+
+
+def _source_layout(keys: set[str]) -> Layout:
+    """Which model class wrote a state dict, judged by its key prefixes."""
+    if any(k.startswith(("clip.", "decoder.")) for k in keys):
+        return "segmentation"
+    if any(k.startswith(("text_model.", "vision_model.")) for k in keys) or "logit_scale" in keys:
+        if any(k.startswith("text_model.") for k in keys) and any(
+            k.startswith("vision_model.") for k in keys
+        ):
+            return "clip"
+        # a tower saved on its own by transformers 4.x (CLIPSegTextModel.text_model.*)
+        return "text" if any(k.startswith("text_model.") for k in keys) else "vision"
+    if "embeddings.token_embedding.weight" in keys:
+        return "text"
+    if "embeddings.patch_embedding.weight" in keys:
+        return "vision"
+    raise CheckpointError(
+        "the weights are not a CLIPSeg state dict (no clip.*, text_model.*, vision_model.* or "
+        f"tower embedding keys; first keys: {sorted(keys)[:5]})"
+    )
+
+
+def convert_state_dict(
+    state_dict: Mapping[str, torch.Tensor], target: Layout
+) -> dict[str, torch.Tensor]:
+    """Map a CLIPSeg state dict in any layout to the keys of model class ``target``.
+
+    Pure: nothing is loaded or checked here beyond recognising the layout. Keys are first lifted
+    into the segmentation layout (``clip.text_model.*``, ``clip.vision_model.*``, ``decoder.*``),
+    then the part ``target`` owns is cut out, so that e.g. `CLIPSegModel` or
+    `CLIPSegTextModel` loaded from a segmentation checkpoint get exactly that checkpoint's towers.
+    Non-parameter buffers (``*.position_ids``) are dropped. Keys outside the target are dropped;
+    a target wider than the source yields missing keys for the strict load to report.
+    """
+    keys = set(state_dict)
+    layout = _source_layout(keys)
+    lifted: dict[str, torch.Tensor] = {}
+    for key, tensor in state_dict.items():
+        if _IGNORED_BUFFERS.search(key):
+            continue
+        if layout in ("text", "vision"):
+            # transformers 4.x towers nest under text_model./vision_model.; 5.x do not
+            key = key.removeprefix(f"{layout}_model.")
+        lifted[_PREFIX[layout] + key] = tensor
+    prefix = _PREFIX[target]
+    return {k[len(prefix) :]: v for k, v in lifted.items() if k.startswith(prefix)}
+
+
+def load_state_dict_strict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], assign: bool = False
+) -> None:
+    """Copy ``state_dict`` into ``model``, refusing missing, unexpected or mis-shaped keys.
+
+    ``assign=True`` makes the model's parameters the given tensors (for a model built on the
+    meta device) instead of copying into existing storage.
+
+    Raises CheckpointError naming the keys (shapes included), so that a checkpoint and a
+    config.json that disagree are caught here rather than as a broadcasting error later.
+    """
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    misshaped = sorted(
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(expected) & set(state_dict)
+        if tuple(state_dict[k].shape) != tuple(expected[k].shape)
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_short(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_short(unexpected)}")
+    if misshaped:
+        problems.append(f"mis-shaped keys {_short(misshaped)}")
+    if problems:
+        raise CheckpointError(
+            f"the weights do not fit {type(model).__name__} as configured: "
+            + "; ".join(problems)
+            + ". Check that config.json belongs to these weights and that the model class "
+            "matches the checkpoint"
+        )
+    model.load_state_dict(dict(state_dict), strict=True, assign=assign)
+
+
+def _short(items: list[str], limit: int = 12) -> str:
+    shown = ", ".join(items[:limit])
+    return f"[{shown}{', ...' if len(items) > limit else ''}] ({len(items)})"
+
+
+def save_state_dict(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
+    """Write ``model``'s parameters to ``directory/model.safetensors`` (contiguous CPU copies)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    path = directory / SAFE_WEIGHTS_NAME
+    save_file(state, path, metadata={"format": "pt"})
+    return path
