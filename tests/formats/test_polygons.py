@@ -1,0 +1,152 @@
+"""Polygons from masks: holes, simplification and its cap, degenerate contours, and the
+pixel conventions checked by rasterising back (cv2.fillPoly for pixel indices, pycocotools for
+pixel edges as COCO and Label Studio mean them)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pycocotools import mask as mask_utils
+
+from backend.formats.polygons import (
+    mask_to_contours,
+    mask_to_polygons,
+    polygon_to_coco,
+    polygon_to_percent,
+    to_edge_coordinates,
+)
+
+H, W = 64, 72
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def fill_indices(polys: list[np.ndarray], shape=(H, W)) -> np.ndarray:
+    out = np.zeros(shape, np.uint8)
+    cv2.fillPoly(out, [np.round(p).astype(np.int32) for p in polys], 1)
+    return out > 0
+
+
+def rasterise_edges(polys: list[list[float]], shape=(H, W)) -> np.ndarray:
+    """pycocotools' polygon rasteriser: pixel (i, j) is the square [i, i+1] x [j, j+1]."""
+    rles = mask_utils.frPyObjects(polys, *shape)
+    return mask_utils.decode(mask_utils.merge(rles)) > 0
+
+
+def blob(kind: str, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:H, :W]
+    cx, cy = rng.uniform(25, 45), rng.uniform(25, 38)
+    if kind == "disk":
+        r = rng.uniform(8.5, 14)
+        return (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+    if kind == "ellipse":
+        a, b, t = rng.uniform(10, 18), rng.uniform(7, 10), rng.uniform(0, np.pi)
+        u = (xx - cx) * np.cos(t) + (yy - cy) * np.sin(t)
+        v = -(xx - cx) * np.sin(t) + (yy - cy) * np.cos(t)
+        return (u / a) ** 2 + (v / b) ** 2 <= 1
+    if kind == "crescent":
+        r = rng.uniform(12, 16)
+        bite = rng.uniform(0.5, 0.7) * r
+        d = r - bite + rng.uniform(1.5, 3)
+        return ((xx - cx) ** 2 + (yy - cy) ** 2 <= r * r) & ~(
+            (xx - cx - d) ** 2 + (yy - cy) ** 2 <= bite * bite
+        )
+    # a star: concave, sharp vertices
+    n = int(rng.integers(5, 8))
+    ang = np.linspace(0, 2 * np.pi, 2 * n, endpoint=False) + rng.uniform(0, np.pi)
+    r = np.where(np.arange(2 * n) % 2 == 0, rng.uniform(14, 18), rng.uniform(7, 9))
+    pts = np.stack([cx + r * np.cos(ang), cy + r * np.sin(ang)], 1).round().astype(np.int32)
+    out = np.zeros((H, W), np.uint8)
+    cv2.fillPoly(out, [pts], 1)
+    return out > 0
+
+
+@settings(deadline=None, max_examples=80)
+@given(st.sampled_from(["disk", "ellipse", "crescent", "star"]), st.integers(0, 10_000))
+def test_polygons_rasterise_back_to_the_mask(kind: str, seed: int) -> None:
+    mask = blob(kind, seed)
+    assert mask.sum() >= 200
+    contours = mask_to_contours(mask)
+    assert len(contours) == 1 and not contours[0].holes
+    # pixel indices through cv2.fillPoly
+    assert iou(fill_indices(mask_to_polygons(mask)), mask) >= 0.95
+    # pixel edges through pycocotools (COCO's and Label Studio's convention)
+    coco = [polygon_to_coco(to_edge_coordinates(c.outer), W, H) for c in contours]
+    assert iou(rasterise_edges(coco), mask) >= 0.95
+    # Label Studio: percent, converted back to pixels as the editor does (pct * size / 100)
+    pct = polygon_to_percent(to_edge_coordinates(contours[0].outer), W, H)
+    back = (np.array(pct) * np.array([W, H]) / 100.0).ravel().tolist()
+    assert iou(rasterise_edges([back]), mask) >= 0.95
+
+
+def test_tolerance_zero_is_exact_for_blocks_and_holes() -> None:
+    mask = np.zeros((H, W), bool)
+    mask[10:40, 10:50] = True
+    mask[20:30, 20:30] = False  # a hole
+    mask[50:53, 60:70] = True  # a second component
+    (big, small) = mask_to_contours(mask, tolerance=0)
+    assert len(big.holes) == 1 and not small.holes
+    # pixel indices: fillPoly of the outer minus fillPoly of the hole's interior
+    outer = to_edge_coordinates(big.outer)
+    hole = to_edge_coordinates(big.holes[0], hole=True)
+    assert sorted(map(tuple, outer)) == sorted([(10, 10), (50, 10), (50, 40), (10, 40)])
+    # OpenCV traces a hole along the 8-connected object pixels, cutting its corners: the hole
+    # polygon is the 10 x 10 square less a quarter pixel at each corner (COCO takes holes as RLE)
+    assert cv2.contourArea(hole.astype(np.float32)) == pytest.approx(100 - 4 * 0.25, abs=1e-4)
+    assert hole.min(axis=0).tolist() == [20, 20] and hole.max(axis=0).tolist() == [30, 30]
+    assert np.array_equal(
+        rasterise_edges([polygon_to_coco(to_edge_coordinates(small.outer), W, H)]),
+        mask & (np.arange(H)[:, None] >= 50),
+    )
+
+
+def test_max_points_caps_vertices() -> None:
+    yy, xx = np.mgrid[:400, :400]
+    disk = (xx - 200) ** 2 + (yy - 200) ** 2 <= 180**2
+    full = mask_to_polygons(disk, tolerance=0, max_points=None)[0]
+    assert len(full) > 40
+    for cap in (40, 12, 3):
+        (capped,) = mask_to_polygons(disk, tolerance=0.5, max_points=cap)
+        assert 3 <= len(capped) <= cap
+    (capped,) = mask_to_polygons(disk, max_points=40)
+    assert iou(fill_indices([capped], disk.shape), disk) > 0.98
+
+
+def test_degenerate_contours_are_dropped() -> None:
+    mask = np.zeros((20, 20), bool)
+    mask[2, 2] = True  # one pixel
+    mask[5, 3:15] = True  # a line one pixel thick: zero area
+    mask[10:13, 10:13] = True  # a real 3x3 block
+    (block,) = mask_to_contours(mask, tolerance=0)
+    assert cv2.contourArea(to_edge_coordinates(block.outer).astype(np.float32)) == 9
+    assert mask_to_polygons(np.zeros((5, 5), bool)) == []
+
+
+def test_percent_and_coco_are_clipped_to_the_image() -> None:
+    mask = np.ones((10, 20), bool)
+    (poly,) = mask_to_polygons(mask)
+    edge = to_edge_coordinates(poly)
+    assert sorted(map(tuple, polygon_to_percent(edge, 20, 10))) == sorted(
+        [(0.0, 0.0), (100.0, 0.0), (100.0, 100.0), (0.0, 100.0)]
+    )
+    assert max(polygon_to_coco(edge, 20, 10)) == 20.0
+
+
+@pytest.mark.parametrize(
+    ("mask", "kwargs", "message"),
+    [
+        (np.zeros((3, 3, 3), bool), {}, "2-D"),
+        (np.zeros((3, 3), np.float32), {}, "dtype float32"),
+        (np.zeros((3, 3), bool), {"tolerance": -1}, "tolerance"),
+        (np.ones((3, 3), bool), {"max_points": 2}, "max_points"),
+    ],
+)
+def test_bad_input_raises(mask, kwargs, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        mask_to_contours(mask, **kwargs)
