@@ -72,3 +72,122 @@ class ThresholdAnnotator:
                 )
             )
         return outcomes
+
+
+class OraclePredictor:
+    """A `clipseg.Predictor` stand-in that knows the scenes: the probability map of a prompt is
+    0.9 on the scene's target (`Scene.target`) and 0.05 elsewhere. The pipeline around the model
+    (regions, results, COCO) must then reproduce the ground truth: COCOeval's AP is near 1."""
+
+    dim = 4
+
+    def __init__(self, scenes: list[Scene]) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = "cpu"
+        self.dtype = torch.float32
+        self.by_image = {s.image.tobytes(): s for s in scenes}
+        self.prompts: list[str] = []
+        self.scene: Scene | None = None
+        self.images_set = 0
+
+    def set_image(self, image) -> None:
+        self.scene = self.by_image[np.ascontiguousarray(image).tobytes()]
+        self.images_set += 1
+
+    def embed_text(self, texts):
+        out = self.torch.zeros(len(texts), self.dim)
+        for i, text in enumerate(texts):
+            if text not in self.prompts:
+                self.prompts.append(text)
+            out[i, 0] = self.prompts.index(text)
+        return out
+
+    def predict_embeddings(self, embeddings):
+        assert self.scene is not None, "call set_image first"
+        maps = [
+            np.where(self.scene.target(self.prompts[int(round(float(e[0])))]), 0.9, 0.05)
+            for e in embeddings
+        ]
+        return np.stack(maps).astype(np.float32)
+
+
+def oracle_backend(scenes: list[Scene], settings):
+    """A CLIPSegBackend with ``settings`` over an OraclePredictor."""
+    from backend.model import CLIPSegBackend
+
+    return CLIPSegBackend(
+        settings,
+        OraclePredictor(scenes),
+        model_name="clipseg-oracle",
+        weights_hash="00000000",
+        is_demo=False,
+        device="cpu",
+        dtype="float32",
+    )
+
+
+def scenes_ground_truth(
+    coco_pred: dict, scenes_by_file: dict[str, Scene], semantic: bool = False
+) -> dict:
+    """The COCO ground truth of the predicted images: one annotation per visible object (or, with
+    ``semantic``, per category: the union of its objects), categories named "<color> <shape>",
+    with the image ids and categories of ``coco_pred``."""
+    from pycocotools import mask as mask_utils
+
+    cat_ids = {c["name"]: c["id"] for c in coco_pred["categories"]}
+    annotations = []
+    for image in coco_pred["images"]:
+        scene = scenes_by_file[image["file_name"]]
+        if semantic:
+            items = [(name, scene.target(name)) for name in sorted({o.name for o in scene.objects})]
+        else:
+            items = [(o.name, o.mask) for o in scene.objects]
+        for name, mask in items:
+            if name not in cat_ids or not mask.any():
+                continue
+            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image["id"],
+                    "category_id": cat_ids[name],
+                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                    "area": float(mask_utils.area(rle)),
+                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                    "iscrowd": 0,
+                }
+            )
+    return {
+        "images": coco_pred["images"],
+        "categories": coco_pred["categories"],
+        "annotations": annotations,
+    }
+
+
+def coco_segm_ap(
+    coco_pred: dict, scenes_by_file: dict[str, Scene], semantic: bool = False
+) -> float:
+    """COCOeval's segmentation AP (IoU 0.50:0.95) of ``coco_pred`` against the scenes."""
+    import contextlib
+    import copy
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = scenes_ground_truth(coco_pred, scenes_by_file, semantic)
+        gt.createIndex()
+        # loadRes rewrites its input's area and bbox: give it a copy
+        detections = copy.deepcopy(coco_pred["annotations"])
+        dt = gt.loadRes(detections) if detections else None
+        if dt is None:
+            return 0.0
+        evaluator = COCOeval(gt, dt, iouType="segm")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return float(evaluator.stats[0])
