@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from backend.batch.sources import ImageSource, SourceReader, task_image_value
 from backend.batch.state import StateStore, write_json_atomic
+from backend.formats.coco import CocoDataset, mask_to_rle, rle_area, rle_bbox, rle_to_mask
 from backend.images import ImageError
 from backend.model import ImagePrediction
 from backend.overlays import label_colors, save_overlay
@@ -71,17 +71,6 @@ class RunSummary:
         return not self.failures
 
 
-def rle_encode(mask: np.ndarray) -> dict[str, Any]:
-    """COCO RLE of a bool (H, W) mask, ``counts`` as a str (JSON-ready)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode()}
-
-
-def rle_decode(rle: dict[str, Any]) -> np.ndarray:
-    """bool (H, W) from `rle_encode`'s output."""
-    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
-
-
 def _record(
     source: ImageSource,
     size: tuple[int, int],
@@ -91,15 +80,14 @@ def _record(
 ) -> dict[str, Any]:
     regions = []
     for region in outcome.regions:
-        rle = rle_encode(region.mask)
-        raw = {"size": rle["size"], "counts": rle["counts"].encode()}
+        rle = mask_to_rle(region.mask)
         regions.append(
             {
                 "label": region.label,
                 "score": float(region.score),
                 "segmentation": rle,
-                "area": float(mask_utils.area(raw)),
-                "bbox": [float(v) for v in mask_utils.toBbox(raw)],
+                "area": rle_area(rle),
+                "bbox": rle_bbox(rle),
             }
         )
     return {
@@ -238,7 +226,7 @@ def _missing_overlays(
             summary.failures.append(_failure(src, f"overlay: {exc}"))
             continue
         name = overlay_name(src.key, src.ref)
-        pairs = [(r["label"], rle_decode(r["segmentation"])) for r in record["regions"]]
+        pairs = [(r["label"], rle_to_mask(r["segmentation"])) for r in record["regions"]]
         save_overlay(out / OVERLAY_DIR / name, image, pairs, colors)
         record["overlay"] = f"{OVERLAY_DIR}/{name}"
         store.save(src.key, record)
@@ -272,39 +260,20 @@ def records_to_coco(
     records: Sequence[dict[str, Any]], images: Sequence[str], labels: Sequence[str]
 ) -> dict[str, Any]:
     """A COCO dataset (images named ``images``, categories named after ``labels``, annotations
-    with RLE segmentation, area, bbox [x, y, w, h] and score) from predict records."""
-    categories = [{"id": i + 1, "name": name, "supercategory": ""} for i, name in enumerate(labels)]
-    cat_ids = {c["name"]: c["id"] for c in categories}
-    annotations = []
-    image_list = []
-    for image_id, (record, name) in enumerate(zip(records, images, strict=True), start=1):
-        image_list.append(
-            {
-                "id": image_id,
-                "file_name": name,
-                "width": record["width"],
-                "height": record["height"],
-            }
-        )
+    with exact RLE segmentation, area, bbox [x, y, w, h] and score) from predict records."""
+    dataset = CocoDataset(labels)
+    for record, name in zip(records, images, strict=True):
+        image_id = dataset.add_image(name, record["width"], record["height"])
         for region in record["regions"]:
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": cat_ids[region["label"]],
-                    "segmentation": region["segmentation"],
-                    "area": region["area"],
-                    "bbox": region["bbox"],
-                    "iscrowd": 0,
-                    "score": region["score"],
-                }
+            dataset.add_segmentation(
+                image_id,
+                region["label"],
+                region["segmentation"],
+                region["area"],
+                region["bbox"],
+                score=region["score"],
             )
-    return {
-        "info": {"description": "clipseg-label predict"},
-        "images": image_list,
-        "annotations": annotations,
-        "categories": categories,
-    }
+    return dataset.to_dict()
 
 
 def write_outputs(

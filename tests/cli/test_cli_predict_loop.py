@@ -9,7 +9,7 @@ from cli_helpers import ThresholdAnnotator
 from PIL import Image
 from pycocotools.coco import COCO
 
-from backend.batch.predict import rle_decode, rle_encode, run_predict
+from backend.batch.predict import run_predict
 from backend.batch.sources import SourceReader, collect_sources, task_image_value
 from backend.batch.state import STATE_DIR
 from backend.settings import Settings
@@ -135,9 +135,3 @@ def test_overlays_show_masks_and_legend(scene_dir, tmp_path, fake_annotator):
         inner[1:-1, 1:-1] &= untouched[:-2, 1:-1] & untouched[2:, 1:-1]
         inner[1:-1, 1:-1] &= untouched[1:-1, :-2] & untouched[1:-1, 2:]
         assert (picture[:64, :64][inner] == scene.image[inner]).all()
-
-
-def test_rle_round_trip():
-    rng = np.random.default_rng(0)
-    mask = rng.random((13, 17)) > 0.5
-    assert (rle_decode(rle_encode(mask)) == mask).all()
