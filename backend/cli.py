@@ -279,6 +279,17 @@ def _add_export_coco(sub: Any) -> None:
         default="annotations",
         help="take the regions of annotations, or of predictions (with their scores)",
     )
+    p.add_argument(
+        "--labels",
+        default=None,
+        help="comma-separated category names in id order (default: every label found, sorted)",
+    )
+    p.add_argument("--image-key", default=None, help="task data key of the image (default: image)")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first bad task (exit 2) instead of leaving it out (exit 1)",
+    )
 
 
 def _add_exemplars(sub: Any) -> None:
@@ -510,19 +521,33 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
 
 def cmd_export_coco(args: argparse.Namespace) -> int:
-    from backend.batch import convert
-
-    tasks = _read_tasks(args.export)
-    coco = convert.export_coco(tasks, source=args.source)
     from backend.batch.state import write_json_atomic
+    from backend.formats.convert import labelstudio_to_coco
 
+    problems: list[Any] = []
+    try:
+        coco = labelstudio_to_coco(
+            _read_tasks(args.export),
+            labels=[s.strip() for s in args.labels.split(",")] if args.labels else None,
+            source=args.source,
+            image_key=args.image_key,
+            errors="raise" if args.strict else "skip",
+            problems=problems,
+        )
+    except ValueError as exc:
+        raise UsageError(f"{args.export}: {exc}") from exc
     write_json_atomic(Path(args.out), coco)
     print(
         f"{len(coco['images'])} images, {len(coco['annotations'])} annotations, "
         f"{len(coco['categories'])} categories -> {args.out}",
         file=sys.stderr,
     )
-    return EXIT_OK
+    if not problems:
+        return EXIT_OK
+    print(f"{len(problems)} tasks left out:", file=sys.stderr)
+    for problem in problems[:20]:
+        print(f"  task {problem.task_id}: {problem.message}", file=sys.stderr)
+    return EXIT_PARTIAL
 
 
 def cmd_exemplars(args: argparse.Namespace) -> int:
