@@ -123,3 +123,15 @@ def test_bad_arguments_raise() -> None:
         probabilities_to_regions(np.stack([prob] * 3), ["a", "b"])
     with pytest.raises(ValueError, match=r"\(K, H, W\)"):
         probabilities_to_regions(prob, ["a"])
+
+
+def test_formats_package_imports_neither_torch_nor_clipseg() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, backend.formats; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'clipseg')]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
