@@ -35,6 +35,7 @@ import numpy as np
 
 from backend.controls import ControlAdapter, Region, adapter_for, decode_brush_rle, make_adapters
 from backend.exemplars import Exemplar, ExemplarStore, project_key
+from backend.formats.regions import probability_to_regions
 from backend.images import ImageError, ImageLoader, LabelStudioClient, label_studio_client
 from backend.label_config import ControlSpec, LabelConfigError, parse_label_config
 from backend.settings import DEFAULT_MODEL, Settings
@@ -61,13 +62,21 @@ def resolve_device(name: str) -> str:
 
 
 def _how_to_fix(name: str) -> str:
+    demo = (
+        "To try the backend without downloading anything, run the bundled demo model: "
+        "CLIPSEG_MODEL=demo (a small model trained on synthetic shapes, not real photos)."
+    )
+    if Path(name).expanduser().is_dir():
+        return (
+            f"Check that {name} is a complete CLIPSeg checkpoint (config.json, model.safetensors "
+            f"or pytorch_model.bin, vocab.json, merges.txt, preprocessor_config.json). {demo}"
+        )
     return (
         f"To use {DEFAULT_MODEL}, download it where the backend can read it, e.g. "
         f"`pip install huggingface_hub && hf download {DEFAULT_MODEL} "
         "--local-dir ./models/clipseg-rd64-refined` and set "
         "CLIPSEG_MODEL=./models/clipseg-rd64-refined (in docker: see docker/README.md). "
-        "To try the backend without downloading anything, run the bundled demo model: "
-        "CLIPSEG_MODEL=demo (a small model trained on synthetic shapes, not real photos)."
+        f"{demo}"
     )
 
 
@@ -140,23 +149,13 @@ def _min_area(setting: float, height: int, width: int) -> int:
 def find_regions(
     label: str, probs: np.ndarray, threshold: float, mode: str, min_area: int
 ) -> list[Region]:
-    """Regions of one label's (H, W) probability map: pixels above `threshold`, small blobs
-    (< `min_area` px) dropped, one region per connected blob ("instance") or one per label
-    ("semantic"); each scored with its mean probability. No pixel above -> no region."""
-    above = probs > threshold
-    if not above.any():
-        return []
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(above.astype(np.uint8), 8)
-    keep = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= max(min_area, 1)]
-    if not keep:
-        return []
-    if mode == "semantic":
-        mask = np.isin(labels, keep)
-        return [Region(label, mask, float(probs[mask].mean()))]
-    regions = []
-    for i in keep:
-        mask = labels == i
-        regions.append(Region(label, mask, float(probs[mask].mean())))
+    """Regions of one label's (H, W) probability map (`backend.formats.probability_to_regions`):
+    pixels strictly above `threshold`, blobs under `min_area` px dropped, one region per blob
+    ("instance") or one per label ("semantic"), scored with their mean probability."""
+    found = probability_to_regions(
+        np.clip(probs, 0.0, 1.0), label, threshold=threshold, mode=mode, min_area=min_area
+    )
+    regions = [Region(label, r.mask, r.score) for r in found]
     regions.sort(key=lambda r: -r.score)
     return regions
 
@@ -210,10 +209,12 @@ class CLIPSegBackend:
         """Load the checkpoint named by CLIPSEG_MODEL; ModelLoadError says how to fix a failure."""
         directory = _resolve(settings.model)
         device = resolve_device(settings.device)
-        dtype = None if settings.dtype == "auto" else settings.dtype
         try:
+            import torch
+
             from clipseg import Predictor
 
+            dtype = None if settings.dtype == "auto" else getattr(torch, settings.dtype)
             predictor = Predictor.from_pretrained(str(directory), device=device, dtype=dtype)
         except Exception as exc:
             raise ModelLoadError(
@@ -230,7 +231,7 @@ class CLIPSegBackend:
             weights_hash=_weights_hash(directory),
             is_demo=is_demo,
             device=str(getattr(predictor, "device", device)),
-            dtype=str(getattr(predictor, "dtype", dtype or "float32")).replace("torch.", ""),
+            dtype=str(getattr(predictor, "dtype", "float32")).replace("torch.", ""),
         )
         logger.info(
             "loaded %s from %s on %s (%s); model_version %s",

@@ -84,7 +84,7 @@ class Settings:
     min_region_area: float = (
         0.0005  # CLIPSEG_MIN_REGION_AREA: fraction of the image (or px if >= 1)
     )
-    polygon_tolerance: float = 1.0  # CLIPSEG_POLYGON_TOLERANCE: simplification, pixels
+    polygon_tolerance: float = 0.5  # CLIPSEG_POLYGON_TOLERANCE: simplification, pixels
     # --- exemplars
     exemplar_weight: float = 0.5  # CLIPSEG_EXEMPLAR_WEIGHT: w in w * text + (1 - w) * exemplars
     max_exemplars_per_label: int = 16  # CLIPSEG_MAX_EXEMPLARS_PER_LABEL (the newest are kept)

@@ -253,3 +253,69 @@ def check_result_item(item: dict, width: int, height: int) -> None:
         raise AssertionError(f"unexpected result type {kind}")
     if "score" in item:
         assert 0.0 <= item["score"] <= 1.0
+
+
+def _bytes_to_unicode() -> list[str]:
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def build_tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
+    """A tiny random CLIPSeg (save_pretrained) with a byte-level CLIP vocabulary (no merges:
+    every string, any language, tokenizes to its bytes) and its processor, in `directory`."""
+    import torch
+
+    from clipseg import (
+        CLIPSegConfig,
+        CLIPSegForImageSegmentation,
+        CLIPSegImageProcessor,
+        CLIPSegProcessor,
+        CLIPSegTextConfig,
+        CLIPSegVisionConfig,
+        CLIPTokenizer,
+    )
+
+    symbols = _bytes_to_unicode()
+    vocab = {tok: i for i, tok in enumerate(symbols + [s + "</w>" for s in symbols])}
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    text = CLIPSegTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+    )
+    vision = CLIPSegVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2,
+        patch_size=32,
+    )
+    config = CLIPSegConfig.from_text_vision_configs(
+        text,
+        vision,
+        projection_dim=16,
+        extract_layers=[1, 2, 3],
+        reduce_dim=16,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=32,
+    )
+    torch.manual_seed(seed)
+    model = CLIPSegForImageSegmentation(config)
+    model.save_pretrained(directory)
+    tokenizer = CLIPTokenizer(vocab, [])
+    CLIPSegProcessor(CLIPSegImageProcessor(), tokenizer).save_pretrained(directory)
+    return Path(directory)
