@@ -7,33 +7,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from cli_helpers import coco_segm_ap, oracle_backend, write_scenes
+from cli_helpers import SEEDS, coco_segm_ap
 from label_studio_sdk.label_interface import LabelInterface
 from pycocotools.coco import COCO
 
 from backend import cli
-from backend.model import CLIPSegBackend
-
-SEEDS = [11, 12, 13, 14]
-
-
-@pytest.fixture
-def scenes(tmp_path):
-    return write_scenes(tmp_path / "images", SEEDS)
-
-
-@pytest.fixture
-def oracle(monkeypatch, scenes, tmp_path):
-    """Makes `CLIPSegBackend.load(settings)` return an oracle backend with those settings; the
-    returned list holds every backend made (the predictor counts the images it encoded)."""
-    made = []
-
-    def load(cls, settings):
-        made.append(oracle_backend([s for _, s in scenes], settings))
-        return made[-1]
-
-    monkeypatch.setattr(CLIPSegBackend, "load", classmethod(load))
-    return made
 
 
 def _labels(scenes) -> list[str]:
