@@ -1,0 +1,87 @@
+"""Fixtures of the end-to-end test: the Label Studio venv, a process registry, a work dir.
+
+Every process the test starts goes through ``processes`` (a :class:`ProcessRegistry`), whose
+finalizer stops them all by process group, also when the test fails; an ``atexit`` hook in the
+harness stops whatever is left when the run is interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .label_studio import (
+    LabelStudioUnavailable,
+    ProcessRegistry,
+    ensure_db_template,
+    ensure_label_studio,
+    new_registry,
+    venv_dir,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO_ROOT / "artifacts" / "e2e"
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def ls_venv() -> Path:
+    """The Label Studio venv, installed on first use; CI fails without it, elsewhere we skip."""
+    venv = venv_dir()
+    try:
+        ensure_label_studio(venv)
+    except LabelStudioUnavailable as exc:
+        message = (
+            f"cannot install Label Studio into {venv} (set CLIPSEG_E2E_LS_VENV to use another "
+            f"location; pip needs access to PyPI): {exc}"
+        )
+        if _in_ci():
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return venv
+
+
+@pytest.fixture(scope="session")
+def ls_template_db(ls_venv: Path) -> Path:
+    """A migrated, empty Label Studio database (built once per venv) to seed fresh data dirs."""
+    return ensure_db_template(ls_venv)
+
+
+@pytest.fixture
+def processes() -> Iterator[ProcessRegistry]:
+    """Processes started by one test; all stopped (by PID / process group) at teardown."""
+    reg = new_registry()
+    try:
+        yield reg
+    finally:
+        reg.stop_all()
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """./artifacts/e2e (gitignored): screenshots and JSON kept for CI."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+_REPORT: list[str] = []
+
+
+@pytest.fixture
+def e2e_report() -> list[str]:
+    """Lines (measured IoUs, wall times, screenshot paths) printed in pytest's terminal summary,
+    so they show up in CI logs whether or not output capture is on."""
+    return _REPORT
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _REPORT:
+        terminalreporter.section("clipseg e2e")
+        for line in _REPORT:
+            terminalreporter.write_line(line)
