@@ -158,3 +158,21 @@ def test_push_errors_name_the_request():
         push.connect("", "k")
     with pytest.raises(ValueError, match="LABEL_STUDIO_API_KEY"):
         push.connect("http://x", "")
+
+
+def test_rank_and_push_commands(tmp_path, monkeypatch, capsys):
+    from backend import cli
+
+    tasks = tmp_path / "tasks.json"
+    tasks.write_text(json.dumps([_task("a.png", 0.1), _task("b.png", 0.6)]))
+    out = tmp_path / "rank.csv"
+    assert cli.main(["rank", str(tasks), "--out", str(out), "--top", "1"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 1 and "b.png" in printed[0] and "0.6000" in printed[0]
+    assert [r["image"] for r in csv.DictReader(out.open())] == ["b.png", "a.png"]
+
+    assert cli.main(["rank", str(tasks), "--out", str(out), "--push"]) == 2
+    assert "--push needs --project" in capsys.readouterr().err
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    code = cli.main(["push", str(tasks), "--project", "3", "--url", "http://ls.test"])
+    assert code == 2 and "LABEL_STUDIO_API_KEY" in capsys.readouterr().err
