@@ -22,6 +22,7 @@ uncertainty); both are also sent as separate fields.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import threading
@@ -123,14 +124,21 @@ def _slug(name: str, directory: Path, is_demo: bool) -> str:
     return base if base.lower().startswith("clipseg") else f"clipseg-{base}"
 
 
-def _config_is_demo(config: Any) -> bool:
-    for key in ("is_demo", "demo", "clipseg_demo"):
-        value = getattr(config, key, None)
-        if value is None and isinstance(getattr(config, "extra", None), dict):
-            value = config.extra.get(key)
-        if value:
-            return True
-    return False
+def _is_demo(name: str, directory: Path) -> bool:
+    """The bundled demo checkpoint, by name, by location, or by the marker in its config.json."""
+    from clipseg.weights import DEMO_CHECKPOINT
+
+    if name == "demo" or directory.resolve() == Path(DEMO_CHECKPOINT).resolve():
+        return True
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    marks = [config.get(k) for k in ("demo", "is_demo", "clipseg_demo")]
+    nested = config.get("clipseg")
+    if isinstance(nested, dict):
+        marks.append(nested.get("demo"))
+    return any(bool(m) for m in marks)
 
 
 def uncertainty_of(probs: np.ndarray, low: float, high: float) -> float:
@@ -221,8 +229,7 @@ class CLIPSegBackend:
                 f"cannot load the CLIPSeg model {settings.model!r} from {directory}: "
                 f"{type(exc).__name__}: {exc}. {_how_to_fix(settings.model)}"
             ) from exc
-        model = getattr(predictor, "model", None)
-        is_demo = settings.model == "demo" or _config_is_demo(getattr(model, "config", None))
+        is_demo = _is_demo(settings.model, directory)
         name = _slug(settings.model, directory, is_demo)
         backend = cls(
             settings,
@@ -620,6 +627,14 @@ def _region_shape(
     if kind == "rectanglelabels":
         x, y = float(value.get("x", 0)), float(value.get("y", 0))
         w, h = float(value.get("width", 0)), float(value.get("height", 0))
+        angle = float(value.get("rotation", 0) or 0)
+        if angle % 360:  # a rotated box: its polygon as a mask (rotation about x, y)
+            c, s = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+            corners = np.array([[0, 0], [w, 0], [w, h], [0, h]]) * [width / 100, height / 100]
+            pts = corners @ np.array([[c, s], [-s, c]]) + [x * width / 100, y * height / 100]
+            mask = np.zeros((height, width), np.uint8)
+            cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
+            return {"mask": mask > 0} if mask.any() else None
         box = _clip_box(
             x * width / 100,
             y * height / 100,

@@ -301,7 +301,10 @@ def build_tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
         pad_token_id=vocab["<|endoftext|>"],
     )
     vision = CLIPSegVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=2,
         patch_size=32,
     )
     config = CLIPSegConfig.from_text_vision_configs(

@@ -253,16 +253,29 @@ def test_concurrent_predicts_are_correct(env):
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_cli_exits_nonzero_with_a_clear_message_when_the_model_is_missing(tmp_path):
-    env = {**os.environ, "CLIPSEG_MODEL": "/nonexistent", "MODEL_DIR": str(tmp_path)}
+def backend_command() -> list[str]:
+    """The installed `clipseg-backend` console script (or its entry point when not installed)."""
+    script = Path(sys.executable).with_name("clipseg-backend")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from backend.server import main; main()"]
+
+
+@pytest.mark.parametrize("model", ["/nonexistent", "broken"])
+def test_cli_exits_nonzero_with_a_clear_message_when_the_model_is_missing(tmp_path, model):
+    if model == "broken":  # a directory that is not a checkpoint
+        model = str(tmp_path / "broken")
+        Path(model).mkdir()
+        Path(model, "config.json").write_text("{not json")
+    env = {**os.environ, "CLIPSEG_MODEL": model, "MODEL_DIR": str(tmp_path)}
     proc = subprocess.run(
-        [sys.executable, "-c", "from backend.server import main; main()", "--port", "0"],
+        [*backend_command(), "--port", "0"],
         env=env,
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert proc.returncode != 0
-    assert "/nonexistent" in proc.stderr and "CLIPSEG_MODEL=demo" in proc.stderr
+    assert proc.returncode == 1
+    assert model in proc.stderr and "CLIPSEG_MODEL=demo" in proc.stderr
     assert "Traceback" not in proc.stderr
