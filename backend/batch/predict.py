@@ -181,8 +181,7 @@ def run_predict(
                     progress.update(1)
         if not loaded:
             continue
-        outcomes = annotator.annotate([img.array for _, img in loaded])
-        for (src, img), outcome in zip(loaded, outcomes, strict=True):
+        for (src, img), outcome in _annotate(annotator, loaded, summary):
             size = img.array.shape[:2]
             record = _record(src, size, outcome, annotator.model_version, score_mode)
             if overlays:
@@ -201,6 +200,27 @@ def run_predict(
         sources, store, out, annotator.labels, summary.failures, image_value, image_key
     )
     return summary
+
+
+def _annotate(
+    annotator: Annotator, loaded: list[tuple[ImageSource, Any]], summary: RunSummary
+) -> list[tuple[tuple[ImageSource, Any], ImagePrediction]]:
+    """Annotate a batch; if the model fails on it, image by image, so that one image the model
+    cannot take (an error, not a crash of the process) is a failure and the others are done."""
+    try:
+        outcomes = annotator.annotate([img.array for _, img in loaded])
+        return list(zip(loaded, outcomes, strict=True))
+    except Exception as exc:  # retried one by one below; each failure is logged and reported
+        if len(loaded) == 1:
+            src = loaded[0][0]
+            logger.debug("prediction failed for %s", src.ref, exc_info=True)
+            error = f"prediction failed: {type(exc).__name__}: {exc}"
+            summary.failures.append(_failure(src, error))
+            return []
+    done = []
+    for item in loaded:
+        done.extend(_annotate(annotator, [item], summary))
+    return done
 
 
 def _failure(src: ImageSource, error: str) -> Failure:

@@ -135,3 +135,20 @@ def test_overlays_show_masks_and_legend(scene_dir, tmp_path, fake_annotator):
         inner[1:-1, 1:-1] &= untouched[:-2, 1:-1] & untouched[2:, 1:-1]
         inner[1:-1, 1:-1] &= untouched[1:-1, :-2] & untouched[1:-1, 2:]
         assert (picture[:64, :64][inner] == scene.image[inner]).all()
+
+
+def test_a_model_error_on_one_image_fails_only_that_image(scene_dir, tmp_path):
+    folder, scenes = scene_dir
+
+    class Picky(ThresholdAnnotator):
+        def annotate(self, images):
+            if any((image == scenes[1][1].image).all() for image in images):
+                raise ValueError("cannot take this one")
+            return super().annotate(images)
+
+    sources = collect_sources([str(folder)])
+    summary = _run(sources, Picky(), tmp_path / "out", batch_size=3)
+    assert summary.done == 2
+    (failure,) = summary.failures
+    assert failure.ref == sources[1].ref
+    assert failure.error == "prediction failed: ValueError: cannot take this one"
