@@ -12,11 +12,12 @@ import json
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from backend.settings import DEFAULT_MODEL
+from backend.settings import Settings, SettingsError
 
 logger = logging.getLogger("clipseg-label")
 
@@ -27,12 +28,40 @@ class UsageError(Exception):
     """Bad arguments or inputs: reported on stderr, exit code 2."""
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown, descriptions and epilogs kept as written."""
+class _Formatter(argparse.HelpFormatter):
+    """Defaults shown (where there is one); descriptions wrapped per line, indented lines
+    (examples) kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, "", argparse.SUPPRESS) and "%(default)" not in text:
+            if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+                text += " (default: %(default)s)"
+        return text
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        lines = []
+        for line in text.splitlines():
+            if line.startswith(" ") or not line:
+                lines.append(indent + line)
+            else:
+                lines.append(
+                    textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent)
+                )
+        return "\n".join(lines)
 
 
 def _env(name: str, default: str = "") -> str:
     return os.environ.get(name, "").strip() or default
+
+
+def _defaults() -> Settings:
+    """The environment's settings, for the options' defaults; the dataclass defaults when the
+    environment holds a bad value (the command then reports it, exit 2)."""
+    try:
+        return Settings.from_env()
+    except SettingsError:
+        return Settings()
 
 
 # ------------------------------------------------------------------------------------- parser
@@ -64,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_predict(sub: Any) -> None:
+    env = _defaults()
     p = sub.add_parser(
         "predict",
         help="pre-label images: Label Studio tasks with predictions, COCO, overlays",
@@ -101,17 +131,17 @@ def _add_predict(sub: Any) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument(
         "--model",
-        default=_env("CLIPSEG_MODEL", DEFAULT_MODEL),
-        help="checkpoint directory, hub id or 'demo' (default from CLIPSEG_MODEL)",
+        default=env.model,
+        help="checkpoint directory, hub id or 'demo'; env CLIPSEG_MODEL",
     )
     p.add_argument(
         "--threshold",
         type=float,
-        default=float(_env("CLIPSEG_THRESHOLD", "0.3")),
+        default=env.threshold,
         help="probability threshold per pixel (a config's model_score_threshold wins)",
     )
     p.add_argument(
-        "--device", default=_env("CLIPSEG_DEVICE", "auto"), help="auto, cpu, cuda, cuda:N, mps"
+        "--device", default=env.device, help="auto, cpu, cuda, cuda:N, mps; env CLIPSEG_DEVICE"
     )
     p.add_argument("--batch-size", type=int, default=4, help="images per model batch")
     p.add_argument(
@@ -124,19 +154,19 @@ def _add_predict(sub: Any) -> None:
     p.add_argument(
         "--region-mode",
         choices=("instance", "semantic"),
-        default=_env("CLIPSEG_REGION_MODE", "instance"),
+        default=env.region_mode,
         help="one region per connected blob, or one per label",
     )
     p.add_argument(
         "--min-area",
         type=float,
-        default=float(_env("CLIPSEG_MIN_REGION_AREA", "0.0005")),
+        default=env.min_region_area,
         help="smallest region kept: fraction of the image, or pixels when >= 1",
     )
     p.add_argument(
         "--score",
         choices=("confidence", "uncertainty"),
-        default=_env("CLIPSEG_SCORE", "confidence"),
+        default=env.score_mode,
         help="what each prediction's top-level score is",
     )
     p.add_argument(
@@ -161,10 +191,10 @@ def _add_predict(sub: Any) -> None:
     )
     p.add_argument(
         "--local-files-root",
-        default=_env("LOCAL_FILES_DOCUMENT_ROOT"),
+        default=env.local_files_document_root,
         metavar="DIR",
         help="read '/data/local-files/?d=' references of exports from this folder "
-        "(default from LOCAL_FILES_DOCUMENT_ROOT)",
+        "(env LOCAL_FILES_DOCUMENT_ROOT)",
     )
     p.add_argument(
         "--exemplars-project",
@@ -174,9 +204,9 @@ def _add_predict(sub: Any) -> None:
     )
     p.add_argument(
         "--store",
-        default=_env("MODEL_DIR", "./model-data"),
+        default=env.model_dir,
         metavar="MODEL_DIR",
-        help="the backend's MODEL_DIR holding exemplar stores (default from MODEL_DIR)",
+        help="the backend's MODEL_DIR holding exemplar stores; env MODEL_DIR",
     )
     _add_ls_connection(p, required=False)
     p.add_argument("--recursive", action="store_true", help="search folders recursively")
@@ -189,7 +219,7 @@ def _add_ls_connection(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument(
         "--url",
         default=_env("LABEL_STUDIO_URL"),
-        help=f"Label Studio URL, default from LABEL_STUDIO_URL{need}",
+        help=f"Label Studio URL; env LABEL_STUDIO_URL{need}",
     )
     p.add_argument(
         "--api-key",
@@ -334,17 +364,18 @@ def _add_exemplars(sub: Any) -> None:
         help="the project's label config, to find which task data key each region's image "
         "is (default: the region's to_name)",
     )
+    env = _defaults()
     b.add_argument(
         "--model",
-        default=_env("CLIPSEG_MODEL", DEFAULT_MODEL),
-        help="checkpoint (default from CLIPSEG_MODEL)",
+        default=env.model,
+        help="checkpoint; env CLIPSEG_MODEL",
     )
-    b.add_argument("--device", default=_env("CLIPSEG_DEVICE", "auto"), help="auto, cpu, cuda, ...")
+    b.add_argument("--device", default=env.device, help="auto, cpu, cuda, ...; env CLIPSEG_DEVICE")
     b.add_argument(
         "--store",
-        default=_env("MODEL_DIR", "./model-data"),
+        default=env.model_dir,
         metavar="MODEL_DIR",
-        help="the backend's MODEL_DIR (default from MODEL_DIR)",
+        help="the backend's MODEL_DIR; env MODEL_DIR",
     )
     b.add_argument(
         "--project", required=True, help="Label Studio project id the exemplars belong to"
@@ -352,7 +383,7 @@ def _add_exemplars(sub: Any) -> None:
     b.add_argument(
         "--max-per-label",
         type=int,
-        default=int(_env("CLIPSEG_MAX_EXEMPLARS_PER_LABEL", "16")),
+        default=env.max_exemplars_per_label,
         help="newest exemplars kept per label",
     )
     _add_ls_connection(b, required=False)
@@ -365,7 +396,7 @@ def _add_exemplars(sub: Any) -> None:
     )
     s.add_argument(
         "--store",
-        default=_env("MODEL_DIR", "./model-data"),
+        default=env.model_dir,
         metavar="MODEL_DIR",
         help="the backend's MODEL_DIR",
     )
