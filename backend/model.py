@@ -62,33 +62,22 @@ def resolve_device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _how_to_fix(name: str) -> str:
-    demo = (
-        "To try the backend without downloading anything, run the bundled demo model: "
-        "CLIPSEG_MODEL=demo (a small model trained on synthetic shapes, not real photos)."
-    )
-    if Path(name).expanduser().is_dir():
-        return (
-            f"Check that {name} is a complete CLIPSeg checkpoint (config.json, model.safetensors "
-            f"or pytorch_model.bin, vocab.json, merges.txt, preprocessor_config.json). {demo}"
-        )
-    return (
-        f"To use {DEFAULT_MODEL}, download it where the backend can read it, e.g. "
-        f"`pip install huggingface_hub && hf download {DEFAULT_MODEL} "
-        "--local-dir ./models/clipseg-rd64-refined` and set "
-        "CLIPSEG_MODEL=./models/clipseg-rd64-refined (in docker: see docker/README.md). "
-        f"{demo}"
-    )
+_DEMO_HINT = (
+    "To try the backend without downloading anything, run the bundled demo model: "
+    "CLIPSEG_MODEL=demo (a small model trained on synthetic shapes, not real photos)."
+)
 
 
 def _resolve(name: str) -> Path:
+    """The checkpoint directory; ModelLoadError with how to download it and the demo hint."""
     from clipseg.weights import resolve_checkpoint
 
     try:
         return Path(resolve_checkpoint(name))
-    except Exception as exc:
+    except Exception as exc:  # the message of clipseg.weights says how to download it
         raise ModelLoadError(
-            f"cannot find the CLIPSeg model {name!r} (CLIPSEG_MODEL): {exc}. {_how_to_fix(name)}"
+            f"cannot find the CLIPSeg model {name!r} (CLIPSEG_MODEL): {exc}. In docker, mount "
+            f"the downloaded directory (see docker/README.md). {_DEMO_HINT}"
         ) from exc
 
 
@@ -227,7 +216,9 @@ class CLIPSegBackend:
         except Exception as exc:
             raise ModelLoadError(
                 f"cannot load the CLIPSeg model {settings.model!r} from {directory}: "
-                f"{type(exc).__name__}: {exc}. {_how_to_fix(settings.model)}"
+                f"{type(exc).__name__}: {exc}. Check that it is a complete CLIPSeg checkpoint "
+                "(config.json, model.safetensors or pytorch_model.bin, vocab.json, merges.txt, "
+                f"preprocessor_config.json); re-download it if not. {_DEMO_HINT}"
             ) from exc
         is_demo = _is_demo(settings.model, directory)
         name = _slug(settings.model, directory, is_demo)
