@@ -111,7 +111,12 @@ class CLIPSegPreTrainedModel(nn.Module):
             config = cls._read_config(directory)
         state = convert_state_dict(read_state_dict(directory), cls.layout)
         dtype = dtype or torch.get_default_dtype()
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        # copies: fresh, aligned storage (safetensors hands out views at arbitrary offsets of one
+        # buffer, and BLAS results at the last bit depend on alignment), detached from the file
+        state = {
+            k: v.to(dtype=dtype if v.is_floating_point() else v.dtype, copy=True)
+            for k, v in state.items()
+        }
         with torch.device("meta"):
             model = cls(config)
         load_state_dict_strict(model, state, assign=True)

@@ -23,8 +23,8 @@ from clipseg.processing import CLIPSegImageProcessor
 
 TINY_VOCAB = 619  # the demo vocabulary's size (write_vocabulary returns it; checked below)
 
-# A small model with every code path of the real one: patch 8, a 4x4 trained position grid (so
-# 64 px inputs interpolate to 8x8), the refined upsampler, three extracted layers out of five.
+# A small model with every code path of the real one: patch 16, a 4x4 trained position grid (so
+# 96 px inputs interpolate to 6x6), the refined upsampler, three extracted layers out of five.
 TINY_CONFIG: dict[str, Any] = {
     "text_config": {
         "vocab_size": TINY_VOCAB,
@@ -42,8 +42,8 @@ TINY_CONFIG: dict[str, Any] = {
         "intermediate_size": 64,
         "num_hidden_layers": 5,
         "num_attention_heads": 4,
-        "image_size": 32,
-        "patch_size": 8,
+        "image_size": 64,
+        "patch_size": 16,
     },
     "projection_dim": 24,
     "extract_layers": [1, 2, 3],
@@ -52,7 +52,7 @@ TINY_CONFIG: dict[str, Any] = {
     "decoder_intermediate_size": 32,
     "use_complex_transposed_convolution": True,
 }
-TINY_IMAGE_SIZE = 64
+TINY_IMAGE_SIZE = 96
 
 # CIDAS/clipseg-rd64-refined and its siblings; everything not listed is the default.
 REFERENCE_SHAPES: dict[str, dict[str, Any]] = {
