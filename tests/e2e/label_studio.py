@@ -150,6 +150,8 @@ def _ls_env(data_dir: Path, docroot: Path) -> dict[str, str]:
         # our own backend's and the SDK's variables must not leak into Label Studio's settings
         if not k.startswith(("LABEL_STUDIO_", "HEARTEX_", "CLIPSEG_", "DJANGO_"))
         and k not in ("HOST", "PORT", "USERNAME", "PASSWORD", "USER_TOKEN", "DATABASE_NAME")
+        # the test's interpreter must not leak into Label Studio's venv
+        and k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
     }
     env.update(
         LABEL_STUDIO_BASE_DATA_DIR=str(data_dir),
@@ -661,7 +663,7 @@ CHROMIUM_ARGS = (
     "--no-default-browser-check",
     "--disable-quic",
     "--metrics-recording-only",
-    "--window-size=1400,1000",
+    "--window-size=1400,2000",  # tall: the regions panel renders only what fits
     # nothing may leave the machine: every host name fails to resolve except loopback, and
     # whatever is not loopback goes to a proxy that does not exist (loopback bypasses proxies)
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
