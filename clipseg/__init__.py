@@ -8,6 +8,7 @@ from clipseg.modeling import (
     CLIPSegTextModel,
     CLIPSegVisionModel,
 )
+from clipseg.predictor import Exemplar, Mix, Predictor
 from clipseg.processing import CLIPSegImageProcessor, CLIPSegProcessor, CLIPTokenizer
 
 __all__ = [
@@ -22,4 +23,7 @@ __all__ = [
     "CLIPTokenizer",
     "CLIPSegImageProcessor",
     "CLIPSegProcessor",
+    "Predictor",
+    "Exemplar",
+    "Mix",
 ]

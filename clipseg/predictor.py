@@ -1,0 +1,413 @@
+"""Encode an image once, segment it for any number of prompts.
+
+In CLIPSeg the prompt only enters the decoder, so `Predictor.set_image` runs the vision encoder
+once (and only up to the deepest block the decoder reads), applies the decoder's prompt-independent
+projections (``reduces``) once, and `Predictor.predict` then decodes every prompt against the
+cached state, in chunks, broadcasting the one image over the prompts. Prompts are text (embedding
+cached per string), conditional embeddings, `Exemplar` images (the paper's visual prompt) or
+weighted `Mix`-es of those.
+
+Thread safety: one lock guards the cached image state and the text-embedding cache, and every
+public method holds it for its whole call, so one instance can be shared across threads. Calls are
+then serialised; ``set_image`` followed by ``predict`` from two threads can interleave, so use
+`Predictor.segment` (which does both under one hold of the lock) when threads share an instance.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from clipseg.decoder import ReducedActivations
+from clipseg.modeling import CLIPSegForImageSegmentation
+from clipseg.processing import CLIPSegProcessor, load_image
+from clipseg.prompts import PROMPT_TEMPLATES, prepare_visual_prompt
+from clipseg.weights import resolve_checkpoint
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Exemplar", "Mix", "Predictor", "Prompt", "DEFAULT_TEMPLATES"]
+
+DEFAULT_TEMPLATES: tuple[str, ...] = PROMPT_TEMPLATES
+
+
+@dataclass(frozen=True)
+class Exemplar:
+    """An example of the object: an image and, optionally, the object's mask or box in it.
+
+    ``mask``: (H, W) at the image's size (bool, 0/1 or 0-255); ``box``: (x0, y0, x1, y1) pixels.
+    Embedded with the paper's visual-prompt treatment (`clipseg.prompts.prepare_visual_prompt`).
+    """
+
+    image: Any
+    mask: Any = None
+    box: Sequence[float] | None = None
+
+
+@dataclass(frozen=True)
+class Mix:
+    """A weighted sum of prompt embeddings, e.g. ``Mix([("cat", 0.5), (Exemplar(img, m), 0.5)])``
+    (training mixed ``w * text + (1 - w) * visual``)."""
+
+    parts: Sequence[tuple[Any, float]]
+
+    def __post_init__(self) -> None:
+        parts = tuple((p, float(w)) for p, w in self.parts)
+        if not parts:
+            raise ValueError("Mix needs at least one (prompt, weight) pair")
+        object.__setattr__(self, "parts", parts)
+
+
+Prompt = str | torch.Tensor | np.ndarray | Exemplar | Mix
+
+
+@dataclass
+class _ImageState:
+    """What one image contributes to every prompt: the reduced activations and the image size."""
+
+    reduced: ReducedActivations
+    size: tuple[int, int]  # (H, W) of the original image, after EXIF orientation
+
+
+def _auto_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Predictor:
+    """Segment one image (or a few) for many prompts with a `CLIPSegForImageSegmentation`.
+
+    Args:
+        model: the segmentation model; the predictor follows its device and dtype.
+        processor: the matching `CLIPSegProcessor` (tokenizer and image processor).
+        chunk_size: prompts decoded per decoder call (bounds memory for long prompt lists).
+        text_cache_size: text embeddings kept (least recently used are dropped).
+    """
+
+    def __init__(
+        self,
+        model: CLIPSegForImageSegmentation,
+        processor: CLIPSegProcessor,
+        *,
+        chunk_size: int = 32,
+        text_cache_size: int = 4096,
+    ) -> None:
+        if not isinstance(model, CLIPSegForImageSegmentation):
+            raise TypeError(
+                f"Predictor needs a CLIPSegForImageSegmentation, got {type(model).__name__}"
+            )
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.model = model.eval()
+        self.processor = processor
+        self.chunk_size = int(chunk_size)
+        self._lock = threading.RLock()
+        self._states: list[_ImageState] | None = None
+        self._batched = False
+        self._text_cache: OrderedDict[tuple[str, tuple[str, ...] | None], torch.Tensor] = (
+            OrderedDict()
+        )
+        self._text_cache_size = int(text_cache_size)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        device: str | torch.device | None = "auto",
+        dtype: torch.dtype | None = None,
+        **kwargs: Any,
+    ) -> Predictor:
+        """Model and processor from a checkpoint directory, hub id or ``"demo"``.
+
+        ``device="auto"`` picks CUDA when available. ``dtype`` defaults to float32 on the CPU and
+        float16 on CUDA (sigmoid and resizing always run in float32).
+        """
+        directory = resolve_checkpoint(name_or_path)
+        target = _auto_device(device)
+        if dtype is None:
+            dtype = torch.float16 if target.type == "cuda" else torch.float32
+        model = CLIPSegForImageSegmentation.from_pretrained(directory, device=target, dtype=dtype)
+        processor = CLIPSegProcessor.from_pretrained(directory)
+        return cls(model, processor, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._states is not None
+
+    # -- images --------------------------------------------------------------------------------
+
+    def _pixel_values(self, images: list[Image.Image]) -> torch.Tensor:
+        pixels = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        return pixels.to(device=self.device, dtype=self.dtype)  # (N, 3, S, S)
+
+    @torch.inference_mode()
+    def _encode(self, images: Sequence[Any]) -> list[_ImageState]:
+        """Vision blocks 0..max(extract_layers) and the decoder's reduces, once per image."""
+        pils = [load_image(image) for image in images]
+        vision = self.model.clip.vision_model
+        layers = self.model.extract_layers
+        states: list[_ImageState] = []
+        for start in range(0, len(pils), self.chunk_size):
+            chunk = pils[start : start + self.chunk_size]
+            pixels = self._pixel_values(chunk)
+            activations = vision.hidden_states_upto(pixels, layers)  # each (n, T, C)
+            reduced = self.model.decoder.reduce(activations, vision.grid_of(pixels))
+            for i, pil in enumerate(chunk):
+                states.append(_ImageState(reduced.select(i), (pil.height, pil.width)))
+        return states
+
+    def set_image(self, image: Any) -> None:
+        """Encode ``image`` (PIL image, or numpy (H, W) / (H, W, C) uint8 or float in [0, 1])
+        for the following `predict` calls; raises ValueError for anything that is not an image."""
+        with self._lock:
+            self._states = None
+            self._states = self._encode([image])
+            self._batched = False
+
+    def set_images(self, images: Sequence[Any]) -> None:
+        """Encode several images (batched through the encoder); `predict` then returns a list
+        with one (K, H_i, W_i) array per image."""
+        if isinstance(images, (str, bytes, Image.Image, np.ndarray, torch.Tensor)):
+            raise TypeError("set_images takes a list of images; use set_image for one image")
+        images = list(images)
+        if not images:
+            raise ValueError("set_images needs at least one image")
+        with self._lock:
+            self._states = None
+            self._states = self._encode(images)
+            self._batched = True
+
+    def reset_image(self) -> None:
+        """Drop the cached image state (frees its memory)."""
+        with self._lock:
+            self._states = None
+
+    # -- prompt embeddings ---------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def embed_text(
+        self, texts: Sequence[str], templates: Sequence[str] | None = None
+    ) -> torch.Tensor:
+        """(K, D) conditional embeddings of ``texts`` (projected EOS states), cached per string.
+
+        With ``templates`` (e.g. `DEFAULT_TEMPLATES`, each with one ``{}``) each text's embedding
+        is the mean over the templates filled with it.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not texts:
+            raise ValueError("embed_text needs at least one text")
+        for text in texts:
+            if not isinstance(text, str):
+                raise TypeError(f"texts must be strings, got {type(text).__name__}")
+        key_templates = tuple(templates) if templates is not None else None
+        if key_templates is not None:
+            if not key_templates or any("{}" not in t for t in key_templates):
+                raise ValueError("templates must be a non-empty list of strings containing '{}'")
+        with self._lock:
+            missing = list(
+                dict.fromkeys(t for t in texts if (t, key_templates) not in self._text_cache)
+            )
+            if missing:
+                if key_templates is None:
+                    strings = missing
+                else:
+                    strings = [tpl.format(t) for t in missing for tpl in key_templates]
+                embeddings = self._text_features(strings)  # (len(strings), D)
+                if key_templates is not None:
+                    embeddings = embeddings.view(len(missing), len(key_templates), -1).mean(1)
+                for text, embedding in zip(missing, embeddings, strict=True):
+                    self._remember(text, key_templates, embedding)
+            out = []
+            for text in texts:
+                key = (text, key_templates)
+                self._text_cache.move_to_end(key)
+                out.append(self._text_cache[key])
+            return torch.stack(out)
+
+    def _text_features(self, strings: list[str]) -> torch.Tensor:
+        chunks = []
+        for start in range(0, len(strings), self.chunk_size):
+            tokens = self.processor.tokenizer(
+                strings[start : start + self.chunk_size], padding=True, return_tensors="pt"
+            )
+            chunks.append(
+                self.model.clip.get_text_features(
+                    tokens["input_ids"].to(self.device),
+                    attention_mask=tokens["attention_mask"].to(self.device),
+                ).pooler_output
+            )
+        return torch.cat(chunks)
+
+    def _remember(
+        self, text: str, templates: tuple[str, ...] | None, embedding: torch.Tensor
+    ) -> None:
+        self._text_cache[(text, templates)] = embedding.clone()
+        while len(self._text_cache) > self._text_cache_size:
+            self._text_cache.popitem(last=False)
+
+    @torch.inference_mode()
+    def embed_exemplar(
+        self, image: Any, mask: Any = None, box: Sequence[float] | None = None
+    ) -> torch.Tensor:
+        """(D,) embedding of an example: `prepare_visual_prompt` (crop with context, background
+        darkened and blurred), then the full vision tower's projected CLS state, like the
+        reference's ``conditional_pixel_values``."""
+        prepared = prepare_visual_prompt(image, mask=mask, box=box)
+        with self._lock:
+            pixels = self._pixel_values([prepared])
+            return self.model.clip.get_image_features(pixels).pooler_output[0]
+
+    def _embedding(self, prompt: Any, templates: Sequence[str] | None) -> torch.Tensor:
+        """One prompt -> (D,) on the model's device and dtype."""
+        dim = self.model.config.projection_dim
+        if isinstance(prompt, str):
+            return self.embed_text([prompt], templates)[0]
+        if isinstance(prompt, Exemplar):
+            return self.embed_exemplar(prompt.image, prompt.mask, prompt.box)
+        if isinstance(prompt, Mix):
+            total = None
+            for part, weight in prompt.parts:
+                term = self._embedding(part, templates).float() * weight
+                total = term if total is None else total + term
+            return total.to(self.dtype)
+        if isinstance(prompt, (torch.Tensor, np.ndarray)):
+            emb = torch.as_tensor(prompt)
+            if emb.shape != (dim,):
+                raise ValueError(
+                    f"an embedding prompt must have shape ({dim},) (projection_dim), got "
+                    f"{tuple(emb.shape)}"
+                )
+            if not emb.is_floating_point():
+                raise ValueError(f"an embedding prompt must be floating point, got {emb.dtype}")
+            return emb.to(device=self.device, dtype=self.dtype)
+        raise TypeError(
+            f"unsupported prompt type {type(prompt).__name__}: use a str, a ({dim},) embedding, "
+            "an Exemplar or a Mix"
+        )
+
+    def embed_prompts(
+        self, prompts: Sequence[Prompt], templates: Sequence[str] | None = None
+    ) -> torch.Tensor:
+        """(K, D) embeddings of mixed prompts (texts embedded together in one batch)."""
+        if isinstance(prompts, (str, Exemplar, Mix)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("prompts is empty: give at least one prompt")
+        with self._lock:
+            texts = [p for p in prompts if isinstance(p, str)]
+            if texts:
+                self.embed_text(texts, templates)  # one batch for all uncached texts
+            with torch.inference_mode():
+                return torch.stack([self._embedding(p, templates) for p in prompts])
+
+    # -- decoding ------------------------------------------------------------------------------
+
+    def _require_image(self) -> list[_ImageState]:
+        if self._states is None:
+            raise RuntimeError(
+                "no image is set: call set_image(image) (or set_images(images)) first, then predict"
+            )
+        return self._states
+
+    @torch.inference_mode()
+    def _decode(
+        self, state: _ImageState, embeddings: torch.Tensor
+    ) -> tuple[np.ndarray, torch.Tensor]:
+        """Probabilities (K, H, W) at the image's size and logits (K, h, w), chunk by chunk."""
+        probs, logits = [], []
+        height, width = state.size
+        for start in range(0, len(embeddings), self.chunk_size):
+            chunk = embeddings[start : start + self.chunk_size]
+            raw = self.model.decoder.decode(state.reduced, chunk).logits.float()  # (k, h, w)
+            resized = F.interpolate(
+                raw[:, None], size=(height, width), mode="bilinear", align_corners=False
+            )[:, 0]  # resize the logits, then the sigmoid
+            probs.append(torch.sigmoid(resized).cpu().numpy())
+            logits.append(raw)
+        return np.concatenate(probs).astype(np.float32, copy=False), torch.cat(logits)
+
+    def predict_embeddings(
+        self, embeddings: torch.Tensor | np.ndarray, *, return_logits: bool = False
+    ) -> Any:
+        """Segment the current image(s) for (K, D) conditional embeddings.
+
+        Returns float32 probabilities (K, H, W) at the image's size (a list of them after
+        `set_images`); with ``return_logits`` a ``(probs, logits)`` pair, logits (K, h, w) at
+        the model's output size.
+        """
+        emb = torch.as_tensor(embeddings)
+        dim = self.model.config.projection_dim
+        if emb.ndim != 2 or emb.shape[1] != dim:
+            raise ValueError(f"embeddings must have shape (K, {dim}), got {tuple(emb.shape)}")
+        if emb.shape[0] == 0:
+            raise ValueError("embeddings is empty: give at least one prompt embedding")
+        emb = emb.to(device=self.device, dtype=self.dtype)
+        with self._lock:
+            states = self._require_image()
+            results = [self._decode(state, emb) for state in states]
+            batched = self._batched
+        outputs = [
+            (p, lg.cpu().numpy().astype(np.float32, copy=False)) if return_logits else p
+            for p, lg in results
+        ]
+        return outputs if batched else outputs[0]
+
+    def predict(
+        self,
+        prompts: Sequence[Prompt] | Prompt,
+        *,
+        return_logits: bool = False,
+        templates: Sequence[str] | None = None,
+    ) -> Any:
+        """Segment the current image for each prompt.
+
+        Args:
+            prompts: each a str, a (D,) embedding (torch or numpy), an `Exemplar` or a `Mix`.
+            return_logits: also return the raw logits (K, h, w) (float32 numpy).
+            templates: average each text prompt's embedding over these templates
+                (e.g. `DEFAULT_TEMPLATES`).
+
+        Returns:
+            float32 probabilities (K, H, W) in [0, 1] at the image's size (logits resized
+            bilinearly, then the sigmoid), or ``(probs, logits)``; after `set_images` a list with
+            one such result per image.
+        """
+        with self._lock:
+            self._require_image()
+            embeddings = self.embed_prompts(prompts, templates)
+            return self.predict_embeddings(embeddings, return_logits=return_logits)
+
+    def segment(
+        self,
+        image: Any,
+        prompts: Sequence[Prompt] | Prompt,
+        *,
+        return_logits: bool = False,
+        templates: Sequence[str] | None = None,
+    ) -> Any:
+        """`set_image` then `predict` under one hold of the lock (safe with shared instances)."""
+        with self._lock:
+            self.set_image(image)
+            return self.predict(prompts, return_logits=return_logits, templates=templates)
