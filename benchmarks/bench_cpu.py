@@ -12,7 +12,7 @@ at the image size.
 Each timed run uses prompts it has not seen before ("a cat 3", ...), so our per-string text
 embedding cache never hits; the "labels cached" column repeats the same prompts, as a backend does
 for every task of a project. Runs are interleaved (ours, theirs, ours, ...) so that background
-load hits both; the table shows medians. `max |dp|` is the largest difference between the two
+load hits both; the table shows medians. `max abs dp` is the largest difference between the two
 sides' probabilities, over all pixels and prompts, so that the comparison is known to be honest.
 
     python benchmarks/bench_cpu.py --threads 2 --repeats 7
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     common.set_threads(args.threads)
 
-    from clipseg import Predictor
+    from clipseg.predictor import Predictor
 
     path = common.build_checkpoint(small=args.small, seed=args.seed, cache_dir=args.cache_dir)
     ref_model, ref_processor = common.load_reference(path)
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
                 "speed-up",
                 "ours, labels cached ms",
                 "speed-up",
-                "max |dp|",
+                "max abs dp",
             ],
             rows,
         )

@@ -30,12 +30,14 @@ import argparse
 import functools
 import itertools
 import logging
+import re
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
@@ -51,54 +53,65 @@ def variant(texts: list[str], run: int) -> list[str]:
     return [f"{t} {run}" for t in texts]
 
 
-def reference_batch(model, processor, images, texts, *, max_rows: int) -> torch.Tensor:
-    """transformers' usage for B images x K prompts -> probabilities (B, K, H, W) on the device."""
+def reference_batch(model, processor, images, texts, *, max_rows: int) -> np.ndarray:
+    """transformers' usage for B images x K prompts -> float32 probabilities (B, K, H, W).
+
+    Like our Predictor, it hands the probabilities back as numpy arrays on the host.
+    """
     pairs = [(image, text) for image in images for text in texts]
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
     out = []
     for start in range(0, len(pairs), max_rows):
         chunk = pairs[start : start + max_rows]
-        image = chunk[0][0]
         inputs = processor(
             text=[t for _, t in chunk],
             images=[i for i, _ in chunk],
             padding=True,
             return_tensors="pt",
         )
-        device = next(model.parameters()).device
-        dtype = next(model.parameters()).dtype
         inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
         with torch.inference_mode():
             logits = model(**inputs).logits.reshape(
                 len(chunk), 1, *inputs["pixel_values"].shape[-2:]
             )
-            logits = torch.nn.functional.interpolate(
-                logits.float(),
-                size=(image.height, image.width),
-                mode="bilinear",
-                align_corners=False,
-            )
-            out.append(torch.sigmoid(logits[:, 0]))
-    probs = torch.cat(out)
+            size = (images[0].height, images[0].width)
+            logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+            out.append(torch.sigmoid(logits[:, 0]).cpu().numpy())
+    probs = np.concatenate(out)
     return probs.reshape(len(images), len(texts), *probs.shape[-2:])
 
 
-def ours_batch(predictor, images, texts) -> np.ndarray | torch.Tensor:
-    """Our Predictor for B images x K prompts -> probabilities (B, K, H, W)."""
+def ours_batch(predictor, images, texts) -> list[np.ndarray]:
+    """Our Predictor for B images x K prompts -> B float32 arrays (K, H, W) on the host."""
     if len(images) == 1:
         predictor.set_image(images[0])
-        return predictor.predict(texts)[None]
+        return [predictor.predict(texts)]
     predictor.set_images(images)
     return predictor.predict(texts)
 
 
-def _as_numpy(x) -> np.ndarray:
-    return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+def _as_numpy(probs: np.ndarray | list[np.ndarray]) -> np.ndarray:
+    return np.stack(probs) if isinstance(probs, list) else probs
 
 
 def rel_err(p: np.ndarray, ref: np.ndarray) -> float:
     p64, r64 = p.astype(np.float64), ref.astype(np.float64)
     return float(np.linalg.norm(p64 - r64) / np.linalg.norm(r64))
+
+
+def compile_blocks(model: torch.nn.Module) -> int:
+    """`torch.compile` every transformer block (`...layers.N`) of `model` in place; the count.
+
+    Blocks, not the whole model: our Predictor calls the towers' and the decoder's methods
+    directly (encoder through block 9, decoder split in reduce/decode), which a compiled
+    top-level forward would never see; compiling the blocks treats both sides alike.
+    """
+    blocks = [m for name, m in model.named_modules() if re.search(r"\.layers\.\d+$", name)]
+    for block in blocks:
+        block.compile()
+    return len(blocks)
 
 
 def time_contender(fn, images, texts, args, device: str) -> tuple[float, float]:
@@ -141,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     if cuda and not torch.cuda.is_available():
         parser.error("no CUDA device here: pass --device cpu (with --small for a quick run)")
 
-    from clipseg import Predictor
+    from clipseg.predictor import Predictor
 
     path = common.build_checkpoint(small=args.small, seed=args.seed, cache_dir=args.cache_dir)
     images = [
@@ -166,8 +179,11 @@ def main(argv: list[str] | None = None) -> None:
         ref_model, ref_processor = common.load_reference(path, device, dtype)
         predictor = Predictor(*common.load_ours(path, device, dtype))
         if args.compile:
-            ref_model = torch.compile(ref_model)
-            predictor.model = torch.compile(predictor.model)
+            logger.info(
+                "torch.compile: %d transformers blocks, %d of ours",
+                compile_blocks(ref_model),
+                compile_blocks(predictor.model),
+            )
         contenders = {
             "transformers": functools.partial(
                 reference_batch, ref_model, ref_processor, max_rows=args.ref_max_rows
