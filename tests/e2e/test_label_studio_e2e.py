@@ -26,6 +26,7 @@ import re
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import requests
@@ -62,6 +63,7 @@ SCENE_NAME = re.compile(r"scene_(\d+)\.png")
 # present in the scene). Measured values are printed by the test (see docs/e2e.md).
 BRUSH_IOU_FLOOR = 0.5
 POLYGON_IOU_FLOOR = 0.5
+RECT_IOU_FLOOR = 0.5
 
 BACKEND_MODEL = "demo"  # CLIPSEG_MODEL of the backend: the bundled demo model
 LS_START_TIMEOUT = 600.0  # the first start on a busy 2-core machine runs migrations
@@ -184,56 +186,75 @@ def exemplar_count(model_dir: Path, project: int) -> int:
     return total
 
 
-def predicted_masks(
-    prediction: dict, h: int, w: int
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, int]]:
-    """Union per label of the brush masks and of the polygons; rectangle counts per label."""
+def box_mask(x0: float, y0: float, x1: float, y1: float, h: int, w: int) -> np.ndarray:
+    """Bool (h, w): the pixels inside the box with pixel-edge corners (x0, y0), (x1, y1)."""
+    out = np.zeros((h, w), bool)
+    out[max(round(y0), 0) : min(round(y1), h), max(round(x0), 0) : min(round(x1), w)] = True
+    return out
+
+
+def blob_boxes(mask: np.ndarray) -> np.ndarray:
+    """Bool (H, W): the union of the bounding boxes of the mask's 8-connected blobs."""
+    h, w = mask.shape
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    out = np.zeros((h, w), bool)
+    for x, y, bw, bh, _area in stats[1:n]:
+        out |= box_mask(x, y, x + bw, y + bh, h, w)
+    return out
+
+
+def predicted_masks(prediction: dict, h: int, w: int) -> dict[str, dict[str, np.ndarray]]:
+    """kind ("brush", "polygon", "rectangle") -> label -> union of that kind's regions."""
     from backend.formats import decode_brush_rle
 
-    brush: dict[str, np.ndarray] = {}
-    poly: dict[str, np.ndarray] = {}
-    rects: dict[str, int] = {}
+    out: dict[str, dict[str, np.ndarray]] = {"brush": {}, "polygon": {}, "rectangle": {}}
     for r in prediction["result"]:
         assert r["original_width"] == w and r["original_height"] == h, r
         value = r["value"]
         if r["type"] == "brushlabels":
-            (label,) = value["brushlabels"]
+            kind, (label,) = "brush", value["brushlabels"]
             m = decode_brush_rle(value["rle"], h, w) > 0
-            brush[label] = brush.get(label, np.zeros((h, w), bool)) | m
         elif r["type"] == "polygonlabels":
-            (label,) = value["polygonlabels"]
+            kind, (label,) = "polygon", value["polygonlabels"]
             m = rasterize_polygon(value["points"], h, w)
-            poly[label] = poly.get(label, np.zeros((h, w), bool)) | m
         elif r["type"] == "rectanglelabels":
-            (label,) = value["rectanglelabels"]
-            rects[label] = rects.get(label, 0) + 1
-    return brush, poly, rects
+            kind, (label,) = "rectangle", value["rectanglelabels"]
+            assert not value.get("rotation"), r
+            x0, y0 = value["x"] * w / 100, value["y"] * h / 100
+            x1, y1 = x0 + value["width"] * w / 100, y0 + value["height"] * h / 100
+            m = box_mask(x0, y0, x1, y1, h, w)
+        else:
+            raise AssertionError(f"unexpected result type {r['type']!r}")
+        out[kind][label] = out[kind].get(label, np.zeros((h, w), bool)) | m
+    return out
 
 
 def check_predictions(
-    client: LSClient, tasks: list[dict], scenes: dict[int, Scene], model_version: str | None
+    client: LSClient, tasks: list[dict], scenes: dict[int, Scene], model_version: str
 ) -> dict[str, list[float]]:
-    """Every task has a prediction (of ``model_version`` if given) matching its scene."""
-    ious: dict[str, list[float]] = {"brush": [], "polygon": []}
+    """Every task has a prediction of ``model_version`` whose regions match its scene: for each
+    object name in the scene, the union of its brush masks and of its polygons against the
+    name's ground truth, the union of its rectangles against the union of the ground truth
+    blobs' boxes. Returns kind -> IoUs (for the report)."""
+    floors = {"brush": BRUSH_IOU_FLOOR, "polygon": POLYGON_IOU_FLOOR, "rectangle": RECT_IOU_FLOOR}
+    ious: dict[str, list[float]] = {kind: [] for kind in floors}
     failures = []
     for task in tasks:
         scene = scenes[seed_of(task)]
         h, w = scene.image.shape[:2]
-        preds = client.predictions(task["id"])
-        if model_version is not None:
-            preds = [p for p in preds if p.get("model_version") == model_version]
-        assert preds, f"task {task['id']} has no prediction (model_version {model_version})"
-        brush, poly, _ = predicted_masks(preds[-1], h, w)
-        for obj_name in sorted({o.name for o in scene.objects}):
-            target = scene.target(obj_name)
-            for kind, masks, floor in (
-                ("brush", brush, BRUSH_IOU_FLOOR),
-                ("polygon", poly, POLYGON_IOU_FLOOR),
-            ):
-                value = iou(masks.get(obj_name, np.zeros((h, w), bool)), target)
+        preds = [p for p in client.predictions(task["id"]) if p["model_version"] == model_version]
+        assert len(preds) == 1, (
+            f"task {task['id']}: {len(preds)} predictions of model_version {model_version}"
+        )
+        masks = predicted_masks(preds[0], h, w)
+        for name in sorted({o.name for o in scene.objects}):
+            target = scene.target(name)
+            targets = {"brush": target, "polygon": target, "rectangle": blob_boxes(target)}
+            for kind, floor in floors.items():
+                value = iou(masks[kind].get(name, np.zeros((h, w), bool)), targets[kind])
                 ious[kind].append(value)
                 if value < floor:
-                    failures.append(f"task {task['id']} {obj_name!r} {kind} IoU {value:.2f}")
+                    failures.append(f"task {task['id']} {name!r} {kind} IoU {value:.3f} < {floor}")
     assert not failures, "predictions below the IoU floors:\n" + "\n".join(failures)
     return ious
 
@@ -311,11 +332,7 @@ def test_label_studio_end_to_end(
     client.retrieve_predictions(pid)
     ious = check_predictions(client, tasks, scenes, version_before)
     mark("predictions checked")
-    e2e_report.append(
-        f"{mode}: IoU brush min {min(ious['brush']):.3f} mean {np.mean(ious['brush']):.3f}; "
-        f"polygon min {min(ious['polygon']):.3f} mean {np.mean(ious['polygon']):.3f} "
-        f"({len(ious['brush'])} task-labels)"
-    )
+    e2e_report.append(f"{mode}: IoU before the annotation: {iou_summary(ious)}")
 
     # --- 4. an annotation teaches the backend: webhook, exemplars, new model_version
     target_task = next(t for t in tasks if "/data/upload/" in t["data"]["image"])
@@ -332,7 +349,8 @@ def test_label_studio_end_to_end(
     assert version_after != version_before, "model_version did not change after the annotation"
     assert exemplar_count(model_dir, pid) > exemplars_before, "exemplar store did not grow"
     client.retrieve_predictions(pid)
-    check_predictions(client, tasks, scenes, version_after)
+    ious = check_predictions(client, tasks, scenes, version_after)
+    e2e_report.append(f"{mode}: IoU after the annotation: {iou_summary(ious)}")
     mark("annotation learned, predictions retrieved again")
 
     # --- 5. JSON export -> COCO -> pycocotools decodes the annotated masks exactly
@@ -350,6 +368,12 @@ def test_label_studio_end_to_end(
         f"{mode}: wall time {time.monotonic() - started:.1f} s ("
         + ", ".join(f"{step} {t:.0f} s" for step, t in marks)
         + ")"
+    )
+
+
+def iou_summary(ious: dict[str, list[float]]) -> str:
+    return "; ".join(
+        f"{kind} min {min(v):.3f} mean {np.mean(v):.3f} (n={len(v)})" for kind, v in ious.items()
     )
 
 
