@@ -18,6 +18,7 @@ from .label_studio import (
     ProcessRegistry,
     ensure_db_template,
     ensure_label_studio,
+    find_browser,
     new_registry,
     venv_dir,
 )
@@ -45,6 +46,17 @@ def ls_venv() -> Path:
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
     return venv
+
+
+@pytest.fixture(scope="session")
+def browser() -> tuple[Path, Path]:
+    """(chromium, chromedriver), checked before anything starts; CI fails without them."""
+    try:
+        return find_browser()
+    except FileNotFoundError as exc:
+        if _in_ci():
+            pytest.fail(str(exc), pytrace=False)
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="session")

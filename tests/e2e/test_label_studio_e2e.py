@@ -40,10 +40,10 @@ from .label_studio import (
     USERNAME,
     LabelStudio,
     LSClient,
+    ManagedProcess,
     ProcessRegistry,
     WebDriver,
     dump_json,
-    find_browser,
     start_label_studio,
     wait_http,
 )
@@ -127,8 +127,8 @@ def fetch_task_image(ls: LabelStudio, task: dict) -> np.ndarray:
 
 def start_backend(
     reg: ProcessRegistry, ls: LabelStudio, workdir: Path, docroot: Path
-) -> tuple[str, Path]:
-    """`clipseg-backend` on 127.0.0.1:<free port> with the demo model; returns (url, MODEL_DIR)."""
+) -> tuple[str, Path, ManagedProcess]:
+    """`clipseg-backend` on 127.0.0.1:<free port> with the demo model: (url, MODEL_DIR, process)."""
     import os
     import shutil
     import sys
@@ -168,7 +168,7 @@ def start_backend(
     )
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/health", proc, BACKEND_START_TIMEOUT)
-    return url, model_dir
+    return url, model_dir, proc
 
 
 def backend_model_version(backend_url: str, project: int) -> str:
@@ -265,6 +265,7 @@ def check_predictions(
 @pytest.mark.parametrize("mode", TOKEN_MODES)
 def test_label_studio_end_to_end(
     mode: str,
+    browser: tuple[Path, Path],
     ls_venv: Path,
     ls_template_db: Path,
     processes: ProcessRegistry,
@@ -322,7 +323,7 @@ def test_label_studio_end_to_end(
         assert np.array_equal(got, scenes[seed_of(task)].image), task["data"]["image"]
     mark(f"{len(tasks)} tasks imported")
 
-    backend_url, model_dir = start_backend(processes, ls, tmp_path, docroot)
+    backend_url, model_dir, backend_proc = start_backend(processes, ls, tmp_path, docroot)
     mark("backend up")
 
     # --- 3. connect the backend, retrieve predictions, compare with the ground truth
@@ -340,14 +341,20 @@ def test_label_studio_end_to_end(
     annotation_result, annotated = annotation_from_scene(scene)
     exemplars_before = exemplar_count(model_dir, pid)
     client.create_annotation(target_task["id"], annotation_result)
+    expected_exemplars = exemplars_before + len(annotation_result)  # one per region
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    while True:  # Label Studio posts the webhook; the backend handles it in the background
         version_after = backend_model_version(backend_url, pid)
-        if version_after != version_before and exemplar_count(model_dir, pid) > exemplars_before:
+        exemplars_after = exemplar_count(model_dir, pid)
+        done = version_after != version_before and exemplars_after == expected_exemplars
+        if done or time.monotonic() > deadline:
             break
         time.sleep(1)
+    assert exemplars_after == expected_exemplars, (
+        f"the exemplar store holds {exemplars_after} exemplars, expected {expected_exemplars}; "
+        f"backend log:\n{backend_proc.tail()}"
+    )
     assert version_after != version_before, "model_version did not change after the annotation"
-    assert exemplar_count(model_dir, pid) > exemplars_before, "exemplar store did not grow"
     client.retrieve_predictions(pid)
     ious = check_predictions(client, tasks, scenes, version_after)
     e2e_report.append(f"{mode}: IoU after the annotation: {iou_summary(ious)}")
@@ -361,7 +368,7 @@ def test_label_studio_end_to_end(
 
     # --- 6. the labeling page in headless Chromium lists the predicted regions
     browser_task = next(t for t in tasks if seed_of(t) == BROWSER_SEED)
-    shot = check_browser(processes, ls, tmp_path, artifacts_dir, pid, browser_task)
+    shot = check_browser(processes, browser, ls, tmp_path, artifacts_dir, pid, browser_task)
     e2e_report.append(f"{mode}: screenshot {shot}")
     mark("browser checked")
     e2e_report.append(
@@ -431,14 +438,14 @@ def check_coco(
 
 def check_browser(
     reg: ProcessRegistry,
+    browser: tuple[Path, Path],
     ls: LabelStudio,
     workdir: Path,
     artifacts_dir: Path,
     pid: int,
     task: dict,
 ) -> Path:
-    chromium, chromedriver = find_browser()
-    driver = WebDriver(reg, workdir, chromium, chromedriver)
+    driver = WebDriver(reg, workdir, *browser)
     shot = artifacts_dir / f"labeling-{ls.mode}.png"
     try:
         driver.login(ls.url, USERNAME, PASSWORD)
