@@ -21,6 +21,7 @@ sides' probabilities, over all pixels and prompts, so that the comparison is kno
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import sys
 from pathlib import Path
@@ -70,6 +71,83 @@ def bench_k(
     return [k, t_ref * 1e3, t_ours * 1e3, t_ref / t_ours, t_cached * 1e3, t_ref / t_cached, diff]
 
 
+def bench_levers(path: Path, predictor, image, *, k: int, repeats: int, warmup: int) -> list:
+    """Each lever of the Predictor on its own: the same work with and without it (fp32, CPU).
+
+    Rows: (lever, what is timed, without ms, with ms, without / with).
+    """
+    from transformers import CLIPSegForImageSegmentation as RefModel
+
+    from clipseg.vision import resample_position_embeddings
+
+    model = predictor.model
+    vision, decoder = model.clip.vision_model, model.decoder
+    layers = list(model.extract_layers)
+    pixels = predictor._pixel_values([image])  # (1, 3, 352, 352)
+    texts = common.prompts(k)
+    emb = predictor.embed_text(texts)  # (K, D)
+    grid = vision.grid_of(pixels)
+    eager = RefModel.from_pretrained(path, attn_implementation="eager").eval()
+    sdpa = RefModel.from_pretrained(path, attn_implementation="sdpa").eval()
+    with torch.inference_mode():
+        acts = vision.hidden_states_upto(pixels, layers)
+        state = decoder.reduce(acts, grid)
+        weight = vision.embeddings.position_embedding.weight
+        trained = vision.embeddings.trained_grid
+        pairs = [
+            (
+                "SDPA attention (transformers' own switch)",
+                "vision encoder, 12 blocks",
+                lambda: eager.clip.vision_model(pixels),
+                lambda: sdpa.clip.vision_model(pixels),
+            ),
+            (
+                "stop after the deepest extracted block",
+                "vision encoder: 12 blocks + post-LN vs blocks 0..9",
+                lambda: vision(pixels, output_hidden_states=True),
+                lambda: vision.hidden_states_upto(pixels, layers),
+            ),
+            (
+                "reduce projections once per image",
+                f"decoder, {k} prompts: activations repeated K times vs reduced once",
+                lambda: decoder([a.expand(k, -1, -1) for a in acts], emb, grid),
+                lambda: decoder.decode(decoder.reduce(acts, grid), emb),
+            ),
+            (
+                "prompts batched in one decoder call",
+                f"decoder, {k} prompts: {k} calls of 1 vs 1 call of {k}",
+                lambda: [decoder.decode(state, emb[i : i + 1]) for i in range(k)],
+                lambda: decoder.decode(state, emb),
+            ),
+            (
+                "cached interpolated position embeddings",
+                "bicubic resampling 14x14 -> 22x22 vs the cache lookup",
+                lambda: resample_position_embeddings(weight, grid, trained),
+                lambda: vision.embeddings.position_embeddings(grid),
+            ),
+            (
+                "text embedding cache",
+                f"embed_text of {k} labels: new strings vs cached",
+                lambda: predictor.embed_text(variant(texts, next(_FRESH))),
+                lambda: predictor.embed_text(texts),
+            ),
+        ]
+        rows = []
+        for lever, what, without, with_ in pairs:
+            logger.info("lever: %s ...", lever)
+            times = common.time_interleaved(
+                {"without": lambda _r, f=without: f(), "with": lambda _r, f=with_: f()},
+                repeats=repeats,
+                warmup=warmup,
+            )
+            a, b = common.median(times["without"]), common.median(times["with"])
+            rows.append([lever, what, a * 1e3, b * 1e3, a / b])
+    return rows
+
+
+_FRESH = itertools.count()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.common_arguments(parser)
@@ -79,6 +157,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--small", action="store_true", help="a tiny model (smoke test)")
+    parser.add_argument(
+        "--levers",
+        action="store_true",
+        help="instead of the comparison, time each of the Predictor's levers with and without it",
+    )
+    parser.add_argument("--lever-k", type=int, default=5, help="labels for --levers")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     common.set_threads(args.threads)
@@ -86,9 +170,25 @@ def main(argv: list[str] | None = None) -> None:
     from clipseg.predictor import Predictor
 
     path = common.build_checkpoint(small=args.small, seed=args.seed, cache_dir=args.cache_dir)
-    ref_model, ref_processor = common.load_reference(path)
     predictor = Predictor(*common.load_ours(path))
     image = common.make_image(args.width, args.height, seed=args.seed)
+    shape = "small" if args.small else "rd64-refined"
+    if args.levers:
+        rows = bench_levers(
+            path, predictor, image, k=args.lever_k, repeats=args.repeats, warmup=args.warmup
+        )
+        print(
+            f"\nThe Predictor's levers one at a time, CPU, random {shape} weights, fp32, "
+            f"median of {args.repeats} interleaved runs"
+        )
+        print(f"Machine: {common.machine_description()}\n")
+        print(
+            common.markdown_table(
+                ["lever", "timed work", "without ms", "with ms", "without / with"], rows
+            )
+        )
+        return
+    ref_model, ref_processor = common.load_reference(path)
 
     rows = []
     for k in args.ks:
@@ -104,7 +204,6 @@ def main(argv: list[str] | None = None) -> None:
                 warmup=args.warmup,
             )
         )
-    shape = "small" if args.small else "rd64-refined"
     print(
         f"\nPer-image latency on CPU, {args.width}x{args.height} image, random {shape} weights, "
         f"fp32, median of {args.repeats} interleaved runs"
