@@ -264,13 +264,9 @@ def test_rd64_refined_other_input_sizes(refined, side) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["rd64", "rd16"])
 def test_other_cidas_shapes(reference_checkpoint, name) -> None:
+    """Only the decoder differs from rd64-refined: one text-prompt forward covers it."""
     ref, directory = reference_checkpoint(name)
     ours = CLIPSegForImageSegmentation.from_pretrained(directory)
     inputs = {**text_batch(1, CIDAS_EOS, 49000), "pixel_values": pixels(1, 352)}
-    emb = torch.randn(1, 512, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         close(ref(**inputs).logits, ours(**inputs).logits)
-        close(
-            ref(pixel_values=inputs["pixel_values"], conditional_embeddings=emb).logits,
-            ours(pixel_values=inputs["pixel_values"], conditional_embeddings=emb).logits,
-        )
