@@ -16,6 +16,7 @@ import pytest
 from .label_studio import (
     LabelStudioUnavailable,
     ProcessRegistry,
+    StepTimer,
     ensure_db_template,
     ensure_label_studio,
     find_browser,
@@ -90,6 +91,15 @@ def e2e_report() -> list[str]:
     """Lines (measured IoUs, wall times, screenshot paths) printed in pytest's terminal summary,
     so they show up in CI logs whether or not output capture is on."""
     return _REPORT
+
+
+@pytest.fixture
+def step_timer(request: pytest.FixtureRequest, e2e_report: list[str]) -> Iterator[StepTimer]:
+    """A StepTimer for the test; its wall time goes into the report at teardown."""
+    timer = StepTimer(request.node.name)
+    yield timer
+    e2e_report.append(timer.summary())
+    print(f"\n[e2e] {timer.summary()}", flush=True)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

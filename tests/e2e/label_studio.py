@@ -810,6 +810,23 @@ class WebDriver:
             self._cmd("DELETE", self._s(""), timeout=30)
 
 
+class StepTimer:
+    """Marks the time of each step of a test; the wall time is reported, pass or fail."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.started = time.monotonic()
+        self.marks: list[tuple[str, float]] = []
+
+    def mark(self, step: str) -> None:
+        self.marks.append((step, time.monotonic() - self.started))
+        print(f"[e2e] {self.name}: {step} at {self.marks[-1][1]:.1f} s", flush=True)
+
+    def summary(self) -> str:
+        steps = ", ".join(f"{step} at {t:.0f} s" for step, t in self.marks)
+        return f"{self.name}: wall time {time.monotonic() - self.started:.1f} s ({steps})"
+
+
 def dump_json(obj: Any, path: Path) -> Path:
     """Write ``obj`` as indented JSON (for artifacts)."""
     path.parent.mkdir(parents=True, exist_ok=True)

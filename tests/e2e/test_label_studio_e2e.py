@@ -42,6 +42,7 @@ from .label_studio import (
     LSClient,
     ManagedProcess,
     ProcessRegistry,
+    StepTimer,
     WebDriver,
     dump_json,
     start_label_studio,
@@ -272,13 +273,9 @@ def test_label_studio_end_to_end(
     artifacts_dir: Path,
     tmp_path: Path,
     e2e_report: list[str],
+    step_timer: StepTimer,
 ) -> None:
-    started = time.monotonic()
-    marks: list[tuple[str, float]] = []
-
-    def mark(step: str) -> None:
-        marks.append((step, time.monotonic() - started))
-        print(f"[e2e:{mode}] {step} at {marks[-1][1]:.1f} s", flush=True)
+    mark = step_timer.mark
 
     docroot = tmp_path / "docroot"
     docroot.mkdir()
@@ -371,11 +368,6 @@ def test_label_studio_end_to_end(
     shot = check_browser(processes, browser, ls, tmp_path, artifacts_dir, pid, browser_task)
     e2e_report.append(f"{mode}: screenshot {shot}")
     mark("browser checked")
-    e2e_report.append(
-        f"{mode}: wall time {time.monotonic() - started:.1f} s ("
-        + ", ".join(f"{step} {t:.0f} s" for step, t in marks)
-        + ")"
-    )
 
 
 def iou_summary(ious: dict[str, list[float]]) -> str:
