@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     common.set_threads(args.threads)
 
-    from clipseg.predictor import Predictor
+    from clipseg import Predictor
 
     path = common.build_checkpoint(small=args.small, seed=args.seed, cache_dir=args.cache_dir)
     predictor = Predictor(*common.load_ours(path))

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     if cuda and not torch.cuda.is_available():
         parser.error("no CUDA device here: pass --device cpu (with --small for a quick run)")
 
-    from clipseg.predictor import Predictor
+    from clipseg import Predictor
 
     path = common.build_checkpoint(small=args.small, seed=args.seed, cache_dir=args.cache_dir)
     images = [

@@ -226,8 +226,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     verdict = "OK" if peak <= TARGET_BYTES else "ABOVE TARGET"
     print(
-        f"\nlargest peak RSS: {peak / 1e9:.2f} GB (target <= {TARGET_BYTES / 1e9:.1f} GB): "
-        f"{verdict}; all processes together now (PSS): {pss / 1e9:.2f} GB"
+        f"\nlargest peak RSS: {peak / 1e9:.3f} GB = {peak / 2**30:.2f} GiB (target <= "
+        f"{TARGET_BYTES / 1e9:.1f} GB): {verdict}; all processes together now (PSS): "
+        f"{pss / 1e9:.2f} GB"
     )
     shutil.rmtree(workdir, ignore_errors=True)
 
