@@ -8,8 +8,8 @@ both sides load that directory.
 No weights are downloaded: the numbers measure speed and memory, not segmentation quality.
 
 The tokenizer files are CLIP's: derived from OpenAI's `bpe_simple_vocab_16e6.txt.gz` when
-`../shared/fixtures/clip-bpe/` holds it (49,408 tokens, as in the real checkpoint), otherwise a
-byte-level vocabulary without merges (longer token sequences, same code paths).
+`../shared/fixtures/clip-bpe/` holds it (49,408 tokens, as in the real checkpoint), otherwise the
+demo vocabulary (longer token sequences, same code paths).
 
 `transformers` is imported here (benchmarks are test-side code); `clipseg/` and `backend/` never do.
 """
@@ -39,7 +39,6 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BPE_FIXTURE = REPO_ROOT.parent / "shared" / "fixtures" / "clip-bpe" / "bpe_simple_vocab_16e6.txt.gz"
-BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 # CIDAS/clipseg-rd64-refined: ViT-B/16 vision tower (image_size 224 -> 14x14 position grid),
 # CLIP text tower, reduce_dim 64, the refined (complex) transposed-convolution upsampler.
@@ -129,61 +128,36 @@ def prompts(k: int) -> list[str]:
 # ----------------------------------------------------------------------------- tokenizer files
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """CLIP's reversible byte -> printable unicode map (the 256 base symbols of the vocabulary)."""
-    bs = list(range(ord("!"), ord("~") + 1))
-    bs += list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
-
-
-def clip_vocab(bpe_path: Path | None = BPE_FIXTURE) -> tuple[dict[str, int], list[str]]:
-    """CLIP's vocabulary and merges, the way OpenAI's SimpleTokenizer builds them.
-
-    With the fixture: 256 byte symbols, the same with '</w>', 48,894 merges, then BOS and EOS
-    (49,408 ids; "a photo of a cat" -> [49406, 320, 1125, 539, 320, 2368, 49407]). Without it:
-    the 512 byte symbols and the two special tokens, no merges.
-    """
-    symbols = list(_bytes_to_unicode().values())
-    symbols += [s + "</w>" for s in symbols]
-    merges: list[str] = []
-    if bpe_path is not None and Path(bpe_path).is_file():
-        lines = gzip.open(bpe_path, "rt", encoding="utf-8").read().split("\n")
-        merges = lines[1 : 49152 - 256 - 2 + 1]
-        symbols += ["".join(m.split()) for m in merges]
-    else:
-        logger.warning("%s not found: using a byte-level vocabulary without merges", bpe_path)
-    symbols += [BOS, EOS]
-    return {s: i for i, s in enumerate(symbols)}, merges
+def clip_merges(bpe_path: Path) -> list[tuple[str, str]]:
+    """The 48,894 merges of OpenAI's `bpe_simple_vocab_16e6.txt.gz` (line 0 is a header)."""
+    lines = gzip.open(bpe_path, "rt", encoding="utf-8").read().split("\n")
+    return [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
 
 
 def write_processor_files(directory: Path, bpe_path: Path | None = BPE_FIXTURE) -> None:
-    """Write the tokenizer and preprocessor files of a CIDAS-style checkpoint into `directory`."""
-    vocab, merges = clip_vocab(bpe_path)
-    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (directory / "merges.txt").write_text(
-        "#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8"
-    )
-    special = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}
-    (directory / "special_tokens_map.json").write_text(json.dumps(special))
-    (directory / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                **special,
-                "tokenizer_class": "CLIPTokenizer",
-                "processor_class": "CLIPSegProcessor",
-                "model_max_length": 77,
-                "do_lower_case": True,
-                "errors": "replace",
-            }
+    """Write the tokenizer and preprocessor files of a CIDAS-style checkpoint into `directory`.
+
+    With OpenAI's BPE file: CLIP's 49,408-token vocabulary, laid out by
+    `clipseg.demo.vocabulary.build_vocab` ("a photo of a cat" -> [49406, 320, 1125, 539, 320,
+    2368, 49407]). Without it: the demo vocabulary (a few hundred tokens; prompts then split into
+    more tokens, through the same code paths).
+    """
+    from clipseg.demo.vocabulary import build_vocab, tokenizer_config, write_vocabulary
+
+    if bpe_path is not None and Path(bpe_path).is_file():
+        merges = clip_merges(Path(bpe_path))
+        vocab = build_vocab(merges)
+        (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), "utf-8")
+        (directory / "merges.txt").write_text(
+            "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
         )
-    )
+        config = tokenizer_config()
+        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+        special = {k: v for k, v in config.items() if k.endswith("_token")}
+        (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+    else:
+        logger.warning("%s not found: using the demo vocabulary", bpe_path)
+        write_vocabulary(directory)
     (directory / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR_CONFIG, indent=2))
 
 

@@ -1,0 +1,90 @@
+"""The benchmarks' shared helpers, and smoke runs of the benchmark scripts on the small model.
+
+The benchmarks are not tests, but their numbers are only worth something if both sides get the
+same tokenizer and weights and the tables are built right; these tests check that much.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import common  # noqa: E402
+
+CAT_IDS = [49406, 320, 1125, 539, 320, 2368, 49407]  # "a photo of a cat" (CLIPSEG_NOTES.md)
+
+
+@pytest.mark.skipif(not common.BPE_FIXTURE.is_file(), reason="../shared CLIP BPE file is absent")
+def test_processor_files_are_clips_tokenizer_for_both_sides(tmp_path: Path) -> None:
+    from transformers import CLIPTokenizer as RefTokenizer
+
+    from clipseg import CLIPSegProcessor
+
+    common.write_processor_files(tmp_path)
+    ours = CLIPSegProcessor.from_pretrained(tmp_path).tokenizer
+    theirs = RefTokenizer.from_pretrained(tmp_path)
+    assert ours("a photo of a cat")["input_ids"] == CAT_IDS
+    assert theirs("a photo of a cat")["input_ids"] == CAT_IDS
+    assert len(theirs) == 49408
+
+
+def test_processor_files_fall_back_to_the_demo_vocabulary(tmp_path: Path) -> None:
+    from clipseg import CLIPSegProcessor
+
+    common.write_processor_files(tmp_path, bpe_path=tmp_path / "absent.txt.gz")
+    ids = CLIPSegProcessor.from_pretrained(tmp_path).tokenizer("a red circle")["input_ids"]
+    assert ids[0] != ids[-1] and len(ids) >= 3
+    assert max(ids) < common.RD64_REFINED["text_config"]["vocab_size"]
+
+
+def test_markdown_table_aligns_numbers_right_and_text_left() -> None:
+    table = common.markdown_table(["name", "ms"], [["ours", 12.5], ["transformers", 1234.0]])
+    lines = table.splitlines()
+    assert lines[1] == "|--------------|-------:|"
+    assert lines[2] == "| ours         |   12.5 |"
+    assert lines[3] == "| transformers | 1234.0 |"
+
+
+def test_time_interleaved_runs_contenders_round_robin() -> None:
+    calls: list[tuple[str, int]] = []
+    times = common.time_interleaved(
+        {"a": lambda r: calls.append(("a", r)), "b": lambda r: calls.append(("b", r))},
+        repeats=2,
+        warmup=1,
+    )
+    assert calls == [("a", -1), ("b", -1), ("a", 0), ("b", 0), ("a", 1), ("b", 1)]
+    assert {k: len(v) for k, v in times.items()} == {"a": 2, "b": 2}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["bench_cpu.py", "--small", "--ks", "2", "--repeats", "1", "--warmup", "0"],
+        ["bench_gpu.py", "--device", "cpu", "--small", "--dtypes", "fp32", "bf16"]
+        + ["--batches", "2", "--ks", "2", "--repeats", "1", "--warmup", "0"],
+    ],
+    ids=["cpu", "gpu-on-cpu"],
+)
+def test_benchmark_scripts_run_on_the_small_model(args: list[str], tmp_path: Path) -> None:
+    """Each prints its table; the two implementations agree on the small random model."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / args[0]), *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"CLIPSEG_BENCH_CACHE": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert len(rows) >= 2  # the header and at least one data row
+    if args[0] == "bench_cpu.py":
+        assert float(rows[-1].split("|")[-2]) < 1e-4  # max abs dp between the two sides
+    else:
+        assert "OK" in done.stdout.splitlines()[-1]  # bf16 within 1e-2 of fp32
