@@ -21,7 +21,6 @@ sides' probabilities, over all pixels and prompts, so that the comparison is kno
 from __future__ import annotations
 
 import argparse
-import itertools
 import logging
 import sys
 from pathlib import Path
@@ -35,27 +34,29 @@ import common  # noqa: E402
 logger = logging.getLogger("bench_cpu")
 
 
-def variant(texts: list[str], run: int) -> list[str]:
-    """The prompts of one timed run: never seen before by a text-embedding cache."""
-    return [f"{t} {run}" if run >= 0 else f"{t} w{-run}" for t in texts]
-
-
 def bench_k(
     k: int, predictor, ref_model, ref_processor, image, *, repeats: int, warmup: int
 ) -> list[object]:
     """One table row: medians for K labels, the speed-ups and the probabilities' agreement."""
     texts = common.prompts(k)
+    rounds: dict[int, list[str]] = {}
+
+    def fresh(run: int) -> list[str]:
+        """New prompts for each round, the same for both sides within a round."""
+        if run not in rounds:
+            rounds[run] = common.fresh_prompts(texts)
+        return rounds[run]
 
     def ours(run: int) -> np.ndarray:
         predictor.set_image(image)
-        return predictor.predict(variant(texts, run))
+        return predictor.predict(fresh(run))
 
     def ours_cached(run: int) -> np.ndarray:
         predictor.set_image(image)
         return predictor.predict(texts)
 
     def theirs(run: int) -> torch.Tensor:
-        return common.reference_predict(ref_model, ref_processor, image, variant(texts, run))
+        return common.reference_predict(ref_model, ref_processor, image, fresh(run))
 
     times = common.time_interleaved(
         {"theirs": theirs, "ours": ours, "ours_cached": ours_cached},
@@ -128,7 +129,7 @@ def bench_levers(path: Path, predictor, image, *, k: int, repeats: int, warmup: 
             (
                 "text embedding cache",
                 f"embed_text of {k} labels: new strings vs cached",
-                lambda: predictor.embed_text(variant(texts, next(_FRESH))),
+                lambda: predictor.embed_text(common.fresh_prompts(texts)),
                 lambda: predictor.embed_text(texts),
             ),
         ]
@@ -143,9 +144,6 @@ def bench_levers(path: Path, predictor, image, *, k: int, repeats: int, warmup: 
             a, b = common.median(times["without"]), common.median(times["with"])
             rows.append([lever, what, a * 1e3, b * 1e3, a / b])
     return rows
-
-
-_FRESH = itertools.count()
 
 
 def main(argv: list[str] | None = None) -> None:

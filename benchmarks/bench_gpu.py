@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import itertools
 import logging
 import re
 import sys
@@ -46,11 +45,6 @@ logger = logging.getLogger("bench_gpu")
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 REL_ERR_TARGET = 1e-2
-
-
-def variant(texts: list[str], run: int) -> list[str]:
-    """The prompts of one timed run: never seen before by a text-embedding cache."""
-    return [f"{t} {run}" for t in texts]
 
 
 def reference_batch(model, processor, images, texts, *, max_rows: int) -> np.ndarray:
@@ -119,9 +113,8 @@ def time_contender(fn, images, texts, args, device: str) -> tuple[float, float]:
     cuda = torch.device(device).type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    runs = itertools.count()
     times = common.time_call(
-        lambda: fn(images, variant(texts, next(runs))),
+        lambda: fn(images, common.fresh_prompts(texts)),
         repeats=args.repeats,
         warmup=args.warmup,
         device=device,

@@ -31,7 +31,6 @@ directly.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 import os
@@ -51,7 +50,6 @@ import common  # noqa: E402
 from bench_memory import LABELS, label_config, predict_body, write_task_image  # noqa: E402
 
 logger = logging.getLogger("bench_predict_latency")
-_FRESH = itertools.count()
 
 STAGES = [
     ("fetch", "fetch and decode (ImageLoader.load)"),
@@ -232,7 +230,7 @@ def run_direct(backend: Any, task: dict, config: str, clock: StageClock) -> dict
     with common.stopwatch(t, "json"):
         json.dumps({"results": [{"result": results}]})
     out = derive(t)
-    fresh = [f"{p} {next(_FRESH)}" for p in prompts]  # what the first request of a project pays
+    fresh = common.fresh_prompts(prompts)  # what the first request of a project pays
     with common.stopwatch(out, "text_new"):
         predictor.embed_text(fresh)
     return out

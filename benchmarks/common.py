@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gzip
+import itertools
 import json
 import logging
 import os
@@ -123,6 +124,16 @@ PROMPTS = [
 def prompts(k: int) -> list[str]:
     """The first `k` benchmark prompts (cycled when k > 20), realistic short label names."""
     return [PROMPTS[i % len(PROMPTS)] for i in range(k)]
+
+
+_FRESH = itertools.count()
+
+
+def fresh_prompts(texts: Sequence[str]) -> list[str]:
+    """`texts` with a number never used before in this process appended ("a cat 17"), so that a
+    per-string text-embedding cache cannot hit: what a timed run must pay for new labels."""
+    n = next(_FRESH)
+    return [f"{t} {n}" for t in texts]
 
 
 # ----------------------------------------------------------------------------- tokenizer files
