@@ -1,0 +1,571 @@
+"""Train CLIPSeg, or fine-tune a checkpoint's decoder: ``python -m clipseg.train``.
+
+With ``--data demo`` (the only data source so far) scenes from :mod:`clipseg.demo.scenes` are
+generated on the fly (seeds below :data:`~clipseg.demo.scenes.TRAIN_SEED_LIMIT`). Every step:
+
+* ``--batch-size`` scenes go through the vision tower once; ``--prompts-per-image`` prompts are
+  decoded against each (CLIPSeg's decoder is cheap, the vision tower is not), so a step trains
+  ``batch_size * prompts_per_image`` (image, prompt) pairs;
+* a pair's prompt is a present prompt (``"<color> <shape>"``, ``"<shape>"``, ``"<color> object"``)
+  or, with probability ``--negative-fraction``, an absent one whose target is empty; text prompts
+  are wrapped in a random CLIPSeg template half of the time;
+* as in the paper, a ``--visual-fraction`` of the pairs is conditioned on
+  ``w * text + (1 - w) * visual`` with ``w ~ U(0, 1)``, where ``visual`` is the projected pooled
+  vision embedding of an exemplar: :func:`clipseg.prompts.prepare_visual_prompt` of one object
+  matching the prompt, cut from another recent scene (or the same scene while no other has one);
+  ``--visual-only-fraction`` of those use ``w = 0`` so that exemplars alone work too;
+* the loss is the per-pixel binary cross-entropy of the logits against the target masks (plus
+  ``--dice-weight`` times a soft Dice loss), plus ``--align-weight`` times an auxiliary CLIP-style
+  loss that classifies each exemplar's embedding against the text embeddings of every
+  ``"<color> <shape>"`` (cosine logits scaled by the model's ``logit_scale``), which teaches the
+  vision tower a pooled embedding that matches the text tower's;
+* AdamW with linear warmup then cosine decay; seeds fixed by ``--seed``.
+
+Checkpoints are written with ``save_pretrained`` together with the processor files, so the output
+directory loads with ``from_pretrained``. Without ``--init`` a small demo model is built from the
+``--image-size``/``--vision-*``/``--text-*`` options and the demo vocabulary
+(:mod:`clipseg.demo.vocabulary`); with ``--init DIR_OR_ID`` that checkpoint is loaded, and
+``--freeze-encoders`` trains the decoder only (the CLIPSeg recipe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from clipseg import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor
+from clipseg.demo import scenes as demo_scenes
+from clipseg.demo.vocabulary import TEMPLATES, write_vocabulary
+from clipseg.prompts import prepare_visual_prompt
+
+logger = logging.getLogger(__name__)
+
+DEMO_NAME = "clipseg-demo"
+"""``_name_or_path`` written into a demo checkpoint's config.json (with ``"demo": true``)."""
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+# ---------------------------------------------------------------------------------------------
+# model and processor
+
+
+def demo_config(args: argparse.Namespace, vocab_size: int) -> CLIPSegConfig:
+    """The small demo architecture from the command line options."""
+    n = args.vision_layers
+    extract = list(range(n - 3, n)) if args.extract_layers is None else args.extract_layers
+    text = {
+        "vocab_size": vocab_size,
+        "hidden_size": args.text_hidden,
+        "intermediate_size": 4 * args.text_hidden,
+        "num_hidden_layers": args.text_layers,
+        "num_attention_heads": max(1, args.text_hidden // 32),
+        "max_position_embeddings": 77,
+        "bos_token_id": vocab_size - 2,
+        "eos_token_id": vocab_size - 1,
+        "pad_token_id": vocab_size - 1,
+    }
+    vision = {
+        "hidden_size": args.vision_hidden,
+        "intermediate_size": 4 * args.vision_hidden,
+        "num_hidden_layers": n,
+        "num_attention_heads": max(1, args.vision_hidden // 32),
+        "image_size": args.image_size,
+        "patch_size": args.patch_size,
+    }
+    return CLIPSegConfig(
+        text_config=text,
+        vision_config=vision,
+        projection_dim=args.projection_dim,
+        extract_layers=extract,
+        reduce_dim=args.reduce_dim,
+        decoder_num_attention_heads=max(1, args.reduce_dim // 16),
+        decoder_intermediate_size=args.decoder_intermediate_size,
+        conditional_layer=0,
+        use_complex_transposed_convolution=args.patch_size == 16,
+    )
+
+
+def init_film_identity(model: CLIPSegForImageSegmentation) -> None:
+    """Start FiLM as the identity (scale 1, shift 0, whatever the conditional).
+
+    With the reference's random initialization FiLM scales the image features by ~0 at first, so
+    a model trained from scratch learns to ignore the conditional and segment every object
+    through the unconditioned decoder inputs (measured: text prompts had no effect after 200
+    steps). Starting from the identity keeps the image features and lets the conditional's
+    influence grow from there."""
+    decoder = model.decoder
+    with torch.no_grad():
+        decoder.film_mul.weight.zero_()
+        decoder.film_mul.bias.fill_(1.0)
+        decoder.film_add.weight.zero_()
+        decoder.film_add.bias.zero_()
+
+
+def write_demo_processor(out: Path, image_size: int) -> int:
+    """Write the demo tokenizer files and a preprocessor_config.json (resize to
+    ``image_size`` square, ImageNet normalization, as CIDAS's) into ``out``; returns the
+    vocabulary size."""
+    vocab_size = write_vocabulary(out)
+    pre = {
+        "do_normalize": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": IMAGENET_MEAN,
+        "image_std": IMAGENET_STD,
+        "image_processor_type": "ViTImageProcessor",
+        "processor_class": "CLIPSegProcessor",
+        "resample": 2,
+        "rescale_factor": 1 / 255,
+        "size": {"height": image_size, "width": image_size},
+    }
+    (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")
+    return vocab_size
+
+
+def processor_image_size(processor: CLIPSegProcessor) -> int:
+    """The square input size the processor resizes to."""
+    size = processor.image_processor.size
+    if isinstance(size, int):
+        return size
+    height = size["height"] if "height" in size else size["shortest_edge"]
+    return int(height)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class Batch:
+    """One training step's tensors. P = number of (image, prompt) pairs, E = exemplars."""
+
+    pixel_values: torch.Tensor  # (B, 3, S, S)
+    pair_image: torch.Tensor  # (P,) index into the B images
+    texts: list[str]  # P prompts, possibly templated
+    targets: torch.Tensor  # (P, S, S) float {0, 1}
+    exemplar_pixels: torch.Tensor  # (E, 3, S, S)
+    exemplar_pair: torch.Tensor  # (E,) which pair each exemplar conditions
+    exemplar_class: torch.Tensor  # (E,) index into DemoData.class_names
+    mix_weight: torch.Tensor  # (E,) w of w * text + (1 - w) * visual
+
+
+class DemoData:
+    """Batches of synthetic demo scenes with prompts, targets and exemplars.
+
+    Exemplars come from a rolling pool of recent scenes' objects (per ``"<color> <shape>"``), so
+    an exemplar usually shows the object class in a different scene than the one segmented.
+    """
+
+    def __init__(
+        self,
+        processor: CLIPSegProcessor,
+        *,
+        seed: int,
+        prompts_per_image: int,
+        negative_fraction: float,
+        visual_fraction: float,
+        visual_only_fraction: float,
+        template_fraction: float = 0.5,
+        pool_per_class: int = 8,
+    ) -> None:
+        self.processor = processor
+        self.size = processor_image_size(processor)
+        self.rng = random.Random(seed)
+        self.prompts_per_image = prompts_per_image
+        self.negative_fraction = negative_fraction
+        self.visual_fraction = visual_fraction
+        self.visual_only_fraction = visual_only_fraction
+        self.template_fraction = template_fraction
+        self.class_names = [f"{c} {s}" for c in demo_scenes.COLORS for s in demo_scenes.SHAPES]
+        self.class_index = {n: i for i, n in enumerate(self.class_names)}
+        self.pool: dict[str, deque] = defaultdict(lambda: deque(maxlen=pool_per_class))
+        mean = torch.tensor(processor.image_processor.image_mean).view(3, 1, 1)
+        std = torch.tensor(processor.image_processor.image_std).view(3, 1, 1)
+        self._mean, self._std = mean, std
+
+    def _pixels(self, images: list[np.ndarray]) -> torch.Tensor:
+        """uint8 (S, S, 3) images already at the input size -> normalized (N, 3, S, S)."""
+        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+        return (x - self._mean) / self._std
+
+    def _exemplar(self, prompt: str, scene: demo_scenes.Scene) -> tuple[np.ndarray, str] | None:
+        """A visual prompt for ``prompt``: one matching object from the pool (another scene) or,
+        failing that, from ``scene``; None when neither has one."""
+        candidates = [
+            (name, item)
+            for name, items in self.pool.items()
+            if items and _name_matches(prompt, name)
+            for item in items
+        ]
+        if not candidates:
+            own = scene.matches(prompt)
+            if not own:
+                return None
+            obj = own[self.rng.randrange(len(own))]
+            candidates = [(obj.name, (scene.image, obj.mask))]
+        name, (image, mask) = candidates[self.rng.randrange(len(candidates))]
+        crop = prepare_visual_prompt(image, mask=mask, size=self.size)
+        return np.asarray(crop.convert("RGB"), dtype=np.uint8), name
+
+    def batch(self, batch_size: int) -> Batch:
+        images, pair_image, texts, targets = [], [], [], []
+        ex_images, ex_pair, ex_class, ex_w = [], [], [], []
+        new_objects = []
+        for b in range(batch_size):
+            seed = self.rng.randrange(demo_scenes.TRAIN_SEED_LIMIT)
+            scene = demo_scenes.make_scene(seed, size=self.size)
+            images.append(scene.image)
+            absent = scene.absent_prompts(3)
+            names = sorted({o.name for o in scene.objects})
+            hard = _hard_negatives(scene)
+            shapes = sorted({o.shape for o in scene.objects})
+            colors = sorted({f"{o.color} object" for o in scene.objects})
+            for _ in range(self.prompts_per_image):
+                r = self.rng.random()
+                if r < self.negative_fraction:
+                    # half of the negatives share a color or a shape with an object present
+                    pool = hard if hard and self.rng.random() < 0.5 else absent
+                    prompt = self.rng.choice(pool)
+                else:
+                    r = self.rng.random()
+                    pool = names if r < 0.5 else shapes if r < 0.75 else colors
+                    prompt = self.rng.choice(pool)
+                pair = len(texts)
+                pair_image.append(b)
+                targets.append(scene.target(prompt))
+                if self.rng.random() < self.template_fraction:
+                    texts.append(self.rng.choice(TEMPLATES).format(prompt))
+                else:
+                    texts.append(prompt)
+                if self.rng.random() < self.visual_fraction:
+                    found = self._exemplar(prompt, scene)
+                    if found is not None:
+                        ex_images.append(found[0])
+                        ex_pair.append(pair)
+                        ex_class.append(self.class_index[found[1]])
+                        w = 0.0 if self.rng.random() < self.visual_only_fraction else None
+                        ex_w.append(self.rng.random() if w is None else w)
+            new_objects += [(o.name, (scene.image, o.mask)) for o in scene.objects]
+        for name, item in new_objects:  # after the batch: exemplars come from earlier scenes
+            if item[1].sum() >= 16:
+                self.pool[name].append(item)
+        s = self.size
+        return Batch(
+            pixel_values=self._pixels(images),
+            pair_image=torch.tensor(pair_image),
+            texts=texts,
+            targets=torch.from_numpy(np.stack(targets)).float(),
+            exemplar_pixels=self._pixels(ex_images) if ex_images else torch.zeros(0, 3, s, s),
+            exemplar_pair=torch.tensor(ex_pair, dtype=torch.long),
+            exemplar_class=torch.tensor(ex_class, dtype=torch.long),
+            mix_weight=torch.tensor(ex_w, dtype=torch.float32),
+        )
+
+
+def _hard_negatives(scene: demo_scenes.Scene) -> list[str]:
+    """Absent ``"<color> <shape>"`` prompts that share the color or the shape of an object
+    present: they teach the model to check both words."""
+    names = {o.name for o in scene.objects}
+    out = set()
+    for o in scene.objects:
+        out.update(f"{o.color} {s}" for s in demo_scenes.SHAPES)
+        out.update(f"{c} {o.shape}" for c in demo_scenes.COLORS)
+    return sorted(out - names)
+
+
+def _name_matches(prompt: str, name: str) -> bool:
+    """Whether the object class ``name`` ("<color> <shape>") is one that ``prompt`` names."""
+    color, shape = demo_scenes.parse_prompt(prompt)
+    c, s = name.split(" ")
+    return (color is None or color == c) and (shape is None or shape == s)
+
+
+# ---------------------------------------------------------------------------------------------
+# the training step
+
+
+def text_embeddings(
+    model: CLIPSegForImageSegmentation, processor: CLIPSegProcessor, texts: list[str]
+) -> torch.Tensor:
+    """(K, projection_dim) projected pooled text embeddings, with gradients."""
+    enc = processor.tokenizer(texts, padding=True, return_tensors="pt")
+    out = model.clip.text_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+    return model.clip.text_projection(out.pooler_output)
+
+
+def segmentation_logits(
+    model: CLIPSegForImageSegmentation,
+    pixel_values: torch.Tensor,
+    pair_image: torch.Tensor,
+    conditionals: torch.Tensor,
+) -> torch.Tensor:
+    """Logits (P, S, S) for P (image, conditional) pairs: the vision tower runs once per image,
+    the decoder once per pair."""
+    vision = model.clip.vision_model(pixel_values=pixel_values, output_hidden_states=True)
+    activations = [vision.hidden_states[i + 1][pair_image] for i in model.config.extract_layers]
+    return model.decoder(activations, conditionals).logits
+
+
+def soft_dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1 - soft Dice per pair, averaged; empty targets count through their false positives."""
+    probs = logits.sigmoid().flatten(1)
+    t = targets.flatten(1)
+    inter = (probs * t).sum(1)
+    return (1 - (2 * inter + 1) / (probs.sum(1) + t.sum(1) + 1)).mean()
+
+
+def training_step(
+    model: CLIPSegForImageSegmentation,
+    processor: CLIPSegProcessor,
+    batch: Batch,
+    class_names: list[str],
+    *,
+    dice_weight: float,
+    align_weight: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of one batch and its parts (for the progress bar)."""
+    n_pairs = len(batch.texts)
+    # one text-tower pass for the pairs' prompts and every "<color> <shape>" class name
+    with_classes = align_weight > 0 and len(batch.exemplar_pair) > 0
+    all_texts = batch.texts + (class_names if with_classes else [])
+    text_emb = text_embeddings(model, processor, all_texts)
+    cond = text_emb[:n_pairs]
+    parts: dict[str, float] = {}
+    align = torch.zeros(())
+    if len(batch.exemplar_pair) > 0:
+        ex = model.clip.vision_model(pixel_values=batch.exemplar_pixels)
+        visual = model.clip.visual_projection(ex.pooler_output)  # (E, D)
+        w = batch.mix_weight[:, None]
+        mixed = w * cond[batch.exemplar_pair] + (1 - w) * visual
+        cond = cond.index_copy(0, batch.exemplar_pair, mixed)
+        if with_classes:
+            classes = F.normalize(text_emb[n_pairs:], dim=-1)
+            scale = model.clip.logit_scale.exp().clamp(max=100)
+            logits = scale * F.normalize(visual, dim=-1) @ classes.T
+            align = F.cross_entropy(logits, batch.exemplar_class)
+            parts["align"] = float(align.detach())
+    logits = segmentation_logits(model, batch.pixel_values, batch.pair_image, cond)
+    bce = F.binary_cross_entropy_with_logits(logits, batch.targets)
+    loss = bce + align_weight * align
+    parts["bce"] = float(bce.detach())
+    if dice_weight > 0:
+        dice = soft_dice_loss(logits, batch.targets)
+        loss = loss + dice_weight * dice
+        parts["dice"] = float(dice.detach())
+    return loss, parts
+
+
+def lr_lambda(step: int, warmup: int, total: int, min_ratio: float = 0.05) -> float:
+    """Linear warmup to 1, then cosine decay to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def save_checkpoint(
+    model: CLIPSegForImageSegmentation, processor_dir: Path, out: Path, demo: bool
+) -> None:
+    """``save_pretrained`` the model into ``out`` and copy the processor files beside it."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    for f in sorted(processor_dir.iterdir()):
+        if f.is_file() and f.name not in ("config.json", "model.safetensors"):
+            if f.resolve() != (out / f.name).resolve():
+                shutil.copyfile(f, out / f.name)
+    if demo:  # mark the checkpoint as the demo model (see docs/demo-model.md)
+        path = out / "config.json"
+        config = json.loads(path.read_text())
+        config["_name_or_path"] = DEMO_NAME
+        config["demo"] = True
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m clipseg.train",
+        description="Train a CLIPSeg model on synthetic demo scenes, or fine-tune a checkpoint's "
+        "decoder. Writes a from_pretrained-loadable checkpoint (model + processor files).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data", choices=["demo"], default="demo", help="training data source")
+    p.add_argument("--out", type=Path, required=True, help="output checkpoint directory")
+    p.add_argument(
+        "--init",
+        default=None,
+        help="checkpoint to start from (directory, hub id or 'demo'); default: a new demo model",
+    )
+    p.add_argument(
+        "--freeze-encoders",
+        action="store_true",
+        help="train the decoder only (the text and vision towers stay fixed)",
+    )
+    p.add_argument("--steps", type=int, default=3000, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=16, help="scenes per step")
+    p.add_argument("--prompts-per-image", type=int, default=4, help="prompts decoded per scene")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
+    p.add_argument("--warmup", type=int, default=None, help="warmup steps (default 5%% of steps)")
+    p.add_argument("--negative-fraction", type=float, default=0.3, help="absent-prompt pairs")
+    p.add_argument(
+        "--visual-fraction",
+        type=float,
+        default=0.5,
+        help="pairs conditioned on w * text + (1 - w) * exemplar, w ~ U(0, 1)",
+    )
+    p.add_argument(
+        "--visual-only-fraction",
+        type=float,
+        default=0.3,
+        help="of those visual pairs, the fraction with w = 0 (exemplar only)",
+    )
+    p.add_argument("--dice-weight", type=float, default=0.5, help="soft Dice loss weight")
+    p.add_argument(
+        "--align-weight",
+        type=float,
+        default=0.5,
+        help="weight of the exemplar-to-class-text contrastive loss (0: off)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (data and initialization)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--save-every", type=int, default=500, help="write the checkpoint every N steps (0: end)"
+    )
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="stop (and save) after this many minutes, whatever --steps says",
+    )
+    g = p.add_argument_group("demo architecture (without --init)")
+    g.add_argument("--image-size", type=int, default=128, help="input size in pixels")
+    g.add_argument("--patch-size", type=int, default=8, help="8 (plain upsampler) or 16 (refined)")
+    g.add_argument("--vision-hidden", type=int, default=128)
+    g.add_argument("--vision-layers", type=int, default=4)
+    g.add_argument(
+        "--extract-layers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="vision blocks the decoder reads (default: the last three)",
+    )
+    g.add_argument("--text-hidden", type=int, default=64)
+    g.add_argument("--text-layers", type=int, default=2)
+    g.add_argument("--projection-dim", type=int, default=64)
+    g.add_argument("--reduce-dim", type=int, default=64)
+    g.add_argument("--decoder-intermediate-size", type=int, default=256)
+    return p
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Run the training described by ``args``; returns the checkpoint directory."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    demo = args.init is None
+    if demo:
+        vocab_size = write_demo_processor(out, args.image_size)
+        processor_dir = out
+        model = CLIPSegForImageSegmentation(demo_config(args, vocab_size))
+        init_film_identity(model)
+    else:
+        model = CLIPSegForImageSegmentation.from_pretrained(args.init)
+        processor_dir = _resolve_dir(args.init)
+    processor = CLIPSegProcessor.from_pretrained(processor_dir)
+    model.train()
+    if args.freeze_encoders:
+        for p in model.clip.parameters():
+            p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info("model: %.2f M parameters, %d trainable tensors", n_params / 1e6, len(params))
+
+    data = DemoData(
+        processor,
+        seed=args.seed,
+        prompts_per_image=args.prompts_per_image,
+        negative_fraction=args.negative_fraction,
+        visual_fraction=0.0 if args.freeze_encoders and demo else args.visual_fraction,
+        visual_only_fraction=args.visual_only_fraction,
+    )
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": args.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=args.lr,
+    )
+    warmup = args.warmup if args.warmup is not None else max(1, args.steps // 20)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_lambda(s, warmup, args.steps)
+    )
+    align_weight = 0.0 if args.freeze_encoders else args.align_weight
+    started = time.monotonic()
+    bar = tqdm(range(args.steps), desc="train", unit="step", dynamic_ncols=True)
+    for step in bar:
+        batch = data.batch(args.batch_size)
+        loss, parts = training_step(
+            model,
+            processor,
+            batch,
+            data.class_names,
+            dice_weight=args.dice_weight,
+            align_weight=align_weight,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
+        done = step + 1
+        if args.save_every and done % args.save_every == 0 and done < args.steps:
+            save_checkpoint(model, processor_dir, out, demo)
+        if args.time_limit is not None and time.monotonic() - started > 60 * args.time_limit:
+            logger.warning("time limit reached after %d steps; saving", done)
+            break
+    bar.close()
+    model.eval()
+    save_checkpoint(model, processor_dir, out, demo)
+    minutes = (time.monotonic() - started) / 60
+    print(f"trained {done} steps in {minutes:.1f} min; checkpoint written to {out}")
+    return out
+
+
+def _resolve_dir(name_or_path: str) -> Path:
+    from clipseg.weights import resolve_checkpoint
+
+    return Path(resolve_checkpoint(name_or_path))
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    train(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
