@@ -115,6 +115,30 @@ def init_film_identity(model: CLIPSegForImageSegmentation) -> None:
         decoder.film_add.bias.zero_()
 
 
+def init_position_sincos(model: CLIPSegForImageSegmentation, scale: float = 0.2) -> None:
+    """Start the vision tower's patch position embeddings as 2-D sine-cosine ones (as MAE's),
+    times ``scale``; the class position starts at zero. They stay trainable.
+
+    A ViT trained from scratch with random position embeddings learns the image's 2-D layout
+    slowly: with them the demo model told colors apart within 200 steps but not shapes (its
+    exemplar embeddings classified shapes at chance after 800 steps)."""
+    table = model.clip.vision_model.embeddings.position_embedding.weight  # (1 + g * g, C)
+    grid = int(round((table.shape[0] - 1) ** 0.5))
+    dim = table.shape[1]
+    if dim % 4 != 0:
+        raise ValueError(f"vision hidden size {dim} must be a multiple of 4 for sin-cos positions")
+    freqs = 1.0 / (10000 ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4)))
+    coords = torch.arange(grid, dtype=torch.float32)
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    parts = []
+    for axis in (yy.flatten(), xx.flatten()):
+        angles = axis[:, None] * freqs[None, :]  # (g * g, C / 4)
+        parts += [angles.sin(), angles.cos()]
+    with torch.no_grad():
+        table[0].zero_()
+        table[1:] = scale * torch.cat(parts, dim=1)
+
+
 def write_demo_processor(out: Path, image_size: int) -> int:
     """Write the demo tokenizer files and a preprocessor_config.json (resize to
     ``image_size`` square, ImageNet normalization, as CIDAS's) into ``out``; returns the
@@ -490,6 +514,7 @@ def train(args: argparse.Namespace) -> Path:
         processor_dir = out
         model = CLIPSegForImageSegmentation(demo_config(args, vocab_size))
         init_film_identity(model)
+        init_position_sincos(model)
     else:
         model = CLIPSegForImageSegmentation.from_pretrained(args.init)
         processor_dir = _resolve_dir(args.init)
@@ -507,7 +532,7 @@ def train(args: argparse.Namespace) -> Path:
         seed=args.seed,
         prompts_per_image=args.prompts_per_image,
         negative_fraction=args.negative_fraction,
-        visual_fraction=0.0 if args.freeze_encoders and demo else args.visual_fraction,
+        visual_fraction=args.visual_fraction,
         visual_only_fraction=args.visual_only_fraction,
     )
     decay = [p for p in params if p.ndim >= 2]

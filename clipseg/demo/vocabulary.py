@@ -7,6 +7,11 @@ symbols in GPT-2/CLIP's ``bytes_to_unicode`` order, 256..511 the same with the e
 last two ids. The merges are learned with the ``tokenizers`` BPE trainer on the demo words (colors,
 shapes, ``object``, the prompt templates' words), until every word is a single token.
 
+Rebuilds always give the same size (619) and the same whole-word tokens, but the trainer breaks
+ties between equally frequent pairs in hash order, so the order of those merges (and so some ids)
+can differ from one build to the next. A checkpoint's own vocab.json/merges.txt are therefore the
+ones to use with it; ``python -m clipseg.train`` writes them next to the weights.
+
 Run ``python -m clipseg.demo.vocabulary OUT_DIR`` to write the files.
 """
 
