@@ -61,10 +61,13 @@ BROWSER_SEED = LOCAL_SEEDS[0]  # an unannotated local-files task with few object
 SCENE_NAME = re.compile(r"scene_(\d+)\.png")
 
 # IoU floors between the backend's predictions and the scenes' ground truth, per (task, label
-# present in the scene). Measured values are printed by the test (see docs/e2e.md).
-BRUSH_IOU_FLOOR = 0.5
-POLYGON_IOU_FLOOR = 0.5
-RECT_IOU_FLOOR = 0.5
+# present in the scene), and on their mean per kind. The demo model tells colors apart but not
+# yet shapes (docs/demo-model.md): two objects of one color in a scene halve a label's IoU, hence
+# the low per-label floor. Measured values are printed by the test (see docs/e2e.md).
+BRUSH_IOU_FLOOR = 0.35
+POLYGON_IOU_FLOOR = 0.35
+RECT_IOU_FLOOR = 0.4
+MEAN_IOU_FLOOR = 0.6  # measured: brush 0.699, polygon 0.695, rectangle 0.779
 
 BACKEND_MODEL = "demo"  # CLIPSEG_MODEL of the backend: the bundled demo model
 LS_START_TIMEOUT = 600.0  # the first start on a busy 2-core machine runs migrations
@@ -257,6 +260,8 @@ def check_predictions(
                 if value < floor:
                     failures.append(f"task {task['id']} {name!r} {kind} IoU {value:.3f} < {floor}")
     assert not failures, "predictions below the IoU floors:\n" + "\n".join(failures)
+    means = {kind: float(np.mean(values)) for kind, values in ious.items()}
+    assert min(means.values()) >= MEAN_IOU_FLOOR, f"mean IoU below {MEAN_IOU_FLOOR}: {means}"
     return ious
 
 
