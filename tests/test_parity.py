@@ -12,7 +12,7 @@ import copy
 import pytest
 import torch
 import transformers
-from conftest import TINY_CONFIG, build_reference
+from model_fixtures import TINY_CONFIG, build_reference
 
 from clipseg import (
     CLIPSegForImageSegmentation,
