@@ -12,6 +12,8 @@ import json
 import os
 from pathlib import Path
 
+from clipseg.demo.vocabulary import bytes_to_unicode
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BPE_PATH = REPO_ROOT.parent / "shared/fixtures/clip-bpe/bpe_simple_vocab_16e6.txt.gz"
 N_MERGES = 49152 - 256 - 2  # 48,894 merges, as in OpenAI's SimpleTokenizer
@@ -19,23 +21,6 @@ N_MERGES = 49152 - 256 - 2  # 48,894 merges, as in OpenAI's SimpleTokenizer
 
 def bpe_path() -> Path:
     return Path(os.environ.get("CLIP_BPE_PATH", str(DEFAULT_BPE_PATH)))
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """OpenAI's reversible byte -> printable unicode map (GPT-2 / CLIP)."""
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs], strict=True))
 
 
 def write_clip_vocab(out_dir: Path, *, with_configs: bool = True) -> Path:

@@ -25,24 +25,14 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from clipseg.demo.scenes import COLORS, SHAPES
+from clipseg.prompts import PROMPT_TEMPLATES
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 SUFFIX = "</w>"
 CLIP_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
-TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}.",
-    "a photograph of a {}.",
-    "an image of a {}.",
-    "{}.",
-    "a cropped photo of a {}.",
-    "a good photo of a {}.",
-    "a photo of one {}.",
-    "a bad photo of a {}.",
-    "a photo of the {}.",
-)
-"""CLIPSeg's prompt templates (from the original code); training draws from them."""
+TEMPLATES = PROMPT_TEMPLATES  # CLIPSeg's templates; training draws from them
 
 EXTRA_WORDS: tuple[str, ...] = ("object", "objects", "shape", "shapes", "and", "the", "with")
 

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clipseg.demo.vocabulary import bytes_to_unicode
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -255,22 +257,6 @@ def check_result_item(item: dict, width: int, height: int) -> None:
         assert 0.0 <= item["score"] <= 1.0
 
 
-def _bytes_to_unicode() -> list[str]:
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
 def build_tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
     """A tiny random CLIPSeg (save_pretrained) with a byte-level CLIP vocabulary (no merges:
     every string, any language, tokenizes to its bytes) and its processor, in `directory`."""
@@ -286,7 +272,7 @@ def build_tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
         CLIPTokenizer,
     )
 
-    symbols = _bytes_to_unicode()
+    symbols = list(bytes_to_unicode().values())
     vocab = {tok: i for i, tok in enumerate(symbols + [s + "</w>" for s in symbols])}
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
