@@ -552,7 +552,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
 
 def cmd_export_coco(args: argparse.Namespace) -> int:
-    from backend.batch.state import write_json_atomic
+    from backend.atomic import write_json_atomic
     from backend.formats.convert import labelstudio_to_coco
 
     problems: list[Any] = []

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from backend.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -124,17 +125,7 @@ class ExemplarStore:
 
     def _write(self, project: Any, data: dict[str, Any]) -> None:
         path = self._path(project)
-        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=self.root)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(data, handle, ensure_ascii=False)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_json_atomic(path, data)
 
     def _bound(self, data: dict[str, Any]) -> None:
         by_label: dict[str, list[dict[str, Any]]] = {}

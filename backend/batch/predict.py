@@ -19,8 +19,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from backend.atomic import write_json_atomic
 from backend.batch.sources import ImageSource, SourceReader, task_image_value
-from backend.batch.state import StateStore, write_json_atomic
+from backend.batch.state import StateStore
 from backend.formats.coco import CocoDataset, mask_to_rle, rle_area, rle_bbox, rle_to_mask
 from backend.images import ImageError
 from backend.model import ImagePrediction

@@ -9,14 +9,14 @@ The outputs (tasks.json, coco.json) are rebuilt from the records at the end of e
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from backend.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -28,22 +28,6 @@ def fingerprint(settings: dict[str, Any]) -> str:
     """A short hash of the settings that change a record's content (JSON-serialisable dict)."""
     text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
-
-
-def write_json_atomic(path: Path, data: Any, indent: int | None = None) -> None:
-    """Write ``data`` as JSON to ``path``: readers see the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, ensure_ascii=False, indent=indent)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class StateStore:
