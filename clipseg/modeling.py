@@ -109,17 +109,15 @@ class CLIPSegPreTrainedModel(nn.Module):
         directory = resolve_checkpoint(name_or_path)
         if config is None:
             config = cls._read_config(directory)
-        state = convert_state_dict(read_state_dict(directory), cls.layout)
         dtype = dtype or torch.get_default_dtype()
-        # copies: fresh, aligned storage (safetensors hands out views at arbitrary offsets of one
-        # buffer, and BLAS results at the last bit depend on alignment), detached from the file
-        state = {
-            k: v.to(dtype=dtype if v.is_floating_point() else v.dtype, copy=True)
-            for k, v in state.items()
-        }
+        # One copy of the weights at the peak: read tensor by tensor into fresh storage, already
+        # in ``dtype`` (read_state_dict), renamed without copying, and made the parameters of a
+        # model built on the meta device (assign=True: no second set of parameters to copy into).
+        state = convert_state_dict(read_state_dict(directory, dtype=dtype), cls.layout)
         with torch.device("meta"):
             model = cls(config)
         load_state_dict_strict(model, state, assign=True)
+        del state  # the parameters are the only references left: .to() frees each as it moves
         model.to(device=device or "cpu", dtype=dtype)
         logger.info("loaded %s from %s", cls.__name__, directory)
         return model.eval()

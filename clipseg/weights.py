@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -52,6 +52,8 @@ _PREFIX: dict[str, str] = {
 # Non-parameter buffers that checkpoints may carry and our modules recompute.
 _IGNORED_BUFFERS = re.compile(r"(^|\.)position_ids$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# How much of a safetensors file is read through one memory mapping before it is reopened.
+_REMAP_BYTES = 64 * 2**20
 
 
 class CheckpointError(ValueError):
@@ -124,14 +126,21 @@ def _snapshot(repo_id: str) -> Path:
     return directory
 
 
-def read_state_dict(directory: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """All tensors of the checkpoint in ``directory`` on the CPU.
+def read_state_dict(
+    directory: str | os.PathLike[str], dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """All tensors of the checkpoint in ``directory`` on the CPU, each in fresh storage of its own.
 
     Prefers ``model.safetensors`` (or a sharded ``model.safetensors.index.json``); falls back to
     ``pytorch_model.bin`` read with ``torch.load(weights_only=True)`` (no code execution).
+    Floating-point tensors are converted to ``dtype`` when it is given, as they are read.
+
+    The tensors are read one at a time, and a safetensors file's pages are released after each,
+    so that the peak is about one copy of the weights (in ``dtype``) rather than the mapped file
+    and the copies together. The storage is fresh (aligned) rather than a view into the file:
+    BLAS results depend at the last bit on alignment, and parity with transformers is bitwise.
     """
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     directory = Path(directory)
     safe, index, pickle = (
@@ -141,15 +150,15 @@ def read_state_dict(directory: str | os.PathLike[str]) -> dict[str, torch.Tensor
     )
     try:
         if safe.is_file():
-            return load_file(safe)
+            return dict(_read_safetensors(safe, dtype))
         if index.is_file():
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
             state: dict[str, torch.Tensor] = {}
             for shard in shards:
-                state.update(load_file(directory / shard))
+                state.update(_read_safetensors(directory / shard, dtype))
             return state
         if pickle.is_file():
-            return torch.load(pickle, map_location="cpu", weights_only=True)
+            return dict(_read_pickle(pickle, dtype))
     except (SafetensorError, OSError, RuntimeError, ValueError, KeyError, EOFError) as exc:
         broken = next(p for p in (safe, index, pickle) if p.is_file())
         raise CheckpointError(
@@ -159,6 +168,44 @@ def read_state_dict(directory: str | os.PathLike[str]) -> dict[str, torch.Tensor
     raise FileNotFoundError(
         f"no weights in {directory}: expected {SAFE_WEIGHTS_NAME} or {WEIGHTS_NAME}"
     )
+
+
+def _fresh(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """A copy of ``tensor`` in new storage, floating point converted to ``dtype`` when given."""
+    if dtype is None or not tensor.is_floating_point():
+        dtype = tensor.dtype
+    return tensor.to(dtype=dtype, copy=True)
+
+
+def _read_safetensors(path: Path, dtype: torch.dtype | None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(key, tensor) for each tensor in the safetensors file ``path``, copied one at a time."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as file:
+        keys = list(file.keys())
+    # safetensors memory-maps the file, and every page read through a mapping stays resident until
+    # the mapping is closed: read through one mapping, the whole file would be resident next to
+    # the copies by the end (two copies of the weights). So the file is reopened every
+    # _REMAP_BYTES: the peak is one copy plus that much (or plus one tensor, if larger).
+    done = 0
+    while done < len(keys):
+        with safe_open(path, framework="pt") as file:
+            mapped = 0
+            while done < len(keys) and mapped < _REMAP_BYTES:
+                view = file.get_tensor(keys[done])
+                mapped += view.nbytes
+                tensor = _fresh(view, dtype)
+                del view
+                yield keys[done], tensor
+                done += 1
+
+
+def _read_pickle(path: Path, dtype: torch.dtype | None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(key, tensor) for each tensor of a ``torch.save``d state dict, each original dropped once
+    copied (a pickle is read whole: the peak is one copy and one tensor)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in list(state):
+        yield key, _fresh(state.pop(key), dtype)
 
 
 def _source_layout(keys: set[str]) -> Layout:

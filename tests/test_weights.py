@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from model_fixtures import TINY_CONFIG
 from safetensors.torch import load_file, save_file
 
 from clipseg import (
@@ -180,3 +185,67 @@ def test_dtype_and_device_arguments(tiny_checkpoint) -> None:
     assert model.dtype == torch.bfloat16 and model.device.type == "cpu"
     assert not model.training
     assert isinstance(model.config, CLIPSegConfig)
+
+
+def test_dtype_conversion_keeps_integer_tensors(checkpoint_copy) -> None:
+    state = read_state_dict(checkpoint_copy, dtype=torch.float16)
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
+    reference = load_file(checkpoint_copy / "model.safetensors")
+    key = "decoder.film_mul.weight"
+    assert torch.equal(state[key], reference[key].to(torch.float16))
+    assert state[key].untyped_storage().nbytes() == state[key].nbytes  # fresh, not a file view
+
+
+# Run in a fresh interpreter: from_pretrained's peak resident set above the RSS before it.
+_PEAK_SCRIPT = r"""
+import sys
+from pathlib import Path
+
+import torch
+
+import clipseg.weights
+from clipseg import CLIPSegForImageSegmentation
+
+clipseg.weights._REMAP_BYTES = 2**20  # reopen the file every MiB (64 MiB in use)
+
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
+
+directory = Path(sys.argv[1])
+with torch.device("meta"):  # warm-up: the first model on the meta device imports a lot
+    CLIPSegForImageSegmentation(CLIPSegForImageSegmentation._read_config(directory))
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset VmHWM to the current RSS
+before = status("VmRSS")
+model = CLIPSegForImageSegmentation.from_pretrained(directory)
+print(status("VmHWM") - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_from_pretrained_peak_is_about_one_copy_of_the_weights(tmp_path) -> None:
+    """The mapped file and the parameters must not be resident together (issue 8: that made the
+    full-size model's load peak at twice its weights). ~35 MB of weights in 1-2 MB tensors."""
+    config = copy.deepcopy(TINY_CONFIG)
+    config["vision_config"].update(hidden_size=384, intermediate_size=1536)
+    torch.manual_seed(0)
+    CLIPSegForImageSegmentation(CLIPSegConfig.from_dict(config)).save_pretrained(tmp_path)
+    weights = (tmp_path / "model.safetensors").stat().st_size
+    run = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
+    if run.returncode != 0 and "clear_refs" in run.stderr:
+        pytest.skip(f"cannot reset the peak RSS here: {run.stderr.strip().splitlines()[-1]}")
+    assert run.returncode == 0, run.stderr
+    peak = int(run.stdout.split()[-1])
+    # one copy plus a MiB of mapped pages and allocator slack; two copies before the fix
+    assert peak < 1.4 * weights, f"peak {peak / 2**20:.1f} MiB for {weights / 2**20:.1f} MiB"
