@@ -1,20 +1,18 @@
 """One adapter per Label Studio control type: does it match a control, and its result items.
 
-An adapter turns the regions found for one label (boolean masks at the image's size, with a
-score each) into Label Studio result items of its control's type. BrushLabels, PolygonLabels
-and RectangleLabels (their smart="true" variants included) get results; other controls
-(KeyPointLabels, ...) match no adapter and are left alone.
+An adapter turns the regions found for one label (`backend.formats.Region`: boolean masks at
+the image's size, with a score each) into Label Studio result items of its control's type.
+BrushLabels, PolygonLabels and RectangleLabels (their smart="true" variants included) get
+results; other controls (KeyPointLabels, ...) match no adapter and are left alone.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Protocol
-
-import numpy as np
 
 from backend.formats.brush import decode_brush_rle, encode_brush_rle
 from backend.formats.labelstudio import brush_result, polygon_results, rectangle_result
+from backend.formats.regions import Region
 from backend.label_config import ControlSpec
 
 __all__ = [
@@ -22,21 +20,11 @@ __all__ = [
     "ControlAdapter",
     "PolygonAdapter",
     "RectangleAdapter",
-    "Region",
     "adapter_for",
     "decode_brush_rle",
     "encode_brush_rle",
     "make_adapters",
 ]
-
-
-@dataclass
-class Region:
-    """One predicted region of a label: its mask (H, W) bool and its score (mean probability)."""
-
-    label: str
-    mask: np.ndarray
-    score: float
 
 
 class ControlAdapter(Protocol):

@@ -34,9 +34,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from backend.controls import ControlAdapter, Region, adapter_for, decode_brush_rle, make_adapters
+from backend.controls import ControlAdapter, adapter_for, decode_brush_rle, make_adapters
 from backend.exemplars import Exemplar, ExemplarStore, project_key
-from backend.formats.regions import probability_to_regions
+from backend.formats.regions import Region, probability_to_regions
 from backend.images import ImageError, ImageLoader, LabelStudioClient, label_studio_client
 from backend.label_config import ControlSpec, LabelConfigError, parse_label_config
 from backend.settings import DEFAULT_MODEL, Settings
@@ -152,9 +152,7 @@ def find_regions(
     found = probability_to_regions(
         np.clip(probs, 0.0, 1.0), label, threshold=threshold, mode=mode, min_area=min_area
     )
-    regions = [Region(label, r.mask, r.score) for r in found]
-    regions.sort(key=lambda r: -r.score)
-    return regions
+    return sorted(found, key=lambda r: -r.score)
 
 
 @dataclass

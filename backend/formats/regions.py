@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -25,20 +26,24 @@ MODES = ("semantic", "instance")
 
 @dataclass(frozen=True, eq=False)
 class Region:
-    """One region of one label.
+    """One region of one label: what `probability_to_regions` finds and the control adapters
+    (`backend.controls`) turn into Label Studio results.
 
     Attributes:
         mask: bool (H, W) at the image's size.
         score: mean probability inside the mask, in [0, 1].
         label: the label name.
-        bbox: (x, y, w, h) pixel extents: columns x .. x + w - 1, rows y .. y + h - 1 (the
-            convention of pycocotools' toBbox for RLE).
     """
 
     mask: np.ndarray
     score: float
     label: str
-    bbox: tuple[int, int, int, int]
+
+    @cached_property
+    def bbox(self) -> tuple[int, int, int, int]:
+        """(x, y, w, h) pixel extents of the mask (`mask_bbox`): columns x .. x + w - 1, rows
+        y .. y + h - 1 (the convention of pycocotools' toBbox for RLE); computed on first use."""
+        return mask_bbox(self.mask)
 
     @property
     def area(self) -> int:
@@ -161,7 +166,7 @@ def probability_to_regions(
         masks = [labels == k for k in keep]
     regions = []
     for m in masks:
-        regions.append(Region(mask=m, score=float(prob[m].mean()), label=label, bbox=mask_bbox(m)))
+        regions.append(Region(mask=m, score=float(prob[m].mean()), label=label))
     return regions
 
 

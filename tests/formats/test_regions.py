@@ -135,3 +135,13 @@ def test_formats_package_imports_neither_torch_nor_clipseg() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_region_built_from_a_mask_derives_its_bbox() -> None:
+    """A caller that makes its own regions (the backend, tests) gives mask, score and label;
+    bbox and area follow from the mask."""
+    mask = np.zeros((40, 60), bool)
+    mask[5:15, 10:40] = True
+    region = Region(mask=mask, score=0.8, label="cat")
+    assert region.bbox == (10, 5, 30, 10) == mask_bbox(mask) and region.area == 300
+    assert Region(mask=np.zeros((4, 4), bool), score=0.0, label="cat").bbox == (0, 0, 0, 0)
