@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from backend.controls import ControlAdapter, adapter_for, decode_brush_rle, make_adapters
+from backend.controls import ControlAdapter, adapter_for, make_adapters
 from backend.exemplars import Exemplar, ExemplarStore, project_key
+from backend.formats.labelstudio import result_to_mask
 from backend.formats.regions import Region, probability_to_regions
 from backend.images import ImageError, ImageLoader, LabelStudioClient, label_studio_client
 from backend.label_config import ControlSpec, LabelConfigError, parse_label_config
@@ -574,13 +574,7 @@ class CLIPSegBackend:
             if value_key not in images:
                 images[value_key] = self.images.load(task, value_key, client).array
             image = images[value_key]
-            try:
-                shape = _region_shape(item, kind, value, *image.shape[:2])
-            except (ValueError, TypeError, KeyError, IndexError) as exc:
-                logger.warning(
-                    "region %s (%s) is malformed, skipped: %s", item.get("id"), kind, exc
-                )
-                continue
+            shape = _region_shape(item, kind, value, *image.shape[:2])
             if shape is None:
                 continue
             with self._predictor_lock:
@@ -594,36 +588,23 @@ class CLIPSegBackend:
 def _region_shape(
     item: dict, kind: str, value: dict, height: int, width: int
 ) -> dict[str, Any] | None:
-    """`mask=` or `box=` (pixels, x0 y0 x1 y1) for `Predictor.embed_exemplar`, at (H, W)."""
-    if kind == "brushlabels":
-        rle = value.get("rle")
-        if not rle:
-            return None
-        h = int(item.get("original_height") or height)
-        w = int(item.get("original_width") or width)
-        mask = decode_brush_rle(rle, h, w) > 0
-        if mask.shape != (height, width):
-            mask = cv2.resize(mask.astype(np.uint8), (width, height), cv2.INTER_NEAREST) > 0
-        return {"mask": mask} if mask.any() else None
-    if kind == "polygonlabels":
-        points = value.get("points") or []
-        if len(points) < 3:
-            return None
-        pts = np.array([[x * width / 100.0, y * height / 100.0] for x, y in points], np.float64)
-        mask = np.zeros((height, width), np.uint8)
-        cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
-        return {"mask": mask > 0} if mask.any() else None
-    if kind == "rectanglelabels":
+    """`mask=` or `box=` (pixels, x0 y0 x1 y1) for `Predictor.embed_exemplar`, at (H, W).
+
+    An unrotated rectangle or a keypoint gives a box; brushes, polygons and rotated rectangles a
+    mask (`backend.formats.result_to_mask`). None for an empty region, and for a malformed one
+    (logged: one bad region must not fail the others).
+    """
+    try:
+        return _shape_of(item, kind, value, height, width)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        logger.warning("region %s (%s) is malformed, skipped: %s", item.get("id"), kind, exc)
+        return None
+
+
+def _shape_of(item: dict, kind: str, value: dict, height: int, width: int) -> dict[str, Any] | None:
+    if kind == "rectanglelabels" and not float(value.get("rotation", 0) or 0) % 360:
         x, y = float(value.get("x", 0)), float(value.get("y", 0))
         w, h = float(value.get("width", 0)), float(value.get("height", 0))
-        angle = float(value.get("rotation", 0) or 0)
-        if angle % 360:  # a rotated box: its polygon as a mask (rotation about x, y)
-            c, s = np.cos(np.radians(angle)), np.sin(np.radians(angle))
-            corners = np.array([[0, 0], [w, 0], [w, h], [0, h]]) * [width / 100, height / 100]
-            pts = corners @ np.array([[c, s], [-s, c]]) + [x * width / 100, y * height / 100]
-            mask = np.zeros((height, width), np.uint8)
-            cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
-            return {"mask": mask > 0} if mask.any() else None
         box = _clip_box(
             x * width / 100,
             y * height / 100,
@@ -638,6 +619,9 @@ def _region_shape(
         r = max(8.0, 0.05 * min(height, width))  # a small box around the point
         box = _clip_box(cx - r, cy - r, cx + r, cy + r, height, width)
         return {"box": box} if box is not None else None
+    if kind in _REGION_TYPES:
+        mask = result_to_mask(item, height=height, width=width)
+        return {"mask": mask} if mask.any() else None
     return None
 
 

@@ -20,6 +20,7 @@ from backend.formats.labelstudio import (
     polygon_results,
     rectangle_result,
     region_to_results,
+    result_to_mask,
 )
 from backend.formats.polygons import (
     Contour,
@@ -61,6 +62,7 @@ __all__ = [
     "probability_to_regions",
     "rectangle_result",
     "region_to_results",
+    "result_to_mask",
     "rle_area",
     "rle_bbox",
     "rle_to_mask",

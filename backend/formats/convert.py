@@ -1,6 +1,7 @@
 """Label Studio JSON export -> COCO dataset with exact masks.
 
-Every region becomes a mask at the original image size and is written as COCO RLE:
+Every region becomes a mask at the original image size (`backend.formats.result_to_mask`) and
+is written as COCO RLE:
 - brushlabels: the brush RLE decoded exactly (alpha > 0), so holes and areas are kept;
 - polygonlabels: the points (percent) scaled to pixels (percent * size / 100, as the editor
   does) and rasterised by pycocotools, the way COCO rasterises polygons (pixel edges);
@@ -20,18 +21,14 @@ ignored; other types are errors.
 from __future__ import annotations
 
 import logging
-import math
 import posixpath
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
-import numpy as np
-from pycocotools import mask as mask_utils
-
-from backend.formats.brush import decode_brush_rle
 from backend.formats.coco import CocoDataset, mask_to_rle, rle_area, rle_bbox
+from backend.formats.labelstudio import original_size, result_to_mask
 
 logger = logging.getLogger(__name__)
 
@@ -84,54 +81,11 @@ def _image_url(task: dict[str, Any], image_key: str | None) -> str:
 
 
 def _size(result: dict[str, Any]) -> tuple[int, int]:
-    rid = result.get("id")
     try:
-        width, height = result["original_width"], result["original_height"]
-    except KeyError as exc:
-        raise _ResultError(rid, f"result has no {exc.args[0]}") from None
-    if not all(
-        isinstance(v, (int, float)) and v > 0 and float(v).is_integer() for v in (width, height)
-    ):
-        raise _ResultError(rid, f"bad original size {width!r} x {height!r}")
-    return int(width), int(height)
-
-
-def _polygon_mask(points: list[float], width: int, height: int) -> np.ndarray:
-    rle = mask_utils.frPyObjects([points], height, width)
-    return mask_utils.decode(mask_utils.merge(rle)).astype(bool)
-
-
-def _result_mask(result: dict[str, Any], kind: str, width: int, height: int) -> np.ndarray:
-    rid = result.get("id")
-    value = result.get("value")
-    if not isinstance(value, dict):
-        raise _ResultError(rid, "result has no 'value' dict")
-    try:
-        if kind == "brushlabels":
-            if value.get("format", "rle") != "rle" or "rle" not in value:
-                raise _ResultError(rid, "brushlabels value has no 'rle'")
-            return decode_brush_rle(value["rle"], height, width) > 0
-        if kind == "polygonlabels":
-            pts = np.asarray(value.get("points"), dtype=np.float64)
-            if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 3 or not np.isfinite(pts).all():
-                raise _ResultError(rid, "polygonlabels 'points' must be 3 or more [x%, y%] pairs")
-            px = pts * (np.array([width, height]) / 100.0)
-            return _polygon_mask(px.ravel().tolist(), width, height)
-        if kind == "rectanglelabels":
-            x, y, w, h = (float(value[k]) for k in ("x", "y", "width", "height"))
-            angle = math.radians(float(value.get("rotation", 0) or 0))
-            if not all(math.isfinite(v) for v in (x, y, w, h, angle)) or w < 0 or h < 0:
-                raise _ResultError(rid, f"bad rectangle {value}")
-            x0, y0, w, h = x * width / 100, y * height / 100, w * width / 100, h * height / 100
-            corners = np.array([[0, 0], [w, 0], [w, h], [0, h]])
-            c, s = math.cos(angle), math.sin(angle)
-            rotated = corners @ np.array([[c, s], [-s, c]]) + [x0, y0]
-            return _polygon_mask(rotated.ravel().tolist(), width, height)
-    except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, _ResultError):
-            raise
-        raise _ResultError(rid, f"malformed {kind} value: {exc}") from exc
-    raise AssertionError(kind)
+        height, width = original_size(result)
+    except ValueError as exc:
+        raise _ResultError(result.get("id"), str(exc)) from None
+    return width, height
 
 
 def _selected(task: dict[str, Any], source: str) -> list[dict[str, Any]]:
@@ -170,7 +124,12 @@ def _convert_task(
             labels = (result.get("value") or {}).get(kind)
             if not isinstance(labels, list) or not labels:
                 raise _ResultError(rid, f"result has no labels in value[{kind!r}]")
-            rle = mask_to_rle(_result_mask(result, kind, *size))
+            width, height = size
+            try:
+                mask = result_to_mask(result, height=height, width=width)
+            except ValueError as exc:
+                raise _ResultError(rid, str(exc)) from exc
+            rle = mask_to_rle(mask)
             score = result.get("score", item.get("score")) if source == "predictions" else None
             for label in labels:
                 objects.append((str(label), rle, None if score is None else float(score)))

@@ -1,4 +1,5 @@
-"""Label Studio result builders: masks -> brushlabels, polygonlabels, rectanglelabels results.
+"""Label Studio results and masks: masks -> brushlabels, polygonlabels, rectanglelabels results,
+and back (`result_to_mask`).
 
 Each result is a dict as the editor stores it:
     {"id", "from_name", "to_name", "type", "original_width", "original_height",
@@ -9,13 +10,17 @@ edges (pixel (i, j) is the square [i, i + 1] x [j, j + 1]), as the editor draws 
 
 from __future__ import annotations
 
+import math
 import secrets
 import string
+from collections.abc import Mapping
 from typing import Any
 
+import cv2
 import numpy as np
+from pycocotools import mask as mask_utils
 
-from backend.formats.brush import encode_brush_rle
+from backend.formats.brush import decode_brush_rle, encode_brush_rle
 from backend.formats.polygons import (
     DEFAULT_MAX_POINTS,
     DEFAULT_TOLERANCE,
@@ -199,3 +204,105 @@ def region_to_results(
         rect = rectangle_result(region.mask, region.label, **common)
         return [] if rect is None else [rect]
     raise ValueError(f"result type must be one of {RESULT_TYPES}, got {kind!r}")
+
+
+def result_to_mask(
+    result: Mapping[str, Any], *, height: int | None = None, width: int | None = None
+) -> np.ndarray:
+    """The region of a brushlabels, polygonlabels or rectanglelabels result as a bool mask.
+
+    - brushlabels: the RLE decoded exactly (alpha > 0) at the result's original size, holes
+      kept, then resized (nearest neighbour) when (height, width) differs from it;
+    - polygonlabels: the points (percent) scaled to pixels (percent * size / 100, as the editor
+      does) and rasterised by pycocotools, the way COCO rasterises polygons (pixel edges);
+    - rectanglelabels: the box, rotated about its top-left corner by ``rotation`` degrees as the
+      editor does, rasterised the same way.
+
+    Args:
+        result: one result as Label Studio stores it ("type", "value", "original_width",
+            "original_height").
+        height, width: the mask's size (e.g. the loaded image's); by default the result's
+            original_height and original_width.
+
+    Returns:
+        bool (height, width); all False when the region covers no pixel.
+
+    Raises:
+        ValueError: another result type, a malformed value (a truncated RLE, fewer than three
+            polygon points, a rectangle without x/y/width/height, ...) or no size to draw at.
+    """
+    kind = str(result.get("type", "")).lower()
+    if kind not in RESULT_TYPES:
+        raise ValueError(f"a {result.get('type')!r} result has no mask; supported: {RESULT_TYPES}")
+    value = result.get("value")
+    if not isinstance(value, Mapping):
+        raise ValueError("result has no 'value' dict")
+    has_size = all(result.get(k) is not None for k in ("original_height", "original_width"))
+    original = original_size(result) if has_size else None
+    if height is None or width is None:
+        if original is None:
+            raise ValueError("result has no original_height/original_width: pass height and width")
+        height, width = original
+    if int(height) <= 0 or int(width) <= 0:
+        raise ValueError(f"height and width must be > 0, got {height} x {width}")
+    height, width = int(height), int(width)
+    if kind == "brushlabels":
+        if value.get("format", "rle") != "rle" or "rle" not in value:
+            raise ValueError("brushlabels value has no 'rle'")
+        rle_height, rle_width = original or (height, width)
+        try:
+            mask = decode_brush_rle(value["rle"], rle_height, rle_width) > 0
+        except (TypeError, IndexError) as exc:
+            raise ValueError(f"malformed brushlabels rle: {exc!r}") from exc
+        if mask.shape != (height, width):
+            resized = cv2.resize(
+                mask.view(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST
+            )
+            mask = resized > 0
+        return mask
+    if kind == "polygonlabels":
+        try:
+            pts = np.asarray(value.get("points"), dtype=np.float64)  # (N, 2) percent
+        except (TypeError, ValueError):
+            pts = np.zeros((0,))
+        if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 3 or not np.isfinite(pts).all():
+            raise ValueError("polygonlabels 'points' must be 3 or more [x%, y%] pairs")
+        return _polygon_mask(pts * (np.array([width, height]) / 100.0), height, width)
+    # rectanglelabels
+    try:
+        x, y, w, h = (float(value[k]) for k in ("x", "y", "width", "height"))
+        angle = math.radians(float(value.get("rotation", 0) or 0))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(
+            "rectanglelabels value needs numbers x, y, width, height (percent) and optionally "
+            f"rotation (degrees), got {dict(value)}"
+        ) from exc
+    if not all(math.isfinite(v) for v in (x, y, w, h, angle)) or w < 0 or h < 0:
+        raise ValueError(f"bad rectangle {dict(value)}")
+    x0, y0, w, h = x * width / 100, y * height / 100, w * width / 100, h * height / 100
+    corners = np.array([[0, 0], [w, 0], [w, h], [0, h]])  # (4, 2) x, y in pixels
+    c, s = math.cos(angle), math.sin(angle)
+    return _polygon_mask(corners @ np.array([[c, s], [-s, c]]) + [x0, y0], height, width)
+
+
+def original_size(result: Mapping[str, Any]) -> tuple[int, int]:
+    """(original_height, original_width) of a result, checked to be positive integers.
+
+    Raises:
+        ValueError: naming the missing key, or the bad size.
+    """
+    for key in ("original_width", "original_height"):
+        if result.get(key) is None:
+            raise ValueError(f"result has no {key}")
+    height, width = result["original_height"], result["original_width"]
+    if not all(
+        isinstance(v, (int, float)) and v > 0 and float(v).is_integer() for v in (width, height)
+    ):
+        raise ValueError(f"bad original size {width!r} x {height!r}")
+    return int(height), int(width)
+
+
+def _polygon_mask(points: np.ndarray, height: int, width: int) -> np.ndarray:
+    """bool (H, W) of a polygon of (N, 2) x, y pixel-edge coordinates, rasterised by pycocotools."""
+    rle = mask_utils.frPyObjects([points.ravel().tolist()], height, width)
+    return mask_utils.decode(mask_utils.merge(rle)).astype(bool)

@@ -8,7 +8,8 @@ import pytest
 from backend_helpers import CONFIG, check_result_item, fake_backend, png_bytes
 
 from backend.controls import decode_brush_rle
-from backend.model import find_regions, uncertainty_of
+from backend.formats.labelstudio import brush_result
+from backend.model import _region_shape, find_regions, uncertainty_of
 
 W, H = 96, 64
 
@@ -214,3 +215,29 @@ def test_interactive_context_region_is_a_live_exemplar(tmp_path, local_root):
     x0, y0, x1, y1 = box
     assert x0 < W / 2 < x1 and y0 < H / 2 < y1 and (x1 - x0) <= 20
     assert backend.store.counts(1) == {}  # used for the answer, not stored
+
+
+def test_region_shape_masks_at_the_image_size_boxes_and_skips_malformed(caplog):
+    """Exemplar shapes: masks through backend.formats.result_to_mask, boxes for plain
+    rectangles, None (logged) for a malformed region instead of an exception."""
+    small = _red_mask()[::2, ::2]  # the brush was drawn on a half-size original
+    item = brush_result(
+        small,
+        "cat",
+        from_name="tag",
+        to_name="image",
+        original_width=W // 2,
+        original_height=H // 2,
+    )
+    shape = _region_shape(item, "brushlabels", item["value"], H, W)
+    assert np.array_equal(shape["mask"], _red_mask())
+    rect = {"x": 25.0, "y": 25.0, "width": 50.0, "height": 50.0, "rectanglelabels": ["cat"]}
+    item = {"type": "rectanglelabels", "value": rect}
+    assert _region_shape(item, "rectanglelabels", rect, H, W) == {"box": (24, 16, 72, 48)}
+    turned = {**rect, "rotation": 90}
+    item = {"type": "rectanglelabels", "value": turned}
+    assert _region_shape(item, "rectanglelabels", turned, H, W)["mask"].sum() > 0
+    bad = {"points": [[1, 1], [2, 2]], "polygonlabels": ["cat"]}
+    item = {"id": "p1", "type": "polygonlabels", "value": bad}
+    assert _region_shape(item, "polygonlabels", bad, H, W) is None
+    assert "region p1 (polygonlabels) is malformed" in caplog.text

@@ -14,6 +14,7 @@ from backend.formats.labelstudio import (
     polygon_results,
     rectangle_result,
     region_to_results,
+    result_to_mask,
 )
 from backend.formats.regions import probability_to_regions
 
@@ -125,3 +126,98 @@ def test_bad_masks_raise(m, message: str) -> None:
     for build in (brush_result, polygon_results, rectangle_result):
         with pytest.raises(ValueError, match=message):
             build(m, "cat", from_name="x", **COMMON)
+
+
+# -- results -> masks --------------------------------------------------------------------------
+
+
+def test_result_to_mask_brush_is_exact_and_resizes_nearest() -> None:
+    m = mask()
+    m[40:50, 35:45] = False  # a hole, kept
+    r = brush_result(m, "cat", from_name="brush", **COMMON)
+    back = result_to_mask(r)
+    assert back.dtype == np.bool_ and np.array_equal(back, m)
+    # at twice the size (an image loaded larger than the original): each pixel a 2 x 2 block
+    double = result_to_mask(r, height=2 * H, width=2 * W)
+    assert np.array_equal(double, np.repeat(np.repeat(m, 2, axis=0), 2, axis=1))
+
+
+def test_result_to_mask_polygon_round_trips_and_rasterises_pixel_edges() -> None:
+    m = mask()
+    polys = polygon_results(m, "dog", from_name="poly", **COMMON)
+    back = np.logical_or.reduce([result_to_mask(r) for r in polys])
+    assert (back & m).sum() / (back | m).sum() >= 0.97
+    # a square with corners on pixel edges covers exactly the pixels inside them
+    square = {"x": 100 * 20 / W, "y": 100 * 10 / H, "w": 100 * 50 / W, "h": 100 * 30 / H}
+    points = [
+        [square["x"], square["y"]],
+        [square["w"], square["y"]],
+        [square["w"], square["h"]],
+        [square["x"], square["h"]],
+    ]
+    r = {"type": "polygonlabels", **COMMON, "value": {"points": points, "polygonlabels": ["c"]}}
+    expected = np.zeros((H, W), bool)
+    expected[10:30, 20:50] = True
+    assert np.array_equal(result_to_mask(r), expected)
+
+
+def test_result_to_mask_rectangle_plain_and_rotated() -> None:
+    m = np.zeros((H, W), bool)
+    m[10:30, 100:120] = True
+    r = rectangle_result(m, "cat", from_name="rect", **COMMON)
+    assert np.array_equal(result_to_mask(r), m)
+    # rotated 90 degrees about its top-left corner (as the editor does): the box swings left
+    turned = {**r, "value": {**r["value"], "rotation": 90}}
+    ys, xs = np.nonzero(result_to_mask(turned))
+    # 20 x 20 px box at x = 100, y = 10: after the turn x in [80, 100), y in [10, 30)
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (80, 99, 10, 29)
+
+
+def malformed_results() -> dict[str, tuple[dict, str]]:
+    brush = brush_result(mask(), "cat", from_name="brush", **COMMON)
+    poly = polygon_results(mask(), "cat", from_name="poly", **COMMON)[0]
+    rect = rectangle_result(mask(), "cat", from_name="rect", **COMMON)
+    assert rect is not None
+    return {
+        "truncated rle": (
+            {**brush, "value": {**brush["value"], "rle": brush["value"]["rle"][:20]}},
+            "truncated",
+        ),
+        "brush without rle": ({**brush, "value": {"brushlabels": ["cat"]}}, "has no 'rle'"),
+        "two points": (
+            {**poly, "value": {**poly["value"], "points": [[1, 1], [2, 2]]}},
+            "3 or more",
+        ),
+        "ragged points": (
+            {**poly, "value": {**poly["value"], "points": [[1, 1], [2], [3, 3]]}},
+            "3 or more",
+        ),
+        "rectangle without width": (
+            {**rect, "value": {k: v for k, v in rect["value"].items() if k != "width"}},
+            "needs numbers x, y, width, height",
+        ),
+        "rectangle with text": ({**rect, "value": {**rect["value"], "x": "left"}}, "numbers"),
+        "negative rectangle": ({**rect, "value": {**rect["value"], "width": -1}}, "bad rect"),
+        "no value": ({k: v for k, v in rect.items() if k != "value"}, "no 'value' dict"),
+        "keypoint": ({**rect, "type": "keypointlabels"}, "has no mask; supported"),
+        "no size": (
+            {k: v for k, v in poly.items() if k != "original_width"},
+            "pass height and width",
+        ),
+        "bad size": ({**poly, "original_width": 12.5}, "bad original size"),
+        "rle of another size": ({**brush, "original_width": W + 1}, "do not match"),
+    }
+
+
+@pytest.mark.parametrize("name", list(malformed_results()))
+def test_result_to_mask_malformed_raises_value_error(name: str) -> None:
+    result, message = malformed_results()[name]
+    with pytest.raises(ValueError, match=message):
+        result_to_mask(result)
+
+
+def test_result_to_mask_without_original_size_uses_the_given_size() -> None:
+    m = mask()
+    r = brush_result(m, "cat", from_name="brush", **COMMON)
+    del r["original_width"], r["original_height"]
+    assert np.array_equal(result_to_mask(r, height=H, width=W), m)
