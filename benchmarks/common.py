@@ -39,7 +39,11 @@ from PIL import Image
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BPE_FIXTURE = REPO_ROOT.parent / "shared" / "fixtures" / "clip-bpe" / "bpe_simple_vocab_16e6.txt.gz"
+# OpenAI's CLIP BPE file ($CLIPSEG_BPE_FILE overrides, e.g. on a machine without ../shared)
+BPE_FIXTURE = Path(
+    os.environ.get("CLIPSEG_BPE_FILE")
+    or REPO_ROOT.parent / "shared" / "fixtures" / "clip-bpe" / "bpe_simple_vocab_16e6.txt.gz"
+)
 
 # CIDAS/clipseg-rd64-refined: ViT-B/16 vision tower (image_size 224 -> 14x14 position grid),
 # CLIP text tower, reduce_dim 64, the refined (complex) transposed-convolution upsampler.

@@ -37,8 +37,21 @@ class ReducedActivations:
 
     def select(self, index: int) -> ReducedActivations:
         """The same state for image ``index`` only (batch of one)."""
+        return self.slice(index, index + 1)
+
+    def slice(self, start: int, stop: int) -> ReducedActivations:
+        """The same state for images ``start:stop``."""
         return ReducedActivations(
-            [r[index : index + 1] for r in self.reduced], self.prefix[index : index + 1], self.grid
+            [r[start:stop] for r in self.reduced], self.prefix[start:stop], self.grid
+        )
+
+    def repeat_interleave(self, repeats: int) -> ReducedActivations:
+        """Each image repeated ``repeats`` times in a row (B * repeats, T, R), to be decoded
+        against ``repeats`` prompts per image in one call."""
+        return ReducedActivations(
+            [r.repeat_interleave(repeats, dim=0) for r in self.reduced],
+            self.prefix.repeat_interleave(repeats, dim=0),
+            self.grid,
         )
 
 

@@ -3,9 +3,10 @@
 In CLIPSeg the prompt only enters the decoder, so `Predictor.set_image` runs the vision encoder
 once (and only up to the deepest block the decoder reads), applies the decoder's prompt-independent
 projections (``reduces``) once, and `Predictor.predict` then decodes every prompt against the
-cached state, in chunks, broadcasting the one image over the prompts. Prompts are text (embedding
-cached per string), conditional embeddings, `Exemplar` images (the paper's visual prompt) or
-weighted `Mix`-es of those.
+cached state, in chunks, broadcasting the one image over the prompts (after `set_images`, images
+times prompts are decoded as one batch of pairs when the prompts are few). Prompts are text
+(embedding cached per string), conditional embeddings, `Exemplar` images (the paper's visual
+prompt) or weighted `Mix`-es of those.
 
 Thread safety: one lock guards the cached image state and the text-embedding cache, and every
 public method holds it for its whole call, so one instance can be shared across threads. Calls are
@@ -72,11 +73,11 @@ Prompt = str | torch.Tensor | np.ndarray | Exemplar | Mix
 
 
 @dataclass
-class _ImageState:
-    """What one image contributes to every prompt: the reduced activations and the image size."""
+class _EncodedBatch:
+    """What a batch of images encoded together contributes to every prompt."""
 
-    reduced: ReducedActivations
-    size: tuple[int, int]  # (H, W) of the original image, after EXIF orientation
+    reduced: ReducedActivations  # (n, T, R) per tensor: the decoder's prompt-independent part
+    sizes: list[tuple[int, int]]  # (H, W) of each original image, after EXIF orientation
 
 
 def _auto_device(device: str | torch.device | None) -> torch.device:
@@ -91,7 +92,8 @@ class Predictor:
     Args:
         model: the segmentation model; the predictor follows its device and dtype.
         processor: the matching `CLIPSegProcessor` (tokenizer and image processor).
-        chunk_size: prompts decoded per decoder call (bounds memory for long prompt lists).
+        chunk_size: images per encoder call and (image, prompt) pairs per decoder call (bounds
+            memory for long lists of images or prompts).
         text_cache_size: text embeddings kept (least recently used are dropped).
     """
 
@@ -113,7 +115,7 @@ class Predictor:
         self.processor = processor
         self.chunk_size = int(chunk_size)
         self._lock = threading.RLock()
-        self._states: list[_ImageState] | None = None
+        self._states: list[_EncodedBatch] | None = None
         self._batched = False
         self._text_cache: OrderedDict[tuple[str, tuple[str, ...] | None], torch.Tensor] = (
             OrderedDict()
@@ -160,20 +162,32 @@ class Predictor:
         return pixels.to(device=self.device, dtype=self.dtype)  # (N, 3, S, S)
 
     @torch.inference_mode()
-    def _encode(self, images: Sequence[Any]) -> list[_ImageState]:
-        """Vision blocks 0..max(extract_layers) and the decoder's reduces, once per image."""
-        pils = [load_image(image) for image in images]
+    def _encode_pixels(self, pixels: torch.Tensor, sizes: list[tuple[int, int]]) -> _EncodedBatch:
+        """Vision blocks 0..max(extract_layers) and the decoder's reduces for (n, 3, S, S)."""
         vision = self.model.clip.vision_model
-        layers = self.model.extract_layers
-        states: list[_ImageState] = []
+        activations = vision.hidden_states_upto(pixels, self.model.extract_layers)  # (n, T, C)
+        return _EncodedBatch(self.model.decoder.reduce(activations, vision.grid_of(pixels)), sizes)
+
+    def _encode(self, images: Sequence[Any]) -> list[_EncodedBatch]:
+        """PIL path: each image loaded and resized like the reference, chunk_size at a time."""
+        pils = [load_image(image) for image in images]
+        batches = []
         for start in range(0, len(pils), self.chunk_size):
             chunk = pils[start : start + self.chunk_size]
             pixels = self._pixel_values(chunk)
-            activations = vision.hidden_states_upto(pixels, layers)  # each (n, T, C)
-            reduced = self.model.decoder.reduce(activations, vision.grid_of(pixels))
-            for i, pil in enumerate(chunk):
-                states.append(_ImageState(reduced.select(i), (pil.height, pil.width)))
-        return states
+            batches.append(self._encode_pixels(pixels, [(p.height, p.width) for p in chunk]))
+        return batches
+
+    @torch.inference_mode()
+    def _encode_tensor(self, images: torch.Tensor) -> list[_EncodedBatch]:
+        """Tensor path: a (B, 3, H, W) batch resized and normalized on the model's device."""
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        batches = []
+        for start in range(0, len(images), self.chunk_size):
+            chunk = images[start : start + self.chunk_size].to(self.device, non_blocking=True)
+            pixels = self.processor.image_processor.preprocess_tensor(chunk).to(self.dtype)
+            batches.append(self._encode_pixels(pixels, [size] * len(chunk)))
+        return batches
 
     def set_image(self, image: Any) -> None:
         """Encode ``image`` (PIL image, or numpy (H, W) / (H, W, C) uint8 or float in [0, 1])
@@ -183,17 +197,32 @@ class Predictor:
             self._states = self._encode([image])
             self._batched = False
 
-    def set_images(self, images: Sequence[Any]) -> None:
+    def set_images(self, images: Sequence[Any] | torch.Tensor) -> None:
         """Encode several images (batched through the encoder); `predict` then returns a list
-        with one (K, H_i, W_i) array per image."""
-        if isinstance(images, (str, bytes, Image.Image, np.ndarray, torch.Tensor)):
-            raise TypeError("set_images takes a list of images; use set_image for one image")
-        images = list(images)
-        if not images:
+        with one (K, H_i, W_i) result per image.
+
+        ``images``: a list of images (anything `set_image` takes; resized with PIL, as the
+        reference), or one (B, 3, H, W) RGB tensor, uint8 or float in [0, 1], on any device:
+        resized and normalized on the model's device (`CLIPSegImageProcessor.preprocess_tensor`,
+        within one gray level of PIL), the path for throughput on a GPU.
+        """
+        if isinstance(images, torch.Tensor):
+            if images.ndim != 4:
+                raise TypeError(
+                    "set_images takes a list of images or a (B, 3, H, W) tensor batch, got a "
+                    f"tensor of shape {tuple(images.shape)}; use set_image for one image"
+                )
+            encode = self._encode_tensor
+        else:
+            if isinstance(images, (str, bytes, Image.Image, np.ndarray)):
+                raise TypeError("set_images takes a list of images; use set_image for one image")
+            images = list(images)
+            encode = self._encode
+        if len(images) == 0:
             raise ValueError("set_images needs at least one image")
         with self._lock:
             self._states = None
-            self._states = self._encode(images)
+            self._states = encode(images)
             self._batched = True
 
     def reset_image(self) -> None:
@@ -324,7 +353,7 @@ class Predictor:
 
     # -- decoding ------------------------------------------------------------------------------
 
-    def _require_image(self) -> list[_ImageState]:
+    def _require_image(self) -> list[_EncodedBatch]:
         if self._states is None:
             raise RuntimeError(
                 "no image is set: call set_image(image) (or set_images(images)) first, then predict"
@@ -333,30 +362,62 @@ class Predictor:
 
     @torch.inference_mode()
     def _decode(
-        self, state: _ImageState, embeddings: torch.Tensor
-    ) -> tuple[np.ndarray, torch.Tensor]:
-        """Probabilities (K, H, W) at the image's size and logits (K, h, w), chunk by chunk."""
-        probs, logits = [], []
-        height, width = state.size
-        for start in range(0, len(embeddings), self.chunk_size):
-            chunk = embeddings[start : start + self.chunk_size]
-            raw = self.model.decoder.decode(state.reduced, chunk).logits.float()  # (k, h, w)
+        self, batch: _EncodedBatch, embeddings: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Every image of ``batch`` against every (K, D) embedding, up to ``chunk_size``
+        (image, prompt) pairs per decoder call.
+
+        Returns per image float32 probabilities (K, H, W) at the image's size and logits (K, h, w)
+        at the model's output size, both on the model's device.
+        """
+        n, k = len(batch.sizes), len(embeddings)
+        logits = []  # per image (K, h, w)
+        if n == 1 or 2 * k > self.chunk_size:
+            # few images, many prompts: one image broadcast over a chunk of prompts
+            for i in range(n):
+                state = batch.reduced.select(i)
+                logits.append(
+                    torch.cat(
+                        [
+                            self.model.decoder.decode(
+                                state, embeddings[j : j + self.chunk_size]
+                            ).logits
+                            for j in range(0, k, self.chunk_size)
+                        ]
+                    )
+                )
+        else:
+            # many images, few prompts: images x prompts as one batch of pairs
+            images_per_call = self.chunk_size // k
+            for i in range(0, n, images_per_call):
+                state = batch.reduced.slice(i, i + images_per_call).repeat_interleave(k)
+                m = len(state.prefix) // k
+                out = self.model.decoder.decode(state, embeddings.repeat(m, 1)).logits
+                logits.extend(out.view(m, k, *out.shape[-2:]).unbind(0))
+        probs = []
+        for (height, width), raw in zip(batch.sizes, logits, strict=True):
             resized = F.interpolate(
-                raw[:, None], size=(height, width), mode="bilinear", align_corners=False
+                raw.float()[:, None], size=(height, width), mode="bilinear", align_corners=False
             )[:, 0]  # resize the logits, then the sigmoid
-            probs.append(torch.sigmoid(resized).cpu().numpy())
-            logits.append(raw)
-        return np.concatenate(probs).astype(np.float32, copy=False), torch.cat(logits)
+            probs.append(torch.sigmoid(resized))
+        return probs, [raw.float() for raw in logits]
 
     def predict_embeddings(
-        self, embeddings: torch.Tensor | np.ndarray, *, return_logits: bool = False
+        self,
+        embeddings: torch.Tensor | np.ndarray,
+        *,
+        return_logits: bool = False,
+        output: str = "numpy",
     ) -> Any:
         """Segment the current image(s) for (K, D) conditional embeddings.
 
         Returns float32 probabilities (K, H, W) at the image's size (a list of them after
         `set_images`); with ``return_logits`` a ``(probs, logits)`` pair, logits (K, h, w) at
-        the model's output size.
+        the model's output size. ``output="numpy"`` gives numpy arrays on the host,
+        ``output="torch"`` float32 tensors on the model's device (no copy to the host).
         """
+        if output not in ("numpy", "torch"):
+            raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
         emb = torch.as_tensor(embeddings)
         dim = self.model.config.projection_dim
         if emb.ndim != 2 or emb.shape[1] != dim:
@@ -365,13 +426,16 @@ class Predictor:
             raise ValueError("embeddings is empty: give at least one prompt embedding")
         emb = emb.to(device=self.device, dtype=self.dtype)
         with self._lock:
-            states = self._require_image()
-            results = [self._decode(state, emb) for state in states]
+            probs, logits = [], []
+            for batch in self._require_image():
+                p, lg = self._decode(batch, emb)
+                probs += p
+                logits += lg
             batched = self._batched
-        outputs = [
-            (p, lg.cpu().numpy().astype(np.float32, copy=False)) if return_logits else p
-            for p, lg in results
-        ]
+        if output == "numpy":
+            probs = [p.cpu().numpy() for p in probs]
+            logits = [lg.cpu().numpy() for lg in logits]
+        outputs = list(zip(probs, logits, strict=True)) if return_logits else probs
         return outputs if batched else outputs[0]
 
     def predict(
@@ -380,6 +444,7 @@ class Predictor:
         *,
         return_logits: bool = False,
         templates: Sequence[str] | None = None,
+        output: str = "numpy",
     ) -> Any:
         """Segment the current image for each prompt.
 
@@ -388,6 +453,8 @@ class Predictor:
             return_logits: also return the raw logits (K, h, w) (float32 numpy).
             templates: average each text prompt's embedding over these templates
                 (e.g. `DEFAULT_TEMPLATES`).
+            output: ``"numpy"`` (host arrays) or ``"torch"`` (float32 tensors on the model's
+                device, no copy to the host).
 
         Returns:
             float32 probabilities (K, H, W) in [0, 1] at the image's size (logits resized
@@ -397,7 +464,7 @@ class Predictor:
         with self._lock:
             self._require_image()
             embeddings = self.embed_prompts(prompts, templates)
-            return self.predict_embeddings(embeddings, return_logits=return_logits)
+            return self.predict_embeddings(embeddings, return_logits=return_logits, output=output)
 
     def segment(
         self,
@@ -406,8 +473,11 @@ class Predictor:
         *,
         return_logits: bool = False,
         templates: Sequence[str] | None = None,
+        output: str = "numpy",
     ) -> Any:
         """`set_image` then `predict` under one hold of the lock (safe with shared instances)."""
         with self._lock:
             self.set_image(image)
-            return self.predict(prompts, return_logits=return_logits, templates=templates)
+            return self.predict(
+                prompts, return_logits=return_logits, templates=templates, output=output
+            )

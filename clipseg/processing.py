@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tokenizers import (
     AddedToken,
@@ -788,6 +789,47 @@ class CLIPSegImageProcessor:
             std = np.asarray(self.image_std, dtype=arr.dtype)
             arr = (arr - mean) / std
         return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+    def preprocess_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """A (B, 3, H, W) RGB batch (uint8, or float in [0, 1]) -> float32 pixel values
+        (B, 3, S, S) on the batch's own device: the throughput path for images already on a GPU.
+
+        Resizing is torch's antialiased bilinear filter, rounded to uint8 levels like PIL's, so
+        pixel values differ from `__call__`'s (PIL) by at most a few gray levels; use `__call__`
+        for the reference's exact numbers. No EXIF, alpha or mode handling: that is the loader's.
+        """
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)
+            raise ValueError(f"images must be a (B, 3, H, W) RGB tensor, got {shape}")
+        if 0 in images.shape:
+            raise ValueError(f"images is empty: shape {tuple(images.shape)}")
+        if images.dtype == torch.uint8:
+            x = images.float()
+        elif images.is_floating_point():
+            x = images.float().clamp(0, 1) * 255
+        else:
+            raise ValueError(f"images must be uint8 or float in [0, 1], got {images.dtype}")
+        if self.do_resize and tuple(x.shape[-2:]) != (self.height, self.width):
+            if self.resample != 2:  # PIL.Image.BILINEAR
+                raise ValueError(
+                    f"preprocess_tensor resizes bilinearly; this processor's resample is "
+                    f"{self.resample}: use __call__"
+                )
+            x = F.interpolate(
+                x,
+                size=(self.height, self.width),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )
+            x = x.round_().clamp_(0, 255)  # PIL hands back uint8
+        if self.do_rescale:
+            x = x * self.rescale_factor
+        if self.do_normalize:
+            mean = torch.tensor(self.image_mean, device=x.device).view(1, 3, 1, 1)
+            std = torch.tensor(self.image_std, device=x.device).view(1, 3, 1, 1)
+            x = (x - mean) / std
+        return x
 
     def __call__(
         self, images: Any, return_tensors: str | None = "pt", **unused: Any

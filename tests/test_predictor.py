@@ -170,6 +170,61 @@ def test_set_images_batches_several_images(predictor) -> None:
         np.testing.assert_allclose(got, predictor.predict(PROMPTS[:2]), atol=ATOL, rtol=0)
 
 
+def test_pairs_batch_equals_one_image_at_a_time(parts) -> None:
+    """Many images x few prompts decode as one batch of (image, prompt) pairs, in chunks."""
+    images = [make_image(36, 28, seed=20 + i) for i in range(5)]
+    single = Predictor(*parts)
+    expected = []
+    for image in images:
+        single.set_image(image)
+        expected.append(single.predict(PROMPTS[:3], return_logits=True))
+    for chunk_size in (3, 7, 64):  # one image per call, a partial last chunk, all at once
+        batched = Predictor(*parts, chunk_size=chunk_size)
+        batched.set_images(images)
+        got = batched.predict(PROMPTS[:3], return_logits=True)
+        for (probs, logits), (want_probs, want_logits) in zip(got, expected, strict=True):
+            np.testing.assert_allclose(probs, want_probs, atol=ATOL, rtol=0)
+            # logits are larger than probabilities: batch-size dependent rounding in matmuls
+            np.testing.assert_allclose(logits, want_logits, atol=ATOL, rtol=1e-5)
+
+
+def test_tensor_batch_is_preprocessed_on_its_device(parts) -> None:
+    """A (B, 3, H, W) uint8 batch skips PIL: pixels within one gray level, same predictions."""
+    images = [make_image(64, 48, seed=30 + i) for i in range(3)]
+    batch = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in images])
+    predictor = Predictor(*parts)
+    predictor.set_images(images)
+    via_pil = predictor.predict(PROMPTS[:2])
+    predictor.set_images(batch)
+    via_tensor = predictor.predict(PROMPTS[:2])
+    for a, b in zip(via_pil, via_tensor, strict=True):
+        assert b.shape == (2, 48, 64)
+        difference = np.abs(a - b)  # random weights amplify the one-gray-level differences
+        assert 0 < difference.mean() < 5e-3 and difference.max() < 0.1
+    processor = parts[1].image_processor
+    pixels_pil = processor(images, return_tensors="pt")["pixel_values"]
+    pixels_tensor = processor.preprocess_tensor(batch)
+    std = torch.tensor(processor.image_std).view(1, 3, 1, 1)
+    gray_levels = ((pixels_pil - pixels_tensor).abs() * std * 255).max()
+    assert float(gray_levels) <= 1.0 + 1e-3
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        processor.preprocess_tensor(batch[:, :2])
+    with pytest.raises(TypeError, match="set_image for one image"):
+        predictor.set_images(batch[0])
+
+
+def test_torch_output_stays_on_the_device(predictor) -> None:
+    predictor.set_image(make_image(40, 30, seed=40))
+    as_numpy = predictor.predict(PROMPTS[:2], return_logits=True)
+    as_torch = predictor.predict(PROMPTS[:2], return_logits=True, output="torch")
+    for a, t in zip(as_numpy, as_torch, strict=True):
+        assert isinstance(t, torch.Tensor) and t.dtype == torch.float32
+        assert t.device == predictor.device
+        np.testing.assert_array_equal(a, t.numpy())
+    with pytest.raises(ValueError, match="output must be"):
+        predictor.predict(PROMPTS[:1], output="pil")
+
+
 def test_shared_across_threads(parts) -> None:
     predictor = Predictor(*parts)
     images = [make_image(32 + 4 * i, 40, seed=10 + i) for i in range(4)]
