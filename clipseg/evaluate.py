@@ -201,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="what to evaluate"
     )
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:N)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", type=Path, default=None, help="also write the result as JSON here")
     return p
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    predictor = Predictor.from_pretrained(args.model, device="cpu")
+    predictor = Predictor.from_pretrained(args.model, device=args.device, dtype=torch.float32)
     result = evaluate(
         predictor,
         args.scenes,

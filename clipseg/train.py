@@ -185,6 +185,15 @@ class Batch:
     exemplar_pair: torch.Tensor  # (E,) which pair each exemplar conditions
     exemplar_class: torch.Tensor  # (E,) index into DemoData.class_names
     mix_weight: torch.Tensor  # (E,) w of w * text + (1 - w) * visual
+    patch_shapes: torch.Tensor  # (B, g, g) per patch: 0 background, 1 + index in SHAPES
+
+    def to(self, device: torch.device) -> Batch:
+        """The same batch with every tensor on ``device``."""
+        moved = {
+            name: value.to(device) if isinstance(value, torch.Tensor) else value
+            for name, value in vars(self).items()
+        }
+        return Batch(**moved)
 
 
 class DemoData:
@@ -203,6 +212,8 @@ class DemoData:
         negative_fraction: float,
         visual_fraction: float,
         visual_only_fraction: float,
+        same_color_fraction: float = 0.0,
+        patch_size: int = 8,
         template_fraction: float = 0.5,
         pool_per_class: int = 8,
     ) -> None:
@@ -214,6 +225,8 @@ class DemoData:
         self.visual_fraction = visual_fraction
         self.visual_only_fraction = visual_only_fraction
         self.template_fraction = template_fraction
+        self.same_color_fraction = same_color_fraction
+        self.patch_size = patch_size
         self.class_names = [f"{c} {s}" for c in demo_scenes.COLORS for s in demo_scenes.SHAPES]
         self.class_index = {n: i for i, n in enumerate(self.class_names)}
         self.pool: dict[str, deque] = defaultdict(lambda: deque(maxlen=pool_per_class))
@@ -248,11 +261,14 @@ class DemoData:
     def batch(self, batch_size: int) -> Batch:
         images, pair_image, texts, targets = [], [], [], []
         ex_images, ex_pair, ex_class, ex_w = [], [], [], []
+        patch_shapes = []
         new_objects = []
         for b in range(batch_size):
             seed = self.rng.randrange(demo_scenes.TRAIN_SEED_LIMIT)
-            scene = demo_scenes.make_scene(seed, size=self.size)
+            same_color = self.rng.random() < self.same_color_fraction
+            scene = demo_scenes.make_scene(seed, size=self.size, same_color=same_color)
             images.append(scene.image)
+            patch_shapes.append(self._patch_shapes(scene))
             absent = scene.absent_prompts(3)
             names = sorted({o.name for o in scene.objects})
             hard = _hard_negatives(scene)
@@ -297,7 +313,20 @@ class DemoData:
             exemplar_pair=torch.tensor(ex_pair, dtype=torch.long),
             exemplar_class=torch.tensor(ex_class, dtype=torch.long),
             mix_weight=torch.tensor(ex_w, dtype=torch.float32),
+            patch_shapes=torch.from_numpy(np.stack(patch_shapes)),
         )
+
+    def _patch_shapes(self, scene: demo_scenes.Scene) -> np.ndarray:
+        """(g, g) int64: the shape most of each patch's pixels show (1 + index in SHAPES), or 0
+        where background is the most."""
+        p = self.patch_size
+        g = self.size // p
+        labels = np.zeros((self.size, self.size), dtype=np.int64)
+        for obj in scene.objects:
+            labels[obj.mask] = 1 + demo_scenes.SHAPES.index(obj.shape)
+        one_hot = np.eye(1 + len(demo_scenes.SHAPES), dtype=np.int32)[labels[: g * p, : g * p]]
+        counts = one_hot.reshape(g, p, g, p, -1).sum(axis=(1, 3))  # (g, g, classes)
+        return counts.argmax(-1)
 
 
 def _hard_negatives(scene: demo_scenes.Scene) -> list[str]:
@@ -327,7 +356,10 @@ def text_embeddings(
 ) -> torch.Tensor:
     """(K, projection_dim) projected pooled text embeddings, with gradients."""
     enc = processor.tokenizer(texts, padding=True, return_tensors="pt")
-    out = model.clip.text_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+    device = model.device
+    out = model.clip.text_model(
+        input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)
+    )
     return model.clip.text_projection(out.pooler_output)
 
 
@@ -336,12 +368,30 @@ def segmentation_logits(
     pixel_values: torch.Tensor,
     pair_image: torch.Tensor,
     conditionals: torch.Tensor,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (P, S, S) for P (image, conditional) pairs: the vision tower runs once per image,
-    the decoder once per pair."""
+    the decoder once per pair. Also the deepest extracted activation (B, T, C), for the
+    auxiliary patch-shape loss."""
     vision = model.clip.vision_model(pixel_values=pixel_values, output_hidden_states=True)
+    deepest = vision.hidden_states[max(model.config.extract_layers) + 1]
     activations = [vision.hidden_states[i + 1][pair_image] for i in model.config.extract_layers]
-    return model.decoder(activations, conditionals).logits
+    return model.decoder(activations, conditionals).logits, deepest
+
+
+class ShapeHeads(torch.nn.Module):
+    """Training-only linear probes (never saved): the shape under each patch from the deepest
+    extracted activation, and an exemplar's shape from its projected embedding.
+
+    Without them, training from scratch settles where color alone explains most targets: the
+    vision tower never tells shapes apart, so the text tower learns to ignore the shape word
+    ("red circle" and "red square" got the same embedding) and the contrastive loss stays at
+    ln 6 -- a symmetry that no gradient breaks. These give shape a direct signal.
+    """
+
+    def __init__(self, vision_hidden: int, projection_dim: int, n_shapes: int) -> None:
+        super().__init__()
+        self.patch = torch.nn.Linear(vision_hidden, n_shapes + 1)  # + background
+        self.exemplar = torch.nn.Linear(projection_dim, n_shapes)
 
 
 def soft_dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -360,6 +410,8 @@ def training_step(
     *,
     dice_weight: float,
     align_weight: float,
+    shape_heads: ShapeHeads | None = None,
+    shape_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one batch and its parts (for the progress bar)."""
     n_pairs = len(batch.texts)
@@ -369,7 +421,9 @@ def training_step(
     text_emb = text_embeddings(model, processor, all_texts)
     cond = text_emb[:n_pairs]
     parts: dict[str, float] = {}
-    align = torch.zeros(())
+    align = torch.zeros((), device=cond.device)
+    shape = torch.zeros((), device=cond.device)
+    use_shape = shape_heads is not None and shape_weight > 0
     if len(batch.exemplar_pair) > 0:
         ex = model.clip.vision_model(pixel_values=batch.exemplar_pixels)
         visual = model.clip.visual_projection(ex.pooler_output)  # (E, D)
@@ -382,9 +436,17 @@ def training_step(
             logits = scale * F.normalize(visual, dim=-1) @ classes.T
             align = F.cross_entropy(logits, batch.exemplar_class)
             parts["align"] = float(align.detach())
-    logits = segmentation_logits(model, batch.pixel_values, batch.pair_image, cond)
+        if use_shape:
+            n_shapes = shape_heads.exemplar.out_features
+            shape = F.cross_entropy(shape_heads.exemplar(visual), batch.exemplar_class % n_shapes)
+    logits, deepest = segmentation_logits(model, batch.pixel_values, batch.pair_image, cond)
     bce = F.binary_cross_entropy_with_logits(logits, batch.targets)
     loss = bce + align_weight * align
+    if use_shape:
+        patch_logits = shape_heads.patch(deepest[:, 1:])  # (B, g * g, shapes + 1), CLS dropped
+        shape = shape + F.cross_entropy(patch_logits.flatten(0, 1), batch.patch_shapes.flatten())
+        loss = loss + shape_weight * shape
+        parts["shape"] = float(shape.detach())
     parts["bce"] = float(bce.detach())
     if dice_weight > 0:
         dice = soft_dice_loss(logits, batch.targets)
@@ -448,6 +510,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
     p.add_argument("--warmup", type=int, default=None, help="warmup steps (default 5%% of steps)")
+    p.add_argument(
+        "--same-color-fraction",
+        type=float,
+        default=0.0,
+        help="scenes whose objects all share one color, so that only shape tells them apart",
+    )
+    p.add_argument(
+        "--shape-weight",
+        type=float,
+        default=0.0,
+        help="weight of the training-only shape probes (per patch and per exemplar; 0: off)",
+    )
     p.add_argument("--negative-fraction", type=float, default=0.3, help="absent-prompt pairs")
     p.add_argument(
         "--visual-fraction",
@@ -469,6 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight of the exemplar-to-class-text contrastive loss (0: off)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (data and initialization)")
+    p.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda, cuda:N)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument(
         "--save-every", type=int, default=500, help="write the checkpoint every N steps (0: end)"
@@ -519,12 +594,22 @@ def train(args: argparse.Namespace) -> Path:
         model = CLIPSegForImageSegmentation.from_pretrained(args.init)
         processor_dir = _resolve_dir(args.init)
     processor = CLIPSegProcessor.from_pretrained(processor_dir)
+    device = torch.device(args.device)
+    model.to(device)
     model.train()
     if args.freeze_encoders:
         for p in model.clip.parameters():
             p.requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
     n_params = sum(p.numel() for p in model.parameters())
+    shape_heads = None
+    if args.shape_weight > 0 and not args.freeze_encoders:
+        cfg = model.config
+        shape_heads = ShapeHeads(
+            cfg.vision_config.hidden_size, cfg.projection_dim, len(demo_scenes.SHAPES)
+        ).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if shape_heads is not None:
+        params += list(shape_heads.parameters())
     logger.info("model: %.2f M parameters, %d trainable tensors", n_params / 1e6, len(params))
 
     data = DemoData(
@@ -534,6 +619,8 @@ def train(args: argparse.Namespace) -> Path:
         negative_fraction=args.negative_fraction,
         visual_fraction=args.visual_fraction,
         visual_only_fraction=args.visual_only_fraction,
+        same_color_fraction=args.same_color_fraction,
+        patch_size=model.config.vision_config.patch_size,
     )
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -552,7 +639,7 @@ def train(args: argparse.Namespace) -> Path:
     started = time.monotonic()
     bar = tqdm(range(args.steps), desc="train", unit="step", dynamic_ncols=True)
     for step in bar:
-        batch = data.batch(args.batch_size)
+        batch = data.batch(args.batch_size).to(device)
         loss, parts = training_step(
             model,
             processor,
@@ -560,6 +647,8 @@ def train(args: argparse.Namespace) -> Path:
             data.class_names,
             dice_weight=args.dice_weight,
             align_weight=align_weight,
+            shape_heads=shape_heads,
+            shape_weight=args.shape_weight,
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -241,8 +241,13 @@ def shape_mask(shape: str, size: int, cx: float, cy: float, r: float, rot: float
     return canvas.astype(bool)
 
 
-def make_scene(seed: int, size: int = 160, max_objects: int = 5) -> Scene:
+def make_scene(
+    seed: int, size: int = 160, max_objects: int = 5, *, same_color: bool = False
+) -> Scene:
     """Generate the scene for ``seed``: an RGB uint8 (size, size, 3) image and its objects.
+
+    ``same_color``: every object takes the first one's color (training scenes in which only the
+    shape tells objects apart; the held-out evaluation scenes never use it).
 
     1 to ``max_objects`` objects with radii from 8 % to 28 % of the size; an object may partly
     cover earlier ones, but every object keeps at least 45 % of its area visible (placements that
@@ -263,6 +268,9 @@ def make_scene(seed: int, size: int = 160, max_objects: int = 5) -> Scene:
     for _ in range(n):
         if kinds and rng.random() < 0.25:
             color, shape = kinds[int(rng.integers(len(kinds)))]
+        elif kinds and same_color:
+            color = kinds[0][0]
+            shape = SHAPES[int(rng.integers(len(SHAPES)))]
         else:
             color = color_names[int(rng.integers(len(color_names)))]
             shape = SHAPES[int(rng.integers(len(SHAPES)))]
