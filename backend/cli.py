@@ -180,7 +180,8 @@ def _add_predict(sub: Any) -> None:
         default="",
         metavar="PREFIX",
         help="prefix of data.image for local files, e.g. '/data/local-files/?d=' so Label "
-        "Studio serves them (paths then relative to --image-root)",
+        "Studio serves them (paths then relative to --image-root, percent-encoded behind a URL "
+        "prefix as Label Studio's local-files storage writes them)",
     )
     p.add_argument(
         "--image-root",

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from backend.images import ImageError, ImageLoader, LabelStudioClient, LoadedImage, decode_image
 from backend.settings import Settings
@@ -244,6 +244,13 @@ def task_image_value(source: ImageSource, image_root: str | None, image_root_url
     the path relative to ``image_root`` (default: the absolute path; with an ``image_root_url``
     and no ``image_root``, relative to the current folder), e.g. ``/data/local-files/?d=`` +
     ``scenes/0001.png`` for Label Studio's local file serving.
+
+    Behind a URL prefix (a relative one such as ``/data/local-files/?d=``, or http(s)) the path
+    is percent-encoded with ``/`` kept, as Label Studio's local-files storage writes it
+    (``quote(relative_path)``): ``my photos/a#1.png`` -> ``my%20photos/a%231.png``, so the value
+    is a working URL and equals the ``data.image`` of the task a storage sync creates for the
+    same file. Behind a cloud prefix (``s3://``, ``gs://``, ...) the key is kept as is, as Label
+    Studio's cloud storages write it.
     """
     if (source.task is not None and source.problem is None) or source.is_url:
         return source.ref
@@ -258,4 +265,6 @@ def task_image_value(source: ImageSource, image_root: str | None, image_root_url
             f"{path} is not under --image-root {root}; set --image-root to a folder that holds "
             "every image (Label Studio's LOCAL_FILES_DOCUMENT_ROOT)"
         ) from exc
+    if image_root_url and urlparse(image_root_url).scheme in ("", "http", "https"):
+        rel = quote(rel)
     return f"{image_root_url}{rel}"

@@ -86,6 +86,26 @@ def test_task_image_value_prefix_and_root(tmp_path):
     assert task_image_value(url, str(tmp_path), "/data/local-files/?d=") == url.ref
 
 
+def test_task_image_value_percent_encodes_behind_url_prefixes(tmp_path):
+    """Behind a URL prefix the relative path is encoded as Label Studio's local-files storage
+    writes data.image (quote, '/' kept): a space or '#' would otherwise break the URL, and
+    `push --to existing` would not find the tasks a storage sync created. Cloud keys and plain
+    relative paths stay as they are; readers (parse_qs) decode the value back to the path."""
+    from urllib.parse import parse_qs, urlparse
+
+    src = ImageSource(ref=str(tmp_path / "my photos" / "a#1 & b.png"))
+    local = task_image_value(src, str(tmp_path), "/data/local-files/?d=")
+    assert local == "/data/local-files/?d=my%20photos/a%231%20%26%20b.png"
+    assert parse_qs(urlparse(local).query)["d"] == ["my photos/a#1 & b.png"]
+    assert task_image_value(src, str(tmp_path), "https://cdn.example.com/img/") == (
+        "https://cdn.example.com/img/my%20photos/a%231%20%26%20b.png"
+    )
+    assert (
+        task_image_value(src, str(tmp_path), "s3://bucket/") == "s3://bucket/my photos/a#1 & b.png"
+    )
+    assert task_image_value(src, str(tmp_path), "") == "my photos/a#1 & b.png"
+
+
 def test_reader_decodes_files_and_reports_unreadable_ones(scene_dir, tmp_path):
     folder, scenes = scene_dir
     reader = SourceReader(Settings())
