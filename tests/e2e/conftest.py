@@ -1,19 +1,26 @@
-"""Fixtures of the end-to-end test: the Label Studio venv, a process registry, a work dir.
+"""Fixtures of the end-to-end tests: the Label Studio venv, one running Label Studio per token
+mode, a process registry, a work dir.
 
-Every process the test starts goes through ``processes`` (a :class:`ProcessRegistry`), whose
-finalizer stops them all by process group, also when the test fails; an ``atexit`` hook in the
-harness stops whatever is left when the run is interrupted (Ctrl-C).
+``label_studio`` is session-scoped and parametrized by token mode: every test that takes it runs
+once per mode, and pytest groups those tests by mode, so each mode's Label Studio starts once per
+session and only one runs at a time. Every process goes through a :class:`ProcessRegistry`
+(``processes`` per test, one per Label Studio) whose finalizer stops them by process group, also
+when a test fails; an ``atexit`` hook in the harness stops whatever is left when the run is
+interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from .label_studio import (
+    TOKEN_MODES,
+    LabelStudio,
     LabelStudioUnavailable,
     ProcessRegistry,
     StepTimer,
@@ -21,6 +28,7 @@ from .label_studio import (
     ensure_label_studio,
     find_browser,
     new_registry,
+    start_label_studio,
     venv_dir,
 )
 
@@ -66,6 +74,45 @@ def ls_template_db(ls_venv: Path) -> Path:
     return ensure_db_template(ls_venv)
 
 
+LS_START_TIMEOUT = 600.0  # the first start on a busy 2-core machine runs migrations
+
+
+@pytest.fixture(scope="session")
+def ls_docroot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """LOCAL_FILES_DOCUMENT_ROOT of every Label Studio (and backend) of the session; each test
+    writes its images into its own subfolder."""
+    return tmp_path_factory.mktemp("ls-docroot")
+
+
+@pytest.fixture(scope="session", params=TOKEN_MODES)
+def label_studio(
+    request: pytest.FixtureRequest,
+    ls_venv: Path,
+    ls_template_db: Path,
+    ls_docroot: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[LabelStudio]:
+    """A running Label Studio in token mode ``request.param`` (``legacy`` or ``pat``) on a fresh
+    data dir, started once per session and stopped (by PID) after the mode's last test."""
+    mode = request.param
+    reg = new_registry()
+    started = time.monotonic()
+    try:
+        ls = start_label_studio(
+            reg,
+            ls_venv,
+            mode,
+            tmp_path_factory.mktemp(f"ls-{mode}"),
+            ls_docroot,
+            ls_template_db,
+            LS_START_TIMEOUT,
+        )
+        _REPORT.append(f"label studio [{mode}] up in {time.monotonic() - started:.1f} s")
+        yield ls
+    finally:
+        reg.stop_all()
+
+
 @pytest.fixture
 def processes() -> Iterator[ProcessRegistry]:
     """Processes started by one test; all stopped (by PID / process group) at teardown."""
@@ -86,7 +133,7 @@ def artifacts_dir() -> Path:
 _REPORT: list[str] = []
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def e2e_report() -> list[str]:
     """Lines (measured IoUs, wall times, screenshot paths) printed in pytest's terminal summary,
     so they show up in CI logs whether or not output capture is on."""
