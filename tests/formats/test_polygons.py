@@ -74,15 +74,23 @@ def test_polygons_rasterise_back_to_the_mask(kind: str, seed: int) -> None:
     assert mask.sum() >= 200
     contours = mask_to_contours(mask)
     assert len(contours) == 1 and not contours[0].holes
+    # Douglas-Peucker with a 1 px tolerance moves the outline by at most a pixel, so the pixels
+    # that change are bounded by the outline's length (an IoU floor would fail on thin shapes)
+    outline = cv2.arcLength(contours[0].outer.astype(np.float32).reshape(-1, 1, 2), True)
+
+    def assert_close(got: np.ndarray) -> None:
+        changed = int(np.logical_xor(got, mask).sum())
+        assert changed <= 0.5 * outline, (changed, outline, iou(got, mask))
+
     # pixel indices through cv2.fillPoly
-    assert iou(fill_indices(mask_to_polygons(mask)), mask) >= 0.95
+    assert_close(fill_indices(mask_to_polygons(mask)))
     # pixel edges through pycocotools (COCO's and Label Studio's convention)
     coco = [polygon_to_coco(to_edge_coordinates(c.outer), W, H) for c in contours]
-    assert iou(rasterise_edges(coco), mask) >= 0.95
+    assert_close(rasterise_edges(coco))
     # Label Studio: percent, converted back to pixels as the editor does (pct * size / 100)
     pct = polygon_to_percent(to_edge_coordinates(contours[0].outer), W, H)
     back = (np.array(pct) * np.array([W, H]) / 100.0).ravel().tolist()
-    assert iou(rasterise_edges([back]), mask) >= 0.95
+    assert_close(rasterise_edges([back]))
 
 
 def test_tolerance_zero_is_exact_for_blocks_and_holes() -> None:
