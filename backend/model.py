@@ -166,6 +166,17 @@ class ImagePrediction:
     labels: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Query:
+    """The prompts of one prediction: the labels asked for, one (label, prompt) row per
+    conditional embedding (a label's rows are averaged), and each label's exemplar count."""
+
+    labels: tuple[str, ...]
+    rows: tuple[tuple[str, str], ...]
+    embeddings: Any  # torch.Tensor (K, D), one per row, on the predictor's device
+    exemplars: dict[str, int]
+
+
 class CLIPSegBackend:
     """Loaded once per process; `predict` and `fit` are safe to call from several threads."""
 
@@ -385,39 +396,85 @@ class CLIPSegBackend:
         context, whose smart regions on this image serve as exemplars of their labels (and then
         only their labels are answered).
         """
-        import torch
-
-        height, width = image.shape[:2]
         to_names = {c.to_name for c in controls}
         with self._predictor_lock:
             live = self._context_exemplars(image, context, to_names)
-            wanted = set(live) if live else None
-            labels: dict[str, tuple[str, ...]] = {}  # label -> prompts, first control wins
-            for control in controls:
-                for lab in control.labels:
-                    if wanted is None or lab.value in wanted:
-                        labels.setdefault(lab.value, lab.prompts)
-            if not labels:
+            query = self._conditioning(controls, stored, live)
+            if query is None:
                 return ImagePrediction([], [], 0.0, 0.0)
-            rows: list[tuple[str, str]] = [(lab, p) for lab, ps in labels.items() for p in ps]
-            prompts = list(dict.fromkeys(p for _, p in rows))
             self.predictor.set_image(image)
-            text = self.predictor.embed_text(prompts)  # (P, D)
-            index = {p: i for i, p in enumerate(prompts)}
-            conds = []
-            w = self.settings.exemplar_weight
-            for lab, prompt in rows:
-                cond = text[index[prompt]]
-                vecs = list((stored or {}).get(lab, ()))
-                vecs += [v.detach().cpu().float().numpy() for v in live.get(lab, [])]
-                if vecs:
-                    mean = torch.as_tensor(np.mean(np.stack(vecs), axis=0))
-                    cond = w * cond + (1 - w) * mean.to(device=cond.device, dtype=cond.dtype)
-                conds.append(cond)
-            probs_all = self.predictor.predict_embeddings(torch.stack(conds))  # (K, H, W)
+            probs_all = self.predictor.predict_embeddings(query.embeddings)  # (K, H, W)
+        return self._prediction(image.shape[:2], controls, query, probs_all)
+
+    def predict_images(
+        self,
+        images: Sequence[np.ndarray],
+        controls: Sequence[ControlSpec],
+        stored: dict[str, np.ndarray] | None = None,
+    ) -> list[ImagePrediction]:
+        """`predict_image` for several images without interactive context: the prompts are
+        embedded once and the images go through the vision encoder together."""
+        if not images:
+            return []
+        with self._predictor_lock:
+            query = self._conditioning(controls, stored, {})
+            if query is None:
+                return [ImagePrediction([], [], 0.0, 0.0) for _ in images]
+            self.predictor.set_images(list(images))
+            probs_per_image = self.predictor.predict_embeddings(query.embeddings)
+        return [
+            self._prediction(image.shape[:2], controls, query, probs)
+            for image, probs in zip(images, probs_per_image, strict=True)
+        ]
+
+    def _conditioning(
+        self,
+        controls: Sequence[ControlSpec],
+        stored: dict[str, np.ndarray] | None,
+        live: dict[str, list[Any]],
+    ) -> _Query | None:
+        """The conditional embedding of every (label, prompt) row (text, mixed with the label's
+        exemplars when it has some); None when no label is asked for. Holds the predictor lock."""
+        import torch
+
+        wanted = set(live) if live else None
+        labels: dict[str, tuple[str, ...]] = {}  # label -> prompts, first control wins
+        for control in controls:
+            for lab in control.labels:
+                if wanted is None or lab.value in wanted:
+                    labels.setdefault(lab.value, lab.prompts)
+        if not labels:
+            return None
+        rows: list[tuple[str, str]] = [(lab, p) for lab, ps in labels.items() for p in ps]
+        prompts = list(dict.fromkeys(p for _, p in rows))
+        text = self.predictor.embed_text(prompts)  # (P, D)
+        index = {p: i for i, p in enumerate(prompts)}
+        conds = []
+        exemplars: dict[str, int] = {}
+        w = self.settings.exemplar_weight
+        for lab, prompt in rows:
+            cond = text[index[prompt]]
+            vecs = list((stored or {}).get(lab, ()))
+            vecs += [v.detach().cpu().float().numpy() for v in live.get(lab, [])]
+            exemplars[lab] = len(vecs)
+            if vecs:
+                mean = torch.as_tensor(np.mean(np.stack(vecs), axis=0))
+                cond = w * cond + (1 - w) * mean.to(device=cond.device, dtype=cond.dtype)
+            conds.append(cond)
+        return _Query(tuple(labels), tuple(rows), torch.stack(conds), exemplars)
+
+    def _prediction(
+        self,
+        size: tuple[int, int],
+        controls: Sequence[ControlSpec],
+        query: _Query,
+        probs_all: np.ndarray,
+    ) -> ImagePrediction:
+        """Probability maps (K, H, W) of one image's rows -> regions and Label Studio results."""
+        height, width = size
         probs: dict[str, np.ndarray] = {}
-        for lab in labels:
-            rows_of = [i for i, (name, _) in enumerate(rows) if name == lab]
+        for lab in query.labels:
+            rows_of = [i for i, (name, _) in enumerate(query.rows) if name == lab]
             probs[lab] = np.asarray(probs_all[rows_of], dtype=np.float32).mean(axis=0)
         min_area = _min_area(self.settings.min_region_area, height, width)
         results: list[dict[str, Any]] = []
@@ -446,7 +503,7 @@ class CLIPSegBackend:
                 "uncertainty": uncertainty_of(
                     p, self.settings.uncertain_low, self.settings.uncertain_high
                 ),
-                "exemplars": len((stored or {}).get(lab, ())) + len(live.get(lab, [])),
+                "exemplars": query.exemplars[lab],
             }
         uncertainty = float(np.mean([d["uncertainty"] for d in details.values()]))
         scores = [r["score"] for r in results]

@@ -1,6 +1,6 @@
 """`clipseg-label predict` as one library call: inputs, labels and settings in, outputs written.
 
-The model side is the backend's own (`backend.model.CLIPSegBackend.predict_image`), so the CLI
+The model side is the backend's own (`backend.model.CLIPSegBackend.predict_images`), so the CLI
 and the server give the same results for the same image, label config and settings: labels from
 ``--labels`` become a generated label config with one labels control (brush, polygon or
 rectangle) and go through the same parser (`backend.label_config`) as a project's config.
@@ -53,8 +53,9 @@ def label_config_for(labels: Sequence[str], result_type: str = "brush") -> str:
 
 
 class BackendAnnotator:
-    """The `Annotator` of a batch: `CLIPSegBackend.predict_image` for the parsed controls,
-    with the exemplars of ``project`` from the backend's store when one is given."""
+    """The `Annotator` of a batch: `CLIPSegBackend.predict_images` (the batch goes through the
+    vision encoder together) for the parsed controls, with the exemplars of ``project`` from the
+    backend's store when one is given."""
 
     def __init__(
         self, backend: CLIPSegBackend, controls: Sequence[ControlSpec], project: Any = None
@@ -70,7 +71,7 @@ class BackendAnnotator:
         self.labels = tuple(labels)
 
     def annotate(self, images: Sequence[np.ndarray]) -> list[ImagePrediction]:
-        return [self.backend.predict_image(image, self.controls, self.stored) for image in images]
+        return self.backend.predict_images(images, self.controls, self.stored)
 
 
 def load_controls(

@@ -161,6 +161,7 @@ class FakePredictor:
 
         self.torch = torch
         self.image = None
+        self.images = None  # after set_images: predict_embeddings returns one result per image
         self.device = "cpu"
         self.dtype = torch.float32
         self.calls: list[tuple[str, object]] = []
@@ -178,7 +179,14 @@ class FakePredictor:
     def set_image(self, image) -> None:
         self._enter()
         self.image = np.asarray(image)
+        self.images = None
         self.calls.append(("set_image", self.image.shape))
+
+    def set_images(self, images) -> None:
+        self._enter()
+        self.images = [np.asarray(image) for image in images]
+        self.image = self.images[0]
+        self.calls.append(("set_images", len(self.images)))
 
     def embed_text(self, texts):
         self.calls.append(("embed_text", list(texts)))
@@ -199,10 +207,14 @@ class FakePredictor:
             raise RuntimeError("call set_image first")
         self._enter()
         self.calls.append(("predict_embeddings", tuple(embeddings.shape)))
-        img = self.image.astype(np.float32)
-        red = ((img[..., 0] > 150) & (img[..., 1] < 100)).astype(np.float32)
         e0 = embeddings[:, 0].detach().cpu().numpy().astype(np.float32)
-        return np.clip(red[None] * e0[:, None, None], 0, 1).astype(np.float32)
+
+        def maps(image):
+            img = image.astype(np.float32)
+            red = ((img[..., 0] > 150) & (img[..., 1] < 100)).astype(np.float32)
+            return np.clip(red[None] * e0[:, None, None], 0, 1).astype(np.float32)
+
+        return [maps(image) for image in self.images] if self.images else maps(self.image)
 
     def predict(self, prompts):
         return self.predict_embeddings(self.embed_text(prompts))

@@ -3,9 +3,12 @@ scores, exemplars from webhooks, interactive context, bad tasks."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from backend_helpers import CONFIG, check_result_item, fake_backend, png_bytes
+from PIL import Image
 
 from backend.controls import decode_brush_rle
 from backend.formats.labelstudio import brush_result
@@ -241,3 +244,27 @@ def test_region_shape_masks_at_the_image_size_boxes_and_skips_malformed(caplog):
     item = {"id": "p1", "type": "polygonlabels", "value": bad}
     assert _region_shape(item, "polygonlabels", bad, H, W) is None
     assert "region p1 (polygonlabels) is malformed" in caplog.text
+
+
+def test_predict_images_equals_one_image_at_a_time(tmp_path, local_root):
+    """The CLI's batch path: prompts embedded once, images encoded together, same results."""
+    backend = fake_backend(tmp_path, local_files_document_root=str(local_root))
+    controls = backend.controls(CONFIG)
+    red = np.asarray(Image.open(io.BytesIO(png_bytes(W, H))).convert("RGB"))
+    blank = np.full_like(red, 255)
+    stored = {"dog": np.full((1, backend.predictor.dim), 0.9, np.float32)}
+    single = [backend.predict_image(image, controls, stored) for image in (red, blank, red)]
+    backend.predictor.calls.clear()
+    batched = backend.predict_images([red, blank, red], controls, stored)
+    calls = [c[0] for c in backend.predictor.calls]
+    assert calls.count("set_images") == 1 and calls.count("embed_text") == 1
+    assert calls.count("set_image") == 0 and calls.count("predict_embeddings") == 1
+    assert len(batched) == 3
+    def without_ids(results):  # region ids are random per prediction
+        return [{k: v for k, v in r.items() if k != "id"} for r in results]
+
+    for a, b in zip(single, batched, strict=True):
+        assert without_ids(a.results) == without_ids(b.results) and a.labels == b.labels
+        assert a.uncertainty == b.uncertainty and a.confidence == b.confidence
+    assert batched[0].results and not batched[1].results  # the red block is found, blank is not
+    assert backend.predict_images([], controls) == []

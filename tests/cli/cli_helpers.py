@@ -91,11 +91,18 @@ class OraclePredictor:
         self.by_image = {s.image.tobytes(): s for s in scenes}
         self.prompts: list[str] = []
         self.scene: Scene | None = None
+        self.batch: list[Scene] | None = None  # after set_images
         self.images_set = 0
 
     def set_image(self, image) -> None:
         self.scene = self.by_image[np.ascontiguousarray(image).tobytes()]
+        self.batch = None
         self.images_set += 1
+
+    def set_images(self, images) -> None:
+        self.batch = [self.by_image[np.ascontiguousarray(im).tobytes()] for im in images]
+        self.scene = self.batch[0]
+        self.images_set += len(images)
 
     def embed_text(self, texts):
         out = self.torch.zeros(len(texts), self.dim)
@@ -113,11 +120,16 @@ class OraclePredictor:
 
     def predict_embeddings(self, embeddings):
         assert self.scene is not None, "call set_image first"
-        maps = [
-            np.where(self.scene.target(self.prompts[int(round(float(e[0])))]), 0.9, 0.05)
-            for e in embeddings
-        ]
-        return np.stack(maps).astype(np.float32)
+
+        def maps(scene):
+            return np.stack(
+                [
+                    np.where(scene.target(self.prompts[int(round(float(e[0])))]), 0.9, 0.05)
+                    for e in embeddings
+                ]
+            ).astype(np.float32)
+
+        return [maps(scene) for scene in self.batch] if self.batch else maps(self.scene)
 
 
 def oracle_backend(scenes: list[Scene], settings):
