@@ -260,6 +260,7 @@ def test_predict_images_equals_one_image_at_a_time(tmp_path, local_root):
     assert calls.count("set_images") == 1 and calls.count("embed_text") == 1
     assert calls.count("set_image") == 0 and calls.count("predict_embeddings") == 1
     assert len(batched) == 3
+
     def without_ids(results):  # region ids are random per prediction
         return [{k: v for k, v in r.items() if k != "id"} for r in results]
 
