@@ -95,7 +95,9 @@ def demo_config(args: argparse.Namespace, vocab_size: int) -> CLIPSegConfig:
         decoder_num_attention_heads=max(1, args.reduce_dim // 16),
         decoder_intermediate_size=args.decoder_intermediate_size,
         conditional_layer=0,
-        use_complex_transposed_convolution=args.patch_size == 16,
+        use_complex_transposed_convolution=(
+            args.upsampler == "refined" if args.upsampler else args.patch_size == 16
+        ),
     )
 
 
@@ -440,6 +442,10 @@ def training_step(
             n_shapes = shape_heads.exemplar.out_features
             shape = F.cross_entropy(shape_heads.exemplar(visual), batch.exemplar_class % n_shapes)
     logits, deepest = segmentation_logits(model, batch.pixel_values, batch.pair_image, cond)
+    if logits.shape[-2:] != batch.targets.shape[-2:]:  # an upsampler that stops short of S
+        logits = F.interpolate(
+            logits[:, None], size=batch.targets.shape[-2:], mode="bilinear", align_corners=False
+        )[:, 0]
     bce = F.binary_cross_entropy_with_logits(logits, batch.targets)
     loss = bce + align_weight * align
     if use_shape:
@@ -556,7 +562,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("demo architecture (without --init)")
     g.add_argument("--image-size", type=int, default=128, help="input size in pixels")
-    g.add_argument("--patch-size", type=int, default=8, help="8 (plain upsampler) or 16 (refined)")
+    g.add_argument("--patch-size", type=int, default=8, help="vision patch size in pixels")
+    g.add_argument(
+        "--upsampler",
+        choices=["plain", "refined"],
+        default=None,
+        help="decoder upsampler: one transposed convolution (k = s = patch) or the refined one "
+        "(3x3 convolution, two transposed convolutions of patch / 4: a 16 px patch comes back at "
+        "full size, an 8 px one at half size, resized bilinearly like at inference); default: "
+        "refined for patch 16, else plain",
+    )
     g.add_argument("--vision-hidden", type=int, default=128)
     g.add_argument("--vision-layers", type=int, default=4)
     g.add_argument(
