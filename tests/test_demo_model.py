@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from clipseg import CLIPSegForImageSegmentation, CLIPSegProcessor, CLIPTokenizer, Predictor
-from clipseg.demo.scenes import COLORS, make_scene
+from clipseg.demo.scenes import COLORS, SHAPES, make_scene
 from clipseg.demo.vocabulary import BOS_TOKEN, EOS_TOKEN, demo_words, write_vocabulary
 from clipseg.evaluate import evaluate
 from clipseg.train import build_parser, lr_lambda
@@ -232,3 +232,37 @@ def test_evaluate_cli_reports_miou(tmp_path):
     assert "text: best mIoU" in proc.stdout
     result = json.loads(out.read_text())
     assert result["scenes"] == 3 and 0.0 <= result["text"]["best_miou"] <= 1.0
+
+
+def test_train_cli_shape_probes_same_color_scenes_and_refined_upsampler(tmp_path):
+    out = tmp_path / "ckpt"
+    args = ["--steps", "2", "--batch-size", "2", "--prompts-per-image", "2", "--threads", "1"]
+    args += ["--shape-weight", "1", "--same-color-fraction", "1", "--upsampler", "refined"]
+    proc = _run("-m", "clipseg.train", "--out", str(out), *args, *TINY)
+    assert proc.returncode == 0, proc.stderr
+    assert "shape=" in proc.stderr  # the probes' loss is on the progress bar
+    config = json.loads((out / "config.json").read_text())
+    assert config["use_complex_transposed_convolution"] is True
+    model = CLIPSegForImageSegmentation.from_pretrained(out)
+    predictor = Predictor(model, CLIPSegProcessor.from_pretrained(out))
+    predictor.set_image(make_scene(2, size=48).image)
+    probs, logits = predictor.predict(["red circle"], return_logits=True)
+    assert probs.shape == (1, 48, 48) and logits.shape == (1, 16, 16)  # half of 32 px
+    assert not any(k.startswith(("patch", "exemplar")) for k in model.state_dict())
+
+
+def test_patch_shape_labels_follow_the_visible_masks():
+    from clipseg.train import DemoData
+
+    data = DemoData.__new__(DemoData)  # only the fields _patch_shapes reads
+    data.size, data.patch_size = 128, 8
+    scene = make_scene(10**9 + 7, size=128)
+    labels = data._patch_shapes(scene)
+    assert labels.shape == (16, 16)
+    for obj in scene.objects:
+        covered = obj.mask.reshape(16, 8, 16, 8).mean(axis=(1, 3)) > 0.5
+        assert (labels[covered] == 1 + SHAPES.index(obj.shape)).all()
+    background = ~np.any([o.mask for o in scene.objects], axis=0).reshape(16, 8, 16, 8).any(
+        axis=(1, 3)
+    )
+    assert (labels[background] == 0).all()
