@@ -24,8 +24,8 @@ REPO = CHECKPOINT.parents[2]
 # Measured on 200 held-out scenes (docs/demo-model.md); the test uses fewer scenes and floors a
 # little below what those scenes give.
 TEST_SCENES = 40
-TEXT_FLOOR = 0.64  # measured 0.669 on these 40 scenes (0.666 on 200)
-EXEMPLAR_FLOOR = 0.63  # measured 0.661 on these 40 scenes (0.647 on 200)
+TEXT_FLOOR = 0.73  # measured 0.762 on these 40 scenes (0.751 on 200)
+EXEMPLAR_FLOOR = 0.72  # measured 0.754 on these 40 scenes (0.730 on 200)
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_held_out_miou_floors(predictor):
     assert result["text"]["best_miou"] >= TEXT_FLOOR, result["text"]
     assert result["exemplar"]["best_miou"] >= EXEMPLAR_FLOOR, result["exemplar"]
     j = result["thresholds"].index(result["text"]["best_threshold"])
-    assert result["absent"]["fp_rate"][j] < 0.45, result["absent"]  # measured 0.375
+    assert result["absent"]["fp_rate"][j] < 0.5, result["absent"]  # measured 0.425
 
 
 def test_every_color_is_understood(predictor):
