@@ -394,13 +394,14 @@ class Predictor:
                 m = len(state.prefix) // k
                 out = self.model.decoder.decode(state, embeddings.repeat(m, 1)).logits
                 logits.extend(out.view(m, k, *out.shape[-2:]).unbind(0))
+        logits = [raw.float() for raw in logits]
         probs = []
         for (height, width), raw in zip(batch.sizes, logits, strict=True):
             resized = F.interpolate(
-                raw.float()[:, None], size=(height, width), mode="bilinear", align_corners=False
+                raw[:, None], size=(height, width), mode="bilinear", align_corners=False
             )[:, 0]  # resize the logits, then the sigmoid
             probs.append(torch.sigmoid(resized))
-        return probs, [raw.float() for raw in logits]
+        return probs, logits
 
     def predict_embeddings(
         self,
@@ -434,7 +435,8 @@ class Predictor:
             batched = self._batched
         if output == "numpy":
             probs = [p.cpu().numpy() for p in probs]
-            logits = [lg.cpu().numpy() for lg in logits]
+            if return_logits:  # copied to the host only when asked for
+                logits = [lg.cpu().numpy() for lg in logits]
         outputs = list(zip(probs, logits, strict=True)) if return_logits else probs
         return outputs if batched else outputs[0]
 
