@@ -119,6 +119,12 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """Two linear layers with an activation between them."""
 
+    # On the CPU, without gradients, inputs of more rows (tokens) than this run in blocks of this
+    # many: the (rows, hidden) intermediate then stays small enough for the allocator to reuse
+    # (larger blocks are mapped fresh and page-faulted on every call) and for the caches. The
+    # decoder's 2,048-wide feed-forward over 20 prompts x 485 tokens runs ~1.7x faster so.
+    cpu_block_rows = 512
+
     def __init__(self, width: int, hidden: int, act: str) -> None:
         super().__init__()
         self.activation_fn = activation(act)
@@ -126,7 +132,15 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.activation_fn(self.fc1(x)))
+        rows = x.numel() // x.shape[-1]
+        if x.device.type != "cpu" or torch.is_grad_enabled() or rows <= self.cpu_block_rows:
+            return self.fc2(self.activation_fn(self.fc1(x)))
+        flat = x.reshape(rows, x.shape[-1])
+        out = flat.new_empty(rows, self.fc2.out_features)
+        for start in range(0, rows, self.cpu_block_rows):
+            block = slice(start, start + self.cpu_block_rows)
+            out[block] = self.fc2(self.activation_fn(self.fc1(flat[block])))
+        return out.view(*x.shape[:-1], -1)
 
 
 class EncoderLayer(nn.Module):

@@ -80,6 +80,15 @@ class _EncodedBatch:
     sizes: list[tuple[int, int]]  # (H, W) of each original image, after EXIF orientation
 
 
+def _logits_to_probs(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Logits (..., h, w) -> probabilities (..., H, W) at ``size`` = (H, W): the logits are
+    resized bilinearly, then the sigmoid (as the reference's usage; in the dtype given)."""
+    lead = logits.shape[:-2]
+    flat = logits.reshape(-1, 1, *logits.shape[-2:])
+    resized = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
+    return torch.sigmoid_(resized).view(*lead, *size)
+
+
 def _auto_device(device: str | torch.device | None) -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -275,17 +284,20 @@ class Predictor:
             return torch.stack(out)
 
     def _text_features(self, strings: list[str]) -> torch.Tensor:
+        """(len(strings), D) projected text features, ``chunk_size`` strings per call.
+
+        No attention mask is passed, and that is exact: the text tower is causal and pads on the
+        right, so the pooled (EOS) state never attends to padding. It also keeps this free of
+        host-device syncs (a mask on the GPU would be read back to see whether it pads at all),
+        so on a GPU the text tower is queued behind the vision encoder instead of waiting for it.
+        """
         chunks = []
         for start in range(0, len(strings), self.chunk_size):
             tokens = self.processor.tokenizer(
                 strings[start : start + self.chunk_size], padding=True, return_tensors="pt"
             )
-            chunks.append(
-                self.model.clip.get_text_features(
-                    tokens["input_ids"].to(self.device),
-                    attention_mask=tokens["attention_mask"].to(self.device),
-                ).pooler_output
-            )
+            input_ids = tokens["input_ids"].to(self.device, non_blocking=True)
+            chunks.append(self.model.clip.get_text_features(input_ids).pooler_output)
         return torch.cat(chunks)
 
     def _remember(
@@ -360,6 +372,15 @@ class Predictor:
             )
         return self._states
 
+    def _decode_prompts(self, state: ReducedActivations, embeddings: torch.Tensor) -> torch.Tensor:
+        """One image's ``state`` against (K, D) embeddings, ``chunk_size`` at a time: (K, h, w)."""
+        return torch.cat(
+            [
+                self.model.decoder.decode(state, embeddings[j : j + self.chunk_size]).logits
+                for j in range(0, len(embeddings), self.chunk_size)
+            ]
+        )
+
     @torch.inference_mode()
     def _decode(
         self, batch: _EncodedBatch, embeddings: torch.Tensor
@@ -371,37 +392,31 @@ class Predictor:
         at the model's output size, both on the model's device.
         """
         n, k = len(batch.sizes), len(embeddings)
-        logits = []  # per image (K, h, w)
         if n == 1 or 2 * k > self.chunk_size:
             # few images, many prompts: one image broadcast over a chunk of prompts
-            for i in range(n):
-                state = batch.reduced.select(i)
-                logits.append(
-                    torch.cat(
-                        [
-                            self.model.decoder.decode(
-                                state, embeddings[j : j + self.chunk_size]
-                            ).logits
-                            for j in range(0, k, self.chunk_size)
-                        ]
-                    )
-                )
+            logits = torch.stack(
+                [self._decode_prompts(batch.reduced.select(i), embeddings) for i in range(n)]
+            )
         else:
             # many images, few prompts: images x prompts as one batch of pairs
             images_per_call = self.chunk_size // k
+            calls = []
             for i in range(0, n, images_per_call):
                 state = batch.reduced.slice(i, i + images_per_call).repeat_interleave(k)
-                m = len(state.prefix) // k
-                out = self.model.decoder.decode(state, embeddings.repeat(m, 1)).logits
-                logits.extend(out.view(m, k, *out.shape[-2:]).unbind(0))
-        logits = [raw.float() for raw in logits]
-        probs = []
-        for (height, width), raw in zip(batch.sizes, logits, strict=True):
-            resized = F.interpolate(
-                raw[:, None], size=(height, width), mode="bilinear", align_corners=False
-            )[:, 0]  # resize the logits, then the sigmoid
-            probs.append(torch.sigmoid(resized))
-        return probs, logits
+                out = self.model.decoder.decode(
+                    state, embeddings.repeat(len(state.prefix) // k, 1)
+                ).logits
+                calls.append(out.view(-1, k, *out.shape[-2:]))
+            logits = torch.cat(calls)
+        logits = logits.float()  # (n, K, h, w)
+        if len(set(batch.sizes)) == 1:
+            # one size (always so for a tensor batch): one resize for the whole batch
+            probs = _logits_to_probs(logits, batch.sizes[0]).unbind(0)
+        else:
+            probs = [
+                _logits_to_probs(raw, size) for raw, size in zip(logits, batch.sizes, strict=True)
+            ]
+        return list(probs), list(logits.unbind(0))
 
     def predict_embeddings(
         self,

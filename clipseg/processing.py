@@ -823,13 +823,18 @@ class CLIPSegImageProcessor:
                 align_corners=False,
             )
             x = x.round_().clamp_(0, 255)  # PIL hands back uint8
-        if self.do_rescale:
-            x = x * self.rescale_factor
+        # rescale and normalize as one affine map per channel, x * scale + shift; its two (3,)
+        # tensors are built on the host and copied without blocking (a blocking copy to a GPU
+        # would wait for all work queued before it)
+        scale = torch.full((3,), self.rescale_factor if self.do_rescale else 1.0)
+        shift = torch.zeros(3)
         if self.do_normalize:
-            mean = torch.tensor(self.image_mean, device=x.device).view(1, 3, 1, 1)
-            std = torch.tensor(self.image_std, device=x.device).view(1, 3, 1, 1)
-            x = (x - mean) / std
-        return x
+            mean = torch.tensor(self.image_mean, dtype=torch.float32)
+            std = torch.tensor(self.image_std, dtype=torch.float32)
+            scale, shift = scale / std, -mean / std
+        scale = scale.to(x.device, non_blocking=True).view(1, 3, 1, 1)
+        shift = shift.to(x.device, non_blocking=True).view(1, 3, 1, 1)
+        return torch.addcmul(shift, x, scale)
 
     def __call__(
         self, images: Any, return_tensors: str | None = "pt", **unused: Any

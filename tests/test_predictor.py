@@ -213,6 +213,28 @@ def test_tensor_batch_is_preprocessed_on_its_device(parts) -> None:
         predictor.set_images(batch[0])
 
 
+def test_text_embedding_does_not_depend_on_its_batch(parts) -> None:
+    """Padding to the longest string in a batch changes nothing (the tower is causal)."""
+    alone = Predictor(*parts).embed_text(["cat"])[0]
+    padded = Predictor(*parts).embed_text(["a photo of a very large striped cat", "cat"])[1]
+    torch.testing.assert_close(padded, alone, atol=ATOL, rtol=0)
+
+
+def test_tensor_path_reads_nothing_back_to_the_host(parts) -> None:
+    """No scalar read-backs between a tensor batch and device-side probabilities: on a GPU each
+    one would stall the host until all queued work is done (the text tower then could not be
+    queued behind the vision encoder)."""
+    batch = torch.randint(0, 256, (3, 3, 40, 56), dtype=torch.uint8)
+    predictor = Predictor(*parts)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        predictor.set_images(batch)
+        probs = predictor.predict(["never seen", "cat", "a photo of a dog"], output="torch")
+    assert [tuple(p.shape) for p in probs] == [(3, 40, 56)] * 3
+    names = {event.key for event in profile.key_averages()}
+    assert not names & {"aten::item", "aten::_local_scalar_dense", "aten::nonzero"}
+    assert "aten::upsample_bilinear2d" in names  # the profile saw the pipeline
+
+
 def test_torch_output_stays_on_the_device(predictor) -> None:
     predictor.set_image(make_image(40, 30, seed=40))
     as_numpy = predictor.predict(PROMPTS[:2], return_logits=True)
