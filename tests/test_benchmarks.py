@@ -69,8 +69,10 @@ def test_time_interleaved_runs_contenders_round_robin() -> None:
         ["bench_cpu.py", "--small", "--ks", "2", "--repeats", "1", "--warmup", "0"],
         ["bench_gpu.py", "--device", "cpu", "--small", "--dtypes", "fp32", "bf16"]
         + ["--batches", "2", "--ks", "2", "--repeats", "1", "--warmup", "0"],
+        ["profile_gpu.py", "--device", "cpu", "--small", "--dtype", "fp32"]
+        + ["--batch", "2", "--k", "2", "--repeats", "1", "--warmup", "0"],
     ],
-    ids=["cpu", "gpu-on-cpu"],
+    ids=["cpu", "gpu-on-cpu", "profile-on-cpu"],
 )
 def test_benchmark_scripts_run_on_the_small_model(args: list[str], tmp_path: Path) -> None:
     """Each prints its table; the two implementations agree on the small random model."""
@@ -86,5 +88,10 @@ def test_benchmark_scripts_run_on_the_small_model(args: list[str], tmp_path: Pat
     assert len(rows) >= 2  # the header and at least one data row
     if args[0] == "bench_cpu.py":
         assert float(rows[-1].split("|")[-2]) < 1e-4  # max abs dp between the two sides
-    else:
+    elif args[0] == "bench_gpu.py":
         assert "OK" in done.stdout.splitlines()[-1]  # bf16 within 1e-2 of fp32
+    else:
+        stages = {row.split("|")[1].strip() for row in rows}
+        assert {"encoder", "decode", "resize", "whole call"} <= stages
+        assert rows[-1].split("|")[1].strip() == "upsampler as matrix products"
+        assert float(rows[-1].split("|")[-2]) < 1e-4  # the lever computes the same logits
