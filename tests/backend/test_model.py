@@ -10,7 +10,7 @@ import pytest
 from backend_helpers import CONFIG, check_result_item, fake_backend, png_bytes
 from PIL import Image
 
-from backend.controls import decode_brush_rle
+from backend.formats import decode_brush_rle
 from backend.formats.labelstudio import brush_result
 from backend.model import _region_shape, find_regions, uncertainty_of
 
@@ -118,7 +118,7 @@ def test_regions_and_uncertainty_helpers():
 def _annotation(ann_id=1, updated="t1"):
     mask = np.zeros((H, W), np.uint8)
     mask[5:20, 5:30] = 255
-    from backend.controls import encode_brush_rle
+    from backend.formats import encode_brush_rle
 
     return {
         "id": ann_id,

@@ -109,7 +109,7 @@ def test_webhook_with_two_regions_changes_model_version(env):
     v0 = _post(client, "/setup", body).get_json()["model_version"]
     mask = np.zeros((H, W), np.uint8)
     mask[10:50, 10:80] = 255
-    from backend.controls import encode_brush_rle
+    from backend.formats import encode_brush_rle
 
     annotation = {
         "id": 5,

@@ -40,7 +40,7 @@ class ThresholdAnnotator:
         self.seen = 0
 
     def annotate(self, images):
-        from backend.controls import Region
+        from backend.formats import Region
         from backend.model import ImagePrediction
 
         outcomes = []
