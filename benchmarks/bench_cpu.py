@@ -79,7 +79,21 @@ def bench_levers(path: Path, predictor, image, *, k: int, repeats: int, warmup: 
     """
     from transformers import CLIPSegForImageSegmentation as RefModel
 
+    from clipseg.layers import MLP
     from clipseg.vision import resample_position_embeddings
+
+    def in_one_pass(fn):
+        """``fn`` with every feed-forward computed in one pass (no CPU row blocks)."""
+
+        def run():
+            blocks = MLP.cpu_block_rows
+            MLP.cpu_block_rows = sys.maxsize
+            try:
+                return fn()
+            finally:
+                MLP.cpu_block_rows = blocks
+
+        return run
 
     model = predictor.model
     vision, decoder = model.clip.vision_model, model.decoder
@@ -87,6 +101,7 @@ def bench_levers(path: Path, predictor, image, *, k: int, repeats: int, warmup: 
     pixels = predictor._pixel_values([image])  # (1, 3, 352, 352)
     texts = common.prompts(k)
     emb = predictor.embed_text(texts)  # (K, D)
+    emb20 = predictor.embed_text(common.prompts(20))
     grid = vision.grid_of(pixels)
     eager = RefModel.from_pretrained(path, attn_implementation="eager").eval()
     sdpa = RefModel.from_pretrained(path, attn_implementation="sdpa").eval()
@@ -119,6 +134,12 @@ def bench_levers(path: Path, predictor, image, *, k: int, repeats: int, warmup: 
                 f"decoder, {k} prompts: {k} calls of 1 vs 1 call of {k}",
                 lambda: [decoder.decode(state, emb[i : i + 1]) for i in range(k)],
                 lambda: decoder.decode(state, emb),
+            ),
+            (
+                "feed-forward in 512-row blocks",
+                "decoder, 20 prompts: one pass vs row blocks",
+                in_one_pass(lambda: decoder.decode(state, emb20)),
+                lambda: decoder.decode(state, emb20),
             ),
             (
                 "cached interpolated position embeddings",
