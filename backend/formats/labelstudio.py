@@ -24,7 +24,7 @@ from backend.formats.brush import decode_brush_rle, encode_brush_rle
 from backend.formats.polygons import (
     DEFAULT_MAX_POINTS,
     DEFAULT_TOLERANCE,
-    mask_to_contours,
+    mask_to_polygons,
     polygon_to_percent,
     to_edge_coordinates,
 )
@@ -119,17 +119,17 @@ def polygon_results(
     tolerance: float = DEFAULT_TOLERANCE,
     max_points: int | None = DEFAULT_MAX_POINTS,
 ) -> list[dict[str, Any]]:
-    """polygonlabels results, one per outer contour of the mask (largest first).
+    """polygonlabels results, one per filled outline of the mask (`mask_to_polygons`, largest
+    first).
 
-    Label Studio polygons have no holes: holes are left out (use a brush result to keep them).
-    Degenerate parts (one pixel thick) give no polygon; an empty mask gives an empty list.
+    Label Studio polygons have no holes: holes, and islands inside them (which the outline's
+    polygon covers), are left out (use a brush result to keep them). Degenerate parts (one pixel
+    thick) give no polygon; an empty mask gives an empty list.
     """
     mask = _check_mask(mask, original_width, original_height)
     results = []
-    for contour in mask_to_contours(mask, tolerance=tolerance, max_points=max_points):
-        points = polygon_to_percent(
-            to_edge_coordinates(contour.outer), original_width, original_height
-        )
+    for outline in mask_to_polygons(mask, tolerance=tolerance, max_points=max_points):
+        points = polygon_to_percent(to_edge_coordinates(outline), original_width, original_height)
         value = {"points": points, "closed": True, "polygonlabels": [label]}
         results.append(
             _result(

@@ -81,6 +81,7 @@ def mask_to_contours(
     mask: np.ndarray,
     tolerance: float = DEFAULT_TOLERANCE,
     max_points: int | None = DEFAULT_MAX_POINTS,
+    holes: bool = True,
 ) -> list[Contour]:
     """Outer contours of a mask's 8-connected components with their holes (cv2.RETR_CCOMP).
 
@@ -88,6 +89,9 @@ def mask_to_contours(
         mask: bool or uint8 (H, W); non-zero is the object.
         tolerance: simplification tolerance in pixels (0: only collinear points are dropped).
         max_points: cap on the vertices of each contour (None: no cap).
+        holes: False for filled outlines only (cv2.RETR_EXTERNAL): no holes, and no islands
+            inside holes (a filled outline covers them already). Much faster on speckled masks,
+            whose many pinholes are otherwise traced and simplified one by one.
 
     Returns:
         Contours in pixel-index coordinates, largest outer area first. Degenerate contours
@@ -96,10 +100,11 @@ def mask_to_contours(
     """
     m = _as_mask(mask)
     _check_simplification(tolerance, max_points)
-    contours, hierarchy = cv2.findContours(m, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    mode = cv2.RETR_CCOMP if holes else cv2.RETR_EXTERNAL
+    contours, hierarchy = cv2.findContours(m, mode, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None:
         return []
-    hierarchy = hierarchy[0]
+    hierarchy = hierarchy[0]  # per contour: next, previous, first child, parent
     result = []
     for i, c in enumerate(contours):
         if hierarchy[i][3] != -1:  # a hole: handled with its parent
@@ -107,14 +112,14 @@ def mask_to_contours(
         outer = simplify(c, tolerance, max_points)
         if not _valid(outer):
             continue
-        holes = []
+        inner = []
         child = hierarchy[i][2]
         while child != -1:
             hole = simplify(contours[child], tolerance, max_points)
             if _valid(hole):
-                holes.append(hole)
+                inner.append(hole)
             child = hierarchy[child][0]
-        result.append(Contour(outer=outer, holes=holes))
+        result.append(Contour(outer=outer, holes=inner))
     result.sort(key=lambda c: -cv2.contourArea(c.outer.astype(np.float32)))
     return result
 
@@ -124,9 +129,10 @@ def mask_to_polygons(
     tolerance: float = DEFAULT_TOLERANCE,
     max_points: int | None = DEFAULT_MAX_POINTS,
 ) -> list[np.ndarray]:
-    """Outer polygons of a mask: each (N, 2) float64 x, y pixel indices (holes left out; see
-    `mask_to_contours`). Arguments as `mask_to_contours`."""
-    return [c.outer for c in mask_to_contours(mask, tolerance, max_points)]
+    """Filled outlines of a mask, as Label Studio draws polygons: each (N, 2) float64 x, y pixel
+    indices, largest first; holes, and islands inside them, left out (see `mask_to_contours`
+    with ``holes=False``)."""
+    return [c.outer for c in mask_to_contours(mask, tolerance, max_points, holes=False)]
 
 
 def to_edge_coordinates(points: np.ndarray, hole: bool = False) -> np.ndarray:

@@ -126,6 +126,26 @@ def test_max_points_caps_vertices() -> None:
     assert iou(fill_indices([capped], disk.shape), disk) > 0.98
 
 
+def test_filled_outlines_leave_out_holes_and_the_islands_inside_them() -> None:
+    """A ring with an island in its hole, and a speckled block: Label Studio polygons are filled,
+    so one outline each covers everything; the contours with holes still report both."""
+    mask = np.zeros((H, W), bool)
+    mask[5:45, 5:45] = True
+    mask[15:35, 15:35] = False  # the hole
+    mask[22:28, 22:28] = True  # an island inside it
+    mask[50:60, 50:70] = True
+    mask[52:58:2, 52:68:2] = False  # pinholes
+    polygons = mask_to_polygons(mask, tolerance=0)
+    assert len(polygons) == 2
+    filled = rasterise_edges([polygon_to_coco(to_edge_coordinates(p), W, H) for p in polygons])
+    expected = np.zeros((H, W), bool)
+    expected[5:45, 5:45] = expected[50:60, 50:70] = True
+    assert np.array_equal(filled, expected)
+    with_holes = mask_to_contours(mask, tolerance=0)
+    assert len(with_holes) == 3  # the ring, the block, the island
+    assert sorted(len(c.holes) for c in with_holes) == [0, 1, 24]
+
+
 def test_degenerate_contours_are_dropped() -> None:
     mask = np.zeros((20, 20), bool)
     mask[2, 2] = True  # one pixel
