@@ -19,7 +19,7 @@ from backend.label_config import ControlSpec
 __all__ = ["ControlAdapter", "adapter_for", "make_adapters"]
 
 
-@dataclass(frozen=True)
+@dataclass
 class ControlAdapter:
     """The controls whose results have type ``kind`` (one of `RESULT_TYPES`, the control tag in
     lower case: "brushlabels", "polygonlabels", "rectanglelabels")."""

@@ -175,7 +175,7 @@ def install(clock: StageClock, backend: Any, predictor: Any) -> None:
 
 def adapter_stage(adapter: Any) -> str:
     """The stage name of a control adapter: brush, polygon or rectangle."""
-    return adapter.tag.lower().removesuffix("labels")
+    return adapter.kind.removesuffix("labels")
 
 
 def derive(seconds: dict[str, float]) -> dict[str, float]:

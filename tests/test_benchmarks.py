@@ -71,8 +71,10 @@ def test_time_interleaved_runs_contenders_round_robin() -> None:
         + ["--batches", "2", "--ks", "2", "--repeats", "1", "--warmup", "0"],
         ["profile_gpu.py", "--device", "cpu", "--small", "--dtype", "fp32"]
         + ["--batch", "2", "--k", "2", "--repeats", "1", "--warmup", "0"],
+        ["bench_predict_latency.py", "--small", "--repeats", "1", "--warmup", "0"],
+        ["bench_formats.py", "--width", "400", "--height", "300", "--repeats", "1"],
     ],
-    ids=["cpu", "gpu-on-cpu", "profile-on-cpu"],
+    ids=["cpu", "gpu-on-cpu", "profile-on-cpu", "predict-latency", "formats"],
 )
 def test_benchmark_scripts_run_on_the_small_model(args: list[str], tmp_path: Path) -> None:
     """Each prints its table; the two implementations agree on the small random model."""
@@ -90,6 +92,15 @@ def test_benchmark_scripts_run_on_the_small_model(args: list[str], tmp_path: Pat
         assert float(rows[-1].split("|")[-2]) < 1e-4  # max abs dp between the two sides
     elif args[0] == "bench_gpu.py":
         assert "OK" in done.stdout.splitlines()[-1]  # bf16 within 1e-2 of fp32
+    elif args[0] == "bench_predict_latency.py":
+        stages = [row.split("|")[1].strip() for row in rows[2:]]
+        assert any(s.startswith("brush RLE") for s in stages)
+        assert any(s.startswith("polygons") for s in stages)
+        assert any(s == "total" for s in stages)
+    elif args[0] == "bench_formats.py":
+        operations = [row.split("|")[1].strip() for row in rows[2:]]
+        assert operations[:2] == ["brush RLE encode", "brush RLE decode"]
+        assert any(o.startswith("polygons") for o in operations) and "COCO RLE encode" in operations
     else:
         stages = {row.split("|")[1].strip() for row in rows}
         assert {"encoder", "decode", "resize", "whole call"} <= stages
