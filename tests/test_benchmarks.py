@@ -93,12 +93,12 @@ def test_benchmark_scripts_run_on_the_small_model(args: list[str], tmp_path: Pat
     elif args[0] == "bench_gpu.py":
         assert "OK" in done.stdout.splitlines()[-1]  # bf16 within 1e-2 of fp32
     elif args[0] == "bench_predict_latency.py":
-        stages = [row.split("|")[1].strip() for row in rows[2:]]
+        stages = [row.split("|")[1].strip() for row in rows[1:]]
         assert any(s.startswith("brush RLE") for s in stages)
         assert any(s.startswith("polygons") for s in stages)
         assert any(s == "total" for s in stages)
     elif args[0] == "bench_formats.py":
-        operations = [row.split("|")[1].strip() for row in rows[2:]]
+        operations = [row.split("|")[1].strip() for row in rows[1:]]
         assert operations[:2] == ["brush RLE encode", "brush RLE decode"]
         assert any(o.startswith("polygons") for o in operations) and "COCO RLE encode" in operations
     else:
