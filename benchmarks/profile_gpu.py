@@ -190,7 +190,7 @@ def kernel_table(pipeline: Pipeline, device: str, top: int) -> tuple[list[list],
         micros = {e.key: e.self_device_time_total for e in kernels}
     else:
         micros = {e.key: e.self_cpu_time_total for e in events}
-    counts = {e.key: e.count for e in events}
+    counts = {e.key: e.count for e in (kernels if cuda else events)}
     busy = sum(micros.values())
     ranked = sorted(micros.items(), key=lambda item: -item[1])[:top]
     rows = [
@@ -210,7 +210,12 @@ def count_host_syncs(pipeline: Pipeline) -> list[str]:
         finally:
             torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
-    return [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+    # the message is always the same; where it was raised is what tells the syncs apart
+    return [
+        f"{w.filename}:{w.lineno}: {str(w.message).splitlines()[0]}"
+        for w in caught
+        if "synchroniz" in str(w.message)
+    ]
 
 
 def cuda_graph_decode(pipeline: Pipeline) -> tuple[Callable[[], object], torch.Tensor]:
@@ -229,25 +234,41 @@ def cuda_graph_decode(pipeline: Pipeline) -> tuple[Callable[[], object], torch.T
 
 
 def lever_rows(pipeline: Pipeline, args, device: str, eager_decode_ms: float) -> list[list]:
-    """Each lever: its decode ms, the speed-up over eager decode, max |logit difference|."""
+    """Each lever: its decode ms, the speed-up over eager decode, max |logit difference|.
+
+    A lever that fails gets a row naming the error (logged with its traceback) and the others
+    still run: on a short GPU loan one experiment must not cost the rest of the measurements.
+    """
     decoder = pipeline.model.decoder
     with torch.inference_mode():
         eager = pipeline.decode().float()
-    rows = []
-    if torch.device(device).type == "cuda":
+
+    def cuda_graph() -> tuple[float, torch.Tensor]:
         replay, logits = cuda_graph_decode(pipeline)
-        ms = timed(replay, args, device)
+        return timed(replay, args, device), logits
+
+    def matrix_products() -> tuple[float, torch.Tensor]:
+        original = decoder.transposed_convolution
+        decoder.transposed_convolution = PatchUnfoldUpsampler(original)
+        try:
+            with torch.inference_mode():
+                return timed(pipeline.decode, args, device), pipeline.decode()
+        finally:
+            decoder.transposed_convolution = original
+
+    levers = {"upsampler as matrix products": matrix_products}
+    if torch.device(device).type == "cuda":
+        levers = {"decode as a CUDA graph": cuda_graph, **levers}
+    rows = []
+    for name, lever in levers.items():
+        try:
+            ms, logits = lever()
+        except Exception as exc:  # reported in the table and the log, never silently
+            logger.exception("lever %r failed", name)
+            rows.append([name, "error", "", f"{type(exc).__name__}: {exc}"[:60]])
+            continue
         diff = float((logits.float() - eager).abs().max())
-        rows.append(["decode as a CUDA graph", ms, eager_decode_ms / ms, diff])
-    original = decoder.transposed_convolution
-    decoder.transposed_convolution = PatchUnfoldUpsampler(original)
-    try:
-        ms = timed(pipeline.decode, args, device)
-        with torch.inference_mode():
-            diff = float((pipeline.decode().float() - eager).abs().max())
-    finally:
-        decoder.transposed_convolution = original
-    rows.append(["upsampler as matrix products", ms, eager_decode_ms / ms, diff])
+        rows.append([name, ms, eager_decode_ms / ms, diff])
     return rows
 
 
@@ -273,6 +294,8 @@ def main(argv: list[str] | None = None) -> None:
     cuda = torch.device(device).type == "cuda"
     if cuda and not torch.cuda.is_available():
         parser.error("no CUDA device here: pass --device cpu (with --small for a quick run)")
+    if cuda:
+        torch.cuda.set_device(torch.device(device))  # streams and graphs use the current device
     b = args.batch or (2 if args.small else 64)
 
     from clipseg import Predictor

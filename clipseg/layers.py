@@ -133,7 +133,12 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
-        if x.device.type != "cpu" or torch.is_grad_enabled() or rows <= self.cpu_block_rows:
+        if (
+            x.device.type != "cpu"
+            or torch.is_grad_enabled()
+            or torch.is_autocast_enabled("cpu")  # blocks would be written back in x's dtype
+            or rows <= self.cpu_block_rows
+        ):
             return self.fc2(self.activation_fn(self.fc1(x)))
         flat = x.reshape(rows, x.shape[-1])
         out = flat.new_empty(rows, self.fc2.out_features)
