@@ -39,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -135,9 +134,9 @@ class Pipeline:
         return torch.cat(out)
 
     def resize(self) -> torch.Tensor:
-        flat = self.logits.float().flatten(0, 1)[:, None]  # (B * K, 1, h, w)
-        resized = F.interpolate(flat, size=self.size, mode="bilinear", align_corners=False)
-        return torch.sigmoid_(resized).view(*self.logits.shape[:2], *self.size)
+        from clipseg.predictor import logits_to_probs
+
+        return logits_to_probs(self.logits.float(), self.size)  # (B, K, H, W), as the Predictor
 
     def whole(self) -> list[torch.Tensor]:
         self.predictor.set_images(self.batch)

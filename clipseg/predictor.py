@@ -80,7 +80,7 @@ class _EncodedBatch:
     sizes: list[tuple[int, int]]  # (H, W) of each original image, after EXIF orientation
 
 
-def _logits_to_probs(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def logits_to_probs(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Logits (..., h, w) -> probabilities (..., H, W) at ``size`` = (H, W): the logits are
     resized bilinearly, then the sigmoid (as the reference's usage; in the dtype given)."""
     lead = logits.shape[:-2]
@@ -414,10 +414,10 @@ class Predictor:
         logits = logits.float()  # (n, K, h, w)
         if len(set(batch.sizes)) == 1:
             # one size (always so for a tensor batch): one resize for the whole batch
-            probs = _logits_to_probs(logits, batch.sizes[0]).unbind(0)
+            probs = logits_to_probs(logits, batch.sizes[0]).unbind(0)
         else:
             probs = [
-                _logits_to_probs(raw, size) for raw, size in zip(logits, batch.sizes, strict=True)
+                logits_to_probs(raw, size) for raw, size in zip(logits, batch.sizes, strict=True)
             ]
         return list(probs), list(logits.unbind(0))
 
