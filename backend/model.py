@@ -38,6 +38,7 @@ from backend.exemplars import Exemplar, ExemplarStore, project_key
 from backend.formats.labelstudio import result_to_mask
 from backend.formats.regions import Region, probability_to_regions
 from backend.images import ImageError, ImageLoader, LabelStudioClient, label_studio_client
+from backend.interactive import SmartRegion, labels_named, parse_context
 from backend.label_config import ControlSpec, LabelConfigError, parse_label_config
 from backend.settings import DEFAULT_MODEL, Settings
 
@@ -46,7 +47,6 @@ logger = logging.getLogger(__name__)
 #: Webhook actions `fit` acts on.
 FIT_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING")
 _REGION_TYPES = ("brushlabels", "polygonlabels", "rectanglelabels")
-_CONTEXT_TYPES = ("brushlabels", "rectanglelabels", "keypointlabels", "polygonlabels")
 
 
 class ModelLoadError(RuntimeError):
@@ -377,8 +377,11 @@ class CLIPSegBackend:
         by_image: dict[str, list[ControlSpec]] = {}
         for control in controls:
             by_image.setdefault(control.value_key, []).append(control)
+        interactive = bool(parse_context(context, {c.to_name for c in controls}))
         parts = []
         for value_key, image_controls in by_image.items():
+            if interactive and not parse_context(context, {c.to_name for c in image_controls}):
+                continue  # the annotator is working on another image of the task
             image = self.images.load(task, value_key, client)
             parts.append(self.predict_image(image.array, image_controls, stored, context))
         return _merge(parts)
@@ -393,13 +396,16 @@ class CLIPSegBackend:
         """Predict `controls` on one (H, W, 3) uint8 image.
 
         `stored`: label -> (N, D) exemplar embeddings; `context`: Label Studio's interactive
-        context, whose smart regions on this image serve as exemplars of their labels (and then
-        only their labels are answered).
+        context (`backend.interactive`): its smart regions on this image serve as exemplars of
+        their labels, its typed prompts as the prompts of the labels they name, and then only
+        those labels are answered.
         """
-        to_names = {c.to_name for c in controls}
+        interaction = parse_context(context, {c.to_name for c in controls})
         with self._predictor_lock:
-            live = self._context_exemplars(image, context, to_names)
-            query = self._conditioning(controls, stored, live)
+            live = self._live_exemplars(image, interaction.regions)
+            query = self._conditioning(
+                controls, stored, live, interaction.prompts, interactive=bool(interaction)
+            )
             if query is None:
                 return ImagePrediction([], [], 0.0, 0.0)
             self.predictor.set_image(image)
@@ -432,17 +438,31 @@ class CLIPSegBackend:
         controls: Sequence[ControlSpec],
         stored: dict[str, np.ndarray] | None,
         live: dict[str, list[Any]],
+        typed: Sequence[str] = (),
+        interactive: bool = False,
     ) -> _Query | None:
         """The conditional embedding of every (label, prompt) row (text, mixed with the label's
-        exemplars when it has some); None when no label is asked for. Holds the predictor lock."""
+        exemplars when it has some); None when no label is asked for. Holds the predictor lock.
+
+        `live`: label -> embeddings of the context's smart regions; `typed`: the context's typed
+        prompts. When `interactive` (the context holds items for this image), only the labels
+        they name are asked for (possibly none), and a label named by typed prompts is prompted
+        with them instead of its configured prompts.
+        """
         import torch
 
-        wanted = set(live) if live else None
-        labels: dict[str, tuple[str, ...]] = {}  # label -> prompts, first control wins
+        configured: dict[str, tuple[str, ...]] = {}  # label -> prompts, first control wins
         for control in controls:
             for lab in control.labels:
-                if wanted is None or lab.value in wanted:
-                    labels.setdefault(lab.value, lab.prompts)
+                configured.setdefault(lab.value, lab.prompts)
+        labels = configured
+        typed_by_label = self._typed_prompts_by_label(typed, configured)
+        if interactive:
+            labels = {
+                lab: typed_by_label.get(lab, prompts)
+                for lab, prompts in configured.items()
+                if lab in live or lab in typed_by_label
+            }
         if not labels:
             return None
         rows: list[tuple[str, str]] = [(lab, p) for lab, ps in labels.items() for p in ps]
@@ -462,6 +482,39 @@ class CLIPSegBackend:
                 cond = w * cond + (1 - w) * mean.to(device=cond.device, dtype=cond.dtype)
             conds.append(cond)
         return _Query(tuple(labels), tuple(rows), torch.stack(conds), exemplars)
+
+    def _typed_prompts_by_label(
+        self, typed: Sequence[str], configured: dict[str, tuple[str, ...]]
+    ) -> dict[str, tuple[str, ...]]:
+        """label -> the typed prompts that answer for it. A prompt answers for the label it
+        names (`backend.interactive.labels_named`); one that names none, or several equally,
+        for the candidate whose configured prompt is nearest to it in the text embedding
+        space (cosine similarity). Holds the predictor lock."""
+        if not configured:
+            return {}
+        out: dict[str, list[str]] = {}
+        for prompt in typed:
+            candidates = labels_named(prompt, configured) or list(configured)
+            if len(candidates) == 1:
+                label, how = candidates[0], "named"
+            else:
+                label = self._nearest_label(prompt, {c: configured[c] for c in candidates})
+                how = f"nearest of {len(candidates)} by text embedding"
+            logger.info("typed prompt %r answers label %r (%s)", prompt, label, how)
+            out.setdefault(label, []).append(prompt)
+        return {label: tuple(prompts) for label, prompts in out.items()}
+
+    def _nearest_label(self, prompt: str, candidates: dict[str, tuple[str, ...]]) -> str:
+        """The candidate label with the configured prompt whose text embedding is nearest to
+        the prompt's (the first candidate wins a tie). Holds the predictor lock."""
+        import torch
+
+        texts = list(dict.fromkeys([prompt, *(p for ps in candidates.values() for p in ps)]))
+        unit = torch.nn.functional.normalize(self.predictor.embed_text(texts).float(), dim=-1)
+        similarity = (unit @ unit[0]).tolist()  # (T,): cosine of every text with the prompt
+        index = {t: i for i, t in enumerate(texts)}
+        best = {lab: max(similarity[index[p]] for p in ps) for lab, ps in candidates.items()}
+        return max(best, key=best.__getitem__)
 
     def _prediction(
         self,
@@ -510,27 +563,18 @@ class CLIPSegBackend:
         confidence = float(np.mean(scores)) if scores else 0.0
         return ImagePrediction(results, all_regions, uncertainty, confidence, details)
 
-    def _context_exemplars(
-        self, image: np.ndarray, context: dict | None, to_names: set[str]
+    def _live_exemplars(
+        self, image: np.ndarray, regions: Sequence[SmartRegion]
     ) -> dict[str, list[Any]]:
         """label -> embeddings of the smart regions the annotator just drew on this image."""
-        if not isinstance(context, dict):
-            return {}
         out: dict[str, list[Any]] = {}
         height, width = image.shape[:2]
-        for item in context.get("result") or []:
-            kind = (item.get("type") or "").lower()
-            if kind not in _CONTEXT_TYPES or item.get("to_name") not in to_names:
-                continue
-            value = item.get("value") or {}
-            if value.get("is_positive") is False:
-                continue
-            names = value.get(kind) or []
-            shape = _region_shape(item, kind, value, height, width)
-            if not names or shape is None:
+        for region in regions:
+            shape = _region_shape(region.item, region.kind, region.item["value"], height, width)
+            if shape is None:
                 continue
             emb = self.predictor.embed_exemplar(image, **shape)
-            for name in names:
+            for name in region.labels:
                 out.setdefault(name, []).append(emb)
         return out
 
@@ -621,10 +665,19 @@ class CLIPSegBackend:
         images: dict[str, np.ndarray] = {}
         out: list[Exemplar] = []
         for item in results:
-            kind = (item.get("type") or "").lower()
-            value = item.get("value") or {}
-            names = value.get(kind) or []
-            if kind not in _REGION_TYPES or not names:
+            kind = item.get("type") if isinstance(item, dict) else None
+            kind = kind.lower() if isinstance(kind, str) else ""
+            value = item.get("value") if kind in _REGION_TYPES else None
+            names = value.get(kind) if isinstance(value, dict) else None
+            if kind not in _REGION_TYPES:
+                continue  # not a region (a TextArea, Choices, ...)
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                logger.warning(
+                    "region %s (%s) has no list of labels, skipped: %r",
+                    item.get("id"),
+                    kind,
+                    names,
+                )
                 continue
             to_name = item.get("to_name") or ""
             value_key = value_keys.get(to_name, to_name)

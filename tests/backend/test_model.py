@@ -174,6 +174,25 @@ def test_webhooks_grow_replace_and_remove_exemplars(tmp_path, local_root):
     assert backend.store.counts(1) == {} and backend.model_version(1).endswith("+ex0")
 
 
+def test_a_malformed_region_of_an_annotation_spoils_only_itself(tmp_path, local_root, caplog):
+    backend = fake_backend(tmp_path, local_files_document_root=str(local_root))
+    annotation = _annotation()
+    rect = {"x": 10, "y": 10, "width": 20, "height": 20, "rectanglelabels": "red circle"}
+    annotation["result"] += [
+        "junk",
+        {"id": "r1", "type": "rectanglelabels", "to_name": "image", "value": rect},
+        {"id": "r2", "type": "rectanglelabels", "to_name": "image", "value": [1]},
+        {"id": "t1", "type": "textarea", "to_name": "image", "value": {"text": ["a note"]}},
+    ]
+    project = {"id": 1, "label_config": CONFIG}
+    backend.fit(
+        "ANNOTATION_CREATED", {"annotation": annotation, "task": _task(), "project": project}
+    )
+    # the label string is not split into one-character labels; the good regions are kept
+    assert backend.store.counts(1) == {"dog": 1, "cat": 1}
+    assert "r1" in caplog.text and "r2" in caplog.text
+
+
 def test_start_training_syncs_with_the_project_export(tmp_path, fake_ls):
     fake_ls.files["/data/upload/1/a.png"] = png_bytes(W, H)
     task = {"id": 1, "data": {"image": "/data/upload/1/a.png"}}
@@ -203,12 +222,7 @@ def test_interactive_context_region_is_a_live_exemplar(tmp_path, local_root):
                 "original_height": H,
                 "value": {"x": 50, "y": 50, "keypointlabels": ["dog"]},
             },
-            {
-                "type": "textarea",
-                "value": {"text": ["a cat"]},
-                "from_name": "p",
-                "to_name": "image",
-            },
+            _textarea("a cat", to_name="another image"),  # not on this image: ignored
         ]
     }
     [pred] = backend.predict([_task()], context=context, project=1, label_config=CONFIG)
@@ -218,6 +232,110 @@ def test_interactive_context_region_is_a_live_exemplar(tmp_path, local_root):
     x0, y0, x1, y1 = box
     assert x0 < W / 2 < x1 and y0 < H / 2 < y1 and (x1 - x0) <= 20
     assert backend.store.counts(1) == {}  # used for the answer, not stored
+
+
+def _textarea(text, to_name="image"):
+    return {
+        "type": "textarea",
+        "from_name": "prompt",
+        "to_name": to_name,
+        "value": {"text": [text]},
+    }
+
+
+def _labels_of(pred):
+    return {(r["from_name"], r["value"][r["type"]][0]) for r in pred["result"]}
+
+
+def test_typed_prompt_replaces_the_prompts_of_the_label_it_names(tmp_path, local_root):
+    backend = fake_backend(tmp_path, local_files_document_root=str(local_root))
+    # the configured prompt "dog" finds nothing (0.1); the typed "a red Dog" finds the red block
+    [pred] = backend.predict(
+        [_task()], context={"result": [_textarea("a red Dog")]}, project=1, label_config=CONFIG
+    )
+    assert _labels_of(pred) == {("tag", "dog")}  # "cat" is not asked for
+    assert pred["result"][0]["score"] == pytest.approx(0.9, abs=1e-5)
+    assert [c[1] for c in backend.predictor.calls if c[0] == "embed_text"] == [["a red Dog"]]
+    # the same task without context: the configured prompts
+    [plain] = backend.predict([_task()], project=1, label_config=CONFIG)
+    assert {lab for _, lab in _labels_of(plain)} == {"cat"}
+
+
+def test_typed_prompt_and_smart_region_together(tmp_path, local_root):
+    backend = fake_backend(tmp_path, local_files_document_root=str(local_root))
+    keypoint = {
+        "type": "keypointlabels",
+        "to_name": "image",
+        "value": {"x": 50, "y": 50, "keypointlabels": ["dog"]},
+    }
+    context = {"result": [keypoint, _textarea("the cat on the left")]}
+    [pred] = backend.predict([_task()], context=context, project=1, label_config=CONFIG)
+    assert {lab for _, lab in _labels_of(pred)} == {"cat", "dog"}
+    texts = [t for c in backend.predictor.calls if c[0] == "embed_text" for t in c[1]]
+    assert "the cat on the left" in texts and "cat" not in texts and "dog" in texts
+
+
+def test_typed_prompt_naming_no_label_answers_the_nearest_label(tmp_path, local_root):
+    import torch
+
+    backend = fake_backend(tmp_path, local_files_document_root=str(local_root))
+    fake = backend.predictor.embed_text
+    # e[0] drives the fake's probability; e[2], e[3] place the texts: the typed prompt points
+    # at "dog" although its e[0] is that of "cat"
+    place = {"cat": (1.0, 0.0), "dog": (0.0, 1.0), "a furry animal": (0.1, 1.0)}
+
+    def embed_text(texts):
+        out = fake(texts)
+        for i, t in enumerate(texts):
+            out[i, 2:4] = torch.tensor(place[t])
+        out[:, 0] = torch.where(
+            torch.tensor([t == "a furry animal" for t in texts]), 0.9, out[:, 0]
+        )
+        return out
+
+    backend.predictor.embed_text = embed_text
+    context = {"result": [_textarea("a furry animal")]}
+    [pred] = backend.predict([_task()], context=context, project=1, label_config=CONFIG)
+    assert _labels_of(pred) == {("tag", "dog")}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"x": 50, "y": 50, "keypointlabels": ["dog"], "is_positive": False},  # a negative click
+        {"x": 150, "y": 50, "keypointlabels": ["dog"]},  # outside the image
+        {"x": 50, "y": 50, "keypointlabels": "dog"},  # labels not a list
+    ],
+)
+def test_an_unusable_click_answers_nothing_rather_than_every_label(tmp_path, local_root, value):
+    backend = fake_backend(tmp_path, local_files_document_root=str(local_root))
+    context = {"result": [{"type": "keypointlabels", "to_name": "image", "value": value}]}
+    [pred] = backend.predict([_task()], context=context, project=1, label_config=CONFIG)
+    assert pred["result"] == []
+    assert not any(c[0] == "predict_embeddings" for c in backend.predictor.calls)
+
+
+def test_a_click_on_one_image_leaves_the_task_s_other_images_alone(tmp_path, local_root):
+    config = (
+        '<View><Image name="a" value="$a"/><Image name="b" value="$b"/>'
+        '<BrushLabels name="ta" toName="a"><Label value="cat"/></BrushLabels>'
+        '<BrushLabels name="tb" toName="b"><Label value="cat"/></BrushLabels></View>'
+    )
+    backend = fake_backend(tmp_path, local_files_document_root=str(local_root))
+    url = "/data/local-files/?d=images/a.png"
+    task = {"id": 1, "data": {"a": url, "b": url}}
+    context = {"result": [_textarea("the cat", to_name="b")]}
+    [pred] = backend.predict([task], context=context, project=1, label_config=config)
+    assert {r["to_name"] for r in pred["result"]} == {"b"}
+    assert sum(c[0] == "set_image" for c in backend.predictor.calls) == 1
+
+
+def test_typed_prompt_in_a_project_without_labels_answers_nothing(tmp_path, local_root):
+    backend = fake_backend(tmp_path, local_files_document_root=str(local_root))
+    config = '<View><Image name="image" value="$image"/><TextArea name="p" toName="image"/></View>'
+    context = {"result": [_textarea("a cat")]}
+    [pred] = backend.predict([_task()], context=context, project=1, label_config=config)
+    assert pred["result"] == []
 
 
 def test_region_shape_masks_at_the_image_size_boxes_and_skips_malformed(caplog):

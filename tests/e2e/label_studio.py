@@ -630,6 +630,22 @@ class LSClient:
     def connect_ml_backend(self, project: int, url: str, title: str) -> dict:
         return self.post("/api/ml", json={"url": url, "project": project, "title": title})
 
+    def set_interactive(self, ml_backend: int) -> dict:
+        """Turn on "Interactive preannotations" for a connected ML backend. The PATCH carries
+        the backend's URL and project again: Label Studio 1.23.2 answers 500 without them (its
+        serializer health-checks and sets up the backend with the fields of the request body)."""
+        ml = self.get(f"/api/ml/{ml_backend}")
+        body = {"url": ml["url"], "project": ml["project"], "is_interactive": True}
+        return self.patch(f"/api/ml/{ml_backend}", json=body)
+
+    def interactive_annotating(self, ml_backend: int, task: int, context: dict) -> dict:
+        """What the labeling page asks when an annotator draws a smart region or submits a
+        prompt: Label Studio sends the task and `context` to the backend's /predict and answers
+        {"data": <the prediction>} or {"errors": [...]}."""
+        return self.post(
+            f"/api/ml/{ml_backend}/interactive-annotating", json={"task": task, "context": context}
+        )
+
     def retrieve_predictions(self, project: int) -> dict:
         return self.post(
             "/api/dm/actions",

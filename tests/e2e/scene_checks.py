@@ -37,11 +37,14 @@ IOU_FLOORS = {"brush": BRUSH_IOU_FLOOR, "polygon": POLYGON_IOU_FLOOR, "rectangle
 
 
 def label_config(labels: list[str]) -> str:
-    """Brush, polygon and rectangle labels over one image, one <Label> per demo prompt."""
+    """Brush, polygon and rectangle labels over one image, one <Label> per demo prompt, and a
+    TextArea whose text the annotator submits as a prompt (interactive pre-annotation)."""
     tags = "".join(f'<Label value="{lab}"/>' for lab in labels)
     return (
         "<View>"
         '<Image name="image" value="$image"/>'
+        '<TextArea name="prompt" toName="image" editable="true" maxSubmissions="1"'
+        ' showSubmitButton="true" placeholder="what to segment"/>'
         f'<BrushLabels name="brush" toName="image">{tags}</BrushLabels>'
         f'<PolygonLabels name="poly" toName="image">{tags}</PolygonLabels>'
         f'<RectangleLabels name="rect" toName="image">{tags}</RectangleLabels>'

@@ -9,6 +9,8 @@ of conftest.py, shared with the `clipseg-label` test), with its own project and 
    storage, and Label Studio serves back exactly the pixels we wrote;
 3. the backend is connected (POST /api/ml) and "Retrieve predictions" yields, for every task,
    brush masks and polygons that match the scenes' ground truth (IoU floors below);
+   with "Interactive preannotations" on, a prompt typed in the TextArea and sent through Label
+   Studio's interactive-annotating API is answered with the regions of the label it names;
 4. an annotation (a brush region and a polygon region) reaches the backend by webhook: its
    exemplar store grows, its model_version changes, and predictions are retrieved again under the
    new version;
@@ -44,10 +46,13 @@ from .label_studio import (
     wait_http,
 )
 from .scene_checks import (
+    BRUSH_IOU_FLOOR,
     check_predictions,
     fetch_task_image,
+    iou,
     iou_summary,
     label_config,
+    predicted_masks,
     rasterize_polygon,
     seed_of,
     write_scene,
@@ -192,6 +197,12 @@ def test_label_studio_end_to_end(
     mark("predictions checked")
     e2e_report.append(f"{mode}: IoU before the annotation: {iou_summary(ious)}")
 
+    # --- 3b. interactive pre-annotation: a prompt typed in the TextArea, through Label Studio
+    prompt_task = next(t for t in tasks if "/data/upload/" in t["data"]["image"])
+    typed_iou = check_typed_prompt(client, int(ml["id"]), prompt_task, scenes[seed_of(prompt_task)])
+    e2e_report.append(f"{mode}: typed prompt, brush IoU {typed_iou:.3f}")
+    mark("interactive prompt checked")
+
     # --- 4. an annotation teaches the backend: webhook, exemplars, new model_version
     target_task = next(t for t in tasks if "/data/upload/" in t["data"]["image"])
     scene = scenes[seed_of(target_task)]
@@ -228,6 +239,39 @@ def test_label_studio_end_to_end(
     shot = check_browser(processes, browser, ls, tmp_path, artifacts_dir, pid, browser_task)
     e2e_report.append(f"{mode}: screenshot {shot}")
     mark("browser checked")
+
+
+def check_typed_prompt(client: LSClient, ml_id: int, task: dict, scene: Scene) -> float:
+    """Interactive pre-annotation: with "Interactive preannotations" on, Label Studio forwards
+    the text an annotator submits in the TextArea to the backend as `params.context`. The answer
+    holds regions of the one label the prompt names, on the brush, polygon and rectangle
+    controls, and its brush mask matches that object's ground truth. Returns the brush IoU."""
+    name = max({o.name for o in scene.objects}, key=lambda n: int(scene.target(n).sum()))
+    prompt = f"a photo of the {name}."  # not the label itself: it names the label
+    client.set_interactive(ml_id)
+    context = {
+        "result": [
+            {
+                "type": "textarea",
+                "from_name": "prompt",
+                "to_name": "image",
+                "value": {"text": [prompt]},
+            }
+        ]
+    }
+    answer = client.interactive_annotating(ml_id, task["id"], context)
+    assert "errors" not in answer and answer.get("data"), answer
+    items = answer["data"]["result"]
+    assert {(r["from_name"], r["value"][r["type"]][0]) for r in items} == {
+        ("brush", name),
+        ("poly", name),
+        ("rect", name),
+    }, f"prompt {prompt!r}: {[(r['from_name'], r['value']) for r in items]}"
+    h, w = scene.image.shape[:2]
+    masks = predicted_masks(answer["data"], h, w)
+    value = iou(masks["brush"][name], scene.target(name))
+    assert value >= BRUSH_IOU_FLOOR, f"prompt {prompt!r}: brush IoU {value:.3f}"
+    return value
 
 
 def annotation_from_scene(scene: Scene) -> tuple[list[dict], dict[str, np.ndarray]]:

@@ -1,0 +1,139 @@
+"""Label Studio's interactive context: what the annotator just drew or typed on a task.
+
+With "Interactive preannotations" on, Label Studio sends `/predict` one task and
+`params.context = {"result": [...]}`: the result items the annotator just made. Two kinds
+steer CLIPSeg:
+
+- **smart regions** (`brushlabels`, `rectanglelabels`, `keypointlabels`, `polygonlabels` items)
+  on the image: each is an exemplar (visual prompt) of its labels for this answer;
+- **typed prompts** (`textarea` items, e.g. `<TextArea name="prompt" toName="image"/>`) on the
+  image: each line of text is a text prompt for the label it names (`labels_named`), used in
+  place of that label's configured prompts for this answer.
+
+Only the labels named this way are answered: a context that holds such items for the image,
+even unusable ones (a negative keypoint, `is_positive: false`; an item without labels; blank
+text), asks for an interactive answer, which may then be empty; never for every label. Items
+on other images, and anything malformed (not a dict, labels not a list of strings), are left out.
+This module only reads the context; it does not embed or predict anything.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Interaction", "SmartRegion", "labels_named", "normalize", "parse_context"]
+
+#: Result types whose items are smart regions.
+SMART_REGION_TYPES = ("brushlabels", "rectanglelabels", "keypointlabels", "polygonlabels")
+
+
+@dataclass(frozen=True)
+class SmartRegion:
+    """One region the annotator drew: its result item (percent coordinates, as Label Studio
+    sent it), its type (`item["type"]` in lower case) and its labels."""
+
+    item: dict[str, Any]
+    kind: str
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """What the context asks of one image: exemplar regions and typed prompts, in order, and
+    how many smart-region or TextArea items pointed at the image (usable or not)."""
+
+    regions: tuple[SmartRegion, ...] = ()
+    prompts: tuple[str, ...] = ()
+    items: int = 0
+
+    def __bool__(self) -> bool:
+        """True when the annotator interacted with the image: answer interactively."""
+        return self.items > 0
+
+
+def parse_context(context: Any, to_names: Collection[str]) -> Interaction:
+    """The smart regions and typed prompts of `context` that point at one of `to_names` (the
+    names of the `<Image>` tags being predicted). Anything else is ignored, so a context
+    without such items (or no context at all) asks for an ordinary prediction."""
+    if not isinstance(context, Mapping):
+        return Interaction()
+    items = context.get("result")
+    if not isinstance(items, list):
+        return Interaction()
+    regions: list[SmartRegion] = []
+    prompts: list[str] = []
+    count = 0
+    for item in items:
+        if not isinstance(item, Mapping):
+            continue
+        to_name, kind = item.get("to_name"), item.get("type")
+        if not isinstance(to_name, str) or to_name not in to_names or not isinstance(kind, str):
+            continue
+        kind = kind.lower()
+        if kind != "textarea" and kind not in SMART_REGION_TYPES:
+            continue
+        count += 1
+        value = item.get("value")
+        if not isinstance(value, Mapping):
+            continue
+        if kind == "textarea":
+            prompts.extend(_texts(value.get("text")))
+        elif value.get("is_positive") is not False:
+            names = value.get(kind)
+            labels = (
+                tuple(n for n in names if isinstance(n, str) and n)
+                if isinstance(names, list)
+                else ()
+            )
+            if labels:
+                regions.append(SmartRegion(dict(item), kind, labels))
+    return Interaction(tuple(regions), tuple(dict.fromkeys(prompts)), count)
+
+
+def _texts(text: Any) -> list[str]:
+    """The non-blank lines of a TextArea value (a list of submissions, or one string)."""
+    lines = [text] if isinstance(text, str) else text if isinstance(text, list) else []
+    return [
+        part.strip()
+        for line in lines
+        if isinstance(line, str)
+        for part in line.splitlines()
+        if part.strip()
+    ]
+
+
+def normalize(text: str) -> str:
+    """Case-folded, with runs of white space made one space: how typed text is compared."""
+    return " ".join(text.casefold().split())
+
+
+def labels_named(prompt: str, labels: Mapping[str, Sequence[str]]) -> list[str]:
+    """The labels a typed prompt names, among `labels` (label value -> its configured prompts).
+
+    A label is named by its value or one of its prompts (compared after `normalize`):
+    1. a label whose name equals the whole prompt ("Cat" names the label "cat");
+    2. else the labels whose name occurs in the prompt as whole words, the longest occurrence
+       winning ("the black cat on the sofa" names "cat" and, if it exists, "black cat" wins);
+       labels tied on that length are all returned, in `labels`' order.
+    Returns [] when the prompt names no label; the caller then decides among all of them.
+    """
+    text = normalize(prompt)
+    names = {
+        label: {normalize(n) for n in (label, *prompts) if n.strip()}
+        for label, prompts in labels.items()
+    }
+    exact = [label for label, ns in names.items() if text in ns]
+    if exact:
+        return exact[:1]
+    best: dict[str, int] = {}
+    for label, ns in names.items():
+        found = [len(n) for n in ns if re.search(rf"(?<!\w){re.escape(n)}(?!\w)", text)]
+        if found:
+            best[label] = max(found)
+    if not best:
+        return []
+    longest = max(best.values())
+    return [label for label, n in best.items() if n == longest]
