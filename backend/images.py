@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from urllib.parse import parse_qs, urljoin, urlparse
 
 import numpy as np
 import requests
+import urllib3
 from label_studio_sdk._extensions.label_studio_tools.core.utils.io import (
     encode_presign_fileuri,
     is_cloud_storage_uri,
@@ -48,7 +50,7 @@ _MAX_REDIRECTS = 3
 
 
 class ImageError(Exception):
-    """A task's image cannot be loaded; the task gets an empty result."""
+    """A task's image cannot be loaded; the task is answered without a result."""
 
 
 class DisallowedSourceError(ImageError):
@@ -287,17 +289,28 @@ class ImageLoader:
         raise ImageError(f"too many redirects for {url}")
 
     def _read_capped(self, response: requests.Response, url: str) -> bytes:
+        """The body, within CLIPSEG_MAX_DOWNLOAD_BYTES and CLIPSEG_HTTP_TIMEOUT for the whole
+        read (requests' own timeout bounds each wait for bytes, not a server that drips them)."""
         cap = self.settings.max_download_bytes
+        timeout = self.settings.http_timeout
+        deadline = time.monotonic() + timeout
         declared = response.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > cap:
             raise ImageError(f"{url} is {declared} bytes, over CLIPSEG_MAX_DOWNLOAD_BYTES={cap}")
         buf = io.BytesIO()
         try:
-            for chunk in response.iter_content(chunk_size=1 << 16):
+            # read1 returns what has arrived (iter_content waits for whole 64 KiB chunks), so
+            # the deadline is checked while a slow server drips its bytes
+            while chunk := response.raw.read1(1 << 16, decode_content=True):
                 buf.write(chunk)
                 if buf.tell() > cap:
                     raise ImageError(f"{url} is over CLIPSEG_MAX_DOWNLOAD_BYTES={cap}")
-        except requests.RequestException as exc:
+                if time.monotonic() > deadline:
+                    raise ImageError(
+                        f"download of {url} took over CLIPSEG_HTTP_TIMEOUT={timeout:g} s "
+                        f"({buf.tell()} bytes read)"
+                    )
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise ImageError(f"download of {url} failed: {exc}") from exc
         return buf.getvalue()
 

@@ -26,6 +26,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -329,22 +330,42 @@ class CLIPSegBackend:
         project: Any = None,
         label_config: str | None = None,
     ) -> list[dict[str, Any]]:
-        """One prediction per task, in order; a task that fails gets an empty result."""
+        """One answer per task, in order: a prediction, or for a task that failed or was not
+        reached within CLIPSEG_PREDICT_BUDGET an answer without `result` (`_failed`)."""
         version = self.model_version(project)
         try:
             controls = self.controls(label_config or "")
         except LabelConfigError as exc:
-            logger.error("project %s: %s; answering empty results", project, exc)
-            controls = []
+            logger.error("project %s: %s", project, exc)
+            return [_failed(version, str(exc)) for _ in tasks]
         if not controls:
-            logger.warning("no BrushLabels/PolygonLabels/RectangleLabels on an Image to predict")
+            message = (
+                "the label config has no BrushLabels/PolygonLabels/RectangleLabels on an Image"
+            )
+            logger.error("project %s: %s", project, message)
+            return [_failed(version, message) for _ in tasks]
         try:
             stored = self.store.embeddings(project_key(project))
         except ValueError:
             stored = {}
         client = self._client(project)
+        budget = self.settings.predict_budget
+        deadline = time.monotonic() + budget if budget > 0 else None
         out = []
-        for task in tasks:
+        for i, task in enumerate(tasks):
+            if deadline is not None and time.monotonic() > deadline:
+                left = len(tasks) - i
+                logger.warning(
+                    "CLIPSEG_PREDICT_BUDGET=%g s spent after %d of %d tasks; the %d others are "
+                    "answered without a result, so Label Studio asks for them again next time",
+                    budget,
+                    i,
+                    len(tasks),
+                    left,
+                )
+                message = f"not reached within CLIPSEG_PREDICT_BUDGET={budget:g} s; ask again"
+                out.extend(_failed(version, message) for _ in range(left))
+                break
             try:
                 pred = self.predict_task(task, controls, stored, context, client)
                 score = pred.uncertainty if self.settings.score_mode == "uncertainty" else None
@@ -362,7 +383,7 @@ class CLIPSegBackend:
                     logger.error("task %s: %s", task.get("id"), exc)
                 else:
                     logger.exception("task %s: prediction failed", task.get("id"))
-                out.append({"result": [], "score": 0.0, "model_version": version})
+                out.append(_failed(version, f"{type(exc).__name__}: {exc}"))
         return out
 
     def predict_task(
@@ -742,6 +763,13 @@ def _clip_box(
     y0, y1 = sorted((min(max(y0, 0), height), min(max(y1, 0), height)))
     box = (int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1)))
     return box if box[2] > box[0] and box[3] > box[1] else None
+
+
+def _failed(version: str, error: str) -> dict[str, Any]:
+    """The answer for a task that got no prediction. It has no `result`, so Label Studio stores
+    nothing for it and asks again on the next "Retrieve predictions" (an empty result would be
+    stored as a prediction of this model_version, and the task skipped from then on)."""
+    return {"model_version": version, "error": error}
 
 
 def _merge(parts: list[ImagePrediction]) -> ImagePrediction:

@@ -99,7 +99,8 @@ class Settings:
     allowed_hosts: tuple[str, ...] = ()  # CLIPSEG_ALLOWED_HOSTS: extra hosts images may come from
     max_image_pixels: int = 50_000_000  # CLIPSEG_MAX_IMAGE_PIXELS
     max_download_bytes: int = 64 * 1024 * 1024  # CLIPSEG_MAX_DOWNLOAD_BYTES
-    http_timeout: float = 30.0  # CLIPSEG_HTTP_TIMEOUT: seconds, connect and read
+    http_timeout: float = 30.0  # CLIPSEG_HTTP_TIMEOUT: seconds per request, whole download
+    predict_budget: float = 80.0  # CLIPSEG_PREDICT_BUDGET: seconds per /predict (0: no limit)
     # --- storage and server
     model_dir: str = "./model-data"  # MODEL_DIR: where exemplars are stored
     basic_auth_user: str = ""  # BASIC_AUTH_USER
@@ -154,6 +155,7 @@ class Settings:
             max_image_pixels=_int(env, "CLIPSEG_MAX_IMAGE_PIXELS", cls.max_image_pixels, 1),
             max_download_bytes=_int(env, "CLIPSEG_MAX_DOWNLOAD_BYTES", cls.max_download_bytes, 1),
             http_timeout=_float(env, "CLIPSEG_HTTP_TIMEOUT", cls.http_timeout, 0.1),
+            predict_budget=_float(env, "CLIPSEG_PREDICT_BUDGET", cls.predict_budget, 0.0),
             model_dir=_get(env, "MODEL_DIR", cls.model_dir),
             basic_auth_user=user,
             basic_auth_pass=password,

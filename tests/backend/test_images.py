@@ -216,3 +216,42 @@ def test_exif_orientation_applied_and_modes_converted():
         src.save(buf, format="TIFF")
         out = decode_image(buf.getvalue(), _settings())
         assert out.array.shape == (4, 6, 3) and out.array.dtype == np.uint8, mode
+
+
+def test_a_server_that_drips_its_bytes_is_cut_off_at_the_timeout():
+    """CLIPSEG_HTTP_TIMEOUT bounds the whole download, not only each wait for bytes."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    data = png_bytes(64, 48)
+
+    class Drip(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            try:
+                for byte in data:  # one byte every 50 ms: never a 0.5 s silence
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:
+                pass  # the client gave up
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/slow.png"
+    loader = ImageLoader(_settings(http_timeout=0.5, allowed_hosts=("127.0.0.1",)))
+    try:
+        start = time.monotonic()
+        with pytest.raises(ImageError, match="took over CLIPSEG_HTTP_TIMEOUT=0.5 s"):
+            loader.load({"id": 1, "data": {"image": url}}, "image", None)
+        assert time.monotonic() - start < 3.0
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -82,7 +82,9 @@ def test_prompt_attributes_threshold_skip_and_unicode(tmp_path, local_root):
     assert texts == ["a red thing", "blue thing", "cat"]
 
 
-def test_bad_tasks_get_empty_results_in_order(tmp_path, local_root):
+def test_bad_tasks_get_answers_without_result_in_order(tmp_path, local_root):
+    """Label Studio stores nothing for an answer without `result`, so a failed task is asked
+    for again later instead of keeping an empty prediction of this model_version."""
     (local_root / "images" / "corrupt.png").write_bytes(b"\x89PNG garbage")
     backend = fake_backend(tmp_path, local_files_document_root=str(local_root))
     tasks = [
@@ -96,8 +98,33 @@ def test_bad_tasks_get_empty_results_in_order(tmp_path, local_root):
     ]
     preds = backend.predict(tasks, project=1, label_config=CONFIG)
     assert len(preds) == 7
-    assert [bool(p["result"]) for p in preds] == [True, False, False, False, False, False, True]
+    assert ["result" in p for p in preds] == [True, False, False, False, False, False, True]
+    assert preds[0]["result"] and preds[6]["result"]
     assert all(p["model_version"] == preds[0]["model_version"] for p in preds)
+    errors = [p.get("error", "") for p in preds]
+    assert "not a supported image" in errors[1] and "no data key 'image'" in errors[2]
+    assert all(errors[1:6]) and not errors[0] and not errors[6]
+
+
+def test_tasks_past_the_predict_budget_are_left_for_later(tmp_path, local_root, monkeypatch):
+    backend = fake_backend(tmp_path, local_files_document_root=str(local_root), predict_budget=10.0)
+    clock = iter([0.0, 1.0, 5.0, 11.0, 12.0])  # the deadline is 10 s after the first reading
+    monkeypatch.setattr("backend.model.time.monotonic", lambda: next(clock))
+    preds = backend.predict([_task(i) for i in range(1, 6)], project=1, label_config=CONFIG)
+    assert ["result" in p for p in preds] == [True, True, False, False, False]
+    assert "CLIPSEG_PREDICT_BUDGET=10 s" in preds[2]["error"]
+    assert sum(c[0] == "set_image" for c in backend.predictor.calls) == 2
+
+
+def test_a_config_without_supported_controls_answers_every_task_without_result(
+    tmp_path, local_root
+):
+    backend = fake_backend(tmp_path, local_files_document_root=str(local_root))
+    config = '<View><Image name="image" value="$image"/><Choices name="c" toName="image">'
+    config += '<Choice value="x"/></Choices></View>'
+    for label_config in (config, "<View><Image", ""):
+        preds = backend.predict([_task(1), _task(2)], project=1, label_config=label_config)
+        assert [("result" in p, bool(p["error"])) for p in preds] == [(False, True)] * 2
 
 
 def test_regions_and_uncertainty_helpers():
@@ -335,7 +362,7 @@ def test_typed_prompt_in_a_project_without_labels_answers_nothing(tmp_path, loca
     config = '<View><Image name="image" value="$image"/><TextArea name="p" toName="image"/></View>'
     context = {"result": [_textarea("a cat")]}
     [pred] = backend.predict([_task()], context=context, project=1, label_config=config)
-    assert pred["result"] == []
+    assert "result" not in pred and "no BrushLabels" in pred["error"]
 
 
 def test_region_shape_masks_at_the_image_size_boxes_and_skips_malformed(caplog):

@@ -192,7 +192,7 @@ def test_bad_input(tmp_path):
     assert client.get("/nope").status_code == 404
 
 
-def test_path_traversal_and_disallowed_host_give_empty_results(env, tmp_path):
+def test_path_traversal_and_disallowed_host_give_no_result(env, tmp_path):
     app, ls, _ = env
     (tmp_path / "secret.png").write_bytes(png_bytes(W, H))
     other = FakeLabelStudio()
@@ -213,7 +213,7 @@ def test_path_traversal_and_disallowed_host_give_empty_results(env, tmp_path):
         )
         assert r.status_code == 200
         results = r.get_json()["results"]
-        assert [bool(p["result"]) for p in results] == [False, False, True]
+        assert ["result" in p for p in results] == [False, False, True]
         assert other.requests == []  # no request made to the disallowed host
     finally:
         other.close()
