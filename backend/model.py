@@ -55,12 +55,25 @@ class ModelLoadError(RuntimeError):
 
 
 def resolve_device(name: str) -> str:
-    """ "auto" -> "cuda" when a GPU is visible, else "cpu"; anything else as given."""
-    if name != "auto":
-        return name
+    """ "auto" -> "cuda" when a GPU is visible, else "cpu"; "cuda" / "cuda:N" checked against
+    what torch sees (ModelLoadError saying so, rather than a failure inside model loading)."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelLoadError(
+                f"CLIPSEG_DEVICE={name} but this torch ({torch.__version__}) sees no CUDA GPU; "
+                "use CLIPSEG_DEVICE=cpu (or auto)"
+            )
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ModelLoadError(
+                f"CLIPSEG_DEVICE={name} but torch sees {torch.cuda.device_count()} CUDA GPU(s) "
+                f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})"
+            )
+    return name
 
 
 _DEMO_HINT = (

@@ -27,6 +27,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from backend.images import ImageError
 from backend.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
@@ -39,8 +40,14 @@ class WebhookWorker:
     the first job of each process (gunicorn forks after the app is built).
     """
 
-    def __init__(self, handler: Callable[[str, dict], Any], maxsize: int = 1000) -> None:
+    def __init__(
+        self,
+        handler: Callable[[str, dict], Any],
+        maxsize: int = 1000,
+        expected: tuple[type[Exception], ...] = (),
+    ) -> None:
         self.handler = handler
+        self.expected = expected  # failures that explain themselves: logged without traceback
         self.queue: queue.Queue[tuple[str, dict]] = queue.Queue(maxsize=maxsize)
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
@@ -70,6 +77,8 @@ class WebhookWorker:
             try:
                 self.handler(event, data)
                 logger.info("webhook %s handled in %.2f s", event, time.monotonic() - started)
+            except self.expected as exc:
+                logger.error("webhook %s failed: %s", event, exc)
             except Exception:
                 logger.exception("webhook %s failed", event)
             finally:
@@ -102,6 +111,8 @@ def _json_body() -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise _BadBody(f"malformed JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise _BadBody("malformed JSON: nested too deeply") from exc
     if not isinstance(body, dict):
         raise _BadBody(f"the JSON body must be an object, not {type(body).__name__}")
     return body
@@ -117,7 +128,7 @@ def create_app(backend: Any, settings: Settings) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
     app.json.sort_keys = False
     app.json.ensure_ascii = False
-    worker = WebhookWorker(backend.fit, settings.webhook_queue_size)
+    worker = WebhookWorker(backend.fit, settings.webhook_queue_size, (ImageError, ValueError))
     app.extensions["clipseg_backend"] = backend
     app.extensions["clipseg_worker"] = worker
     user, password = settings.basic_auth_user, settings.basic_auth_pass
@@ -215,10 +226,14 @@ def create_app(backend: Any, settings: Settings) -> Flask:
 
 
 def configure_logging(level: str) -> None:
+    """Log at `level`; DEBUG only for our packages (label-studio-sdk's dependencies are chatty)."""
+    wanted = getattr(logging, level.upper(), logging.INFO)
     logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
+        level=max(wanted, logging.INFO),
         format="[%(asctime)s] [%(levelname)s] [%(name)s] %(message)s",
     )
+    for name in ("backend", "clipseg"):
+        logging.getLogger(name).setLevel(wanted)
 
 
 #: gunicorn's exit status for "worker failed to boot": the master stops instead of respawning.
@@ -276,9 +291,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     configure_logging("DEBUG" if args.debug else settings.log_level)
 
-    from backend.model import resolve_device
+    from backend.model import ModelLoadError, resolve_device
 
-    device = resolve_device(settings.device)
+    try:
+        device = resolve_device(settings.device)
+    except ModelLoadError as exc:
+        logger.error("cannot start: %s", exc)
+        sys.exit(1)
     if args.debug:
         app = create_app(load_backend_or_exit(settings), settings)
         app.run(host=args.host, port=args.port, threaded=True, use_reloader=False)

@@ -1,12 +1,14 @@
 """Every environment variable the backend reads, in one place.
 
 `Settings.from_env()` reads them once into a frozen dataclass; the rest of the backend takes a
-`Settings` and never looks at `os.environ`. docs/backend.md lists each variable with its default.
+`Settings` and never looks at `os.environ`. README.md's Settings table lists each variable with
+its default.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
@@ -45,8 +47,24 @@ def _float(
         value = float(raw)
     except ValueError as exc:
         raise SettingsError(f"{name}={raw!r} is not a number") from exc
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
+    if lo is not None and hi is not None and not lo <= value <= hi:
         raise SettingsError(f"{name}={value} must lie in [{lo}, {hi}]")
+    if lo is not None and value < lo:
+        raise SettingsError(f"{name}={value} must be >= {lo}")
+    if hi is not None and value > hi:
+        raise SettingsError(f"{name}={value} must be <= {hi}")
+    return value
+
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _device(env: Mapping[str, str]) -> str:
+    value = _get(env, "CLIPSEG_DEVICE", "auto").lower()
+    if not _DEVICE.fullmatch(value):
+        raise SettingsError(
+            f"CLIPSEG_DEVICE={value!r} is not a device: use auto, cpu, cuda or cuda:N"
+        )
     return value
 
 
@@ -135,7 +153,7 @@ class Settings:
             raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         return cls(
             model=_get(env, "CLIPSEG_MODEL", DEFAULT_MODEL),
-            device=_get(env, "CLIPSEG_DEVICE", "auto").lower(),
+            device=_device(env),
             dtype=_choice(env, "CLIPSEG_DTYPE", "auto", ("auto", "float32", "float16", "bfloat16")),
             threshold=_float(env, "CLIPSEG_THRESHOLD", cls.threshold, 0.0, 1.0),
             region_mode=_choice(env, "CLIPSEG_REGION_MODE", "instance", ("instance", "semantic")),
@@ -164,5 +182,7 @@ class Settings:
             workers=_int(env, "WORKERS", cls.workers, 1),
             threads=_int(env, "THREADS", cls.threads, 1),
             timeout=_int(env, "GUNICORN_TIMEOUT", cls.timeout, 1),
-            log_level=_get(env, "LOG_LEVEL", cls.log_level).upper(),
+            log_level=_choice(
+                env, "LOG_LEVEL", cls.log_level.lower(), ("debug", "info", "warning", "error")
+            ).upper(),
         )

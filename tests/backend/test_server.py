@@ -183,6 +183,8 @@ def test_bad_input(tmp_path):
     assert r.status_code == 400 and "malformed JSON" in r.get_json()["error"]
     r = client.post("/predict", data="[1, 2]", content_type="application/json")
     assert r.status_code == 400 and "object" in r.get_json()["error"]
+    r = client.post("/predict", data="[" * 1900, content_type="application/json")
+    assert r.status_code == 400 and "nested too deeply" in r.get_json()["error"]
     r = _post(client, "/predict", {"tasks": "nope", "label_config": CONFIG})
     assert r.status_code == 400 and "tasks" in r.get_json()["error"]
     r = _post(client, "/webhook", {"no": "action"})

@@ -40,11 +40,37 @@ def test_defaults_and_overrides():
         ({"WORKERS": "0"}, "WORKERS"),
         ({"BASIC_AUTH_USER": "u"}, "BASIC_AUTH_PASS"),
         ({"CLIPSEG_UNCERTAIN_LOW": "0.9"}, "CLIPSEG_UNCERTAIN_LOW"),
+        ({"CLIPSEG_DEVICE": "gpu"}, "CLIPSEG_DEVICE='gpu' is not a device: use auto, cpu, cuda"),
+        ({"CLIPSEG_DEVICE": "cuda:x"}, "CLIPSEG_DEVICE"),
+        ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL='verbose' is not one of debug"),
+        ({"CLIPSEG_MIN_REGION_AREA": "-1"}, r"CLIPSEG_MIN_REGION_AREA=-1.0 must be >= 0.0$"),
+        ({"CLIPSEG_PREDICT_BUDGET": "-5"}, "CLIPSEG_PREDICT_BUDGET"),
     ],
 )
 def test_bad_values_name_the_variable(env, message):
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(env)
+
+
+def test_devices_are_read_as_written():
+    for device in ("auto", "cpu", "cuda", "cuda:1", "CUDA:0"):
+        assert Settings.from_env({"CLIPSEG_DEVICE": device}).device == device.lower()
+
+
+def test_a_cuda_device_without_cuda_is_a_load_error_that_says_so(monkeypatch):
+    import torch
+
+    from backend.model import ModelLoadError, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ModelLoadError, match="CLIPSEG_DEVICE=cuda but this torch .* sees no CUDA"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == "cuda:1"
+    with pytest.raises(ModelLoadError, match="sees 2 CUDA GPU"):
+        resolve_device("cuda:2")
 
 
 CONFIG = """
