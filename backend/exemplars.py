@@ -6,6 +6,7 @@ project holds every label's exemplars:
 
     {"format": 1, "seq": <last sequence number>,
      "annotations": {"<annotation id>": {"updated_at": ..., "task": ...}},
+     "deleted": ["<annotation id>", ...],
      "exemplars": [{"label", "annotation", "task", "region", "type", "seq", "embedding"}, ...]}
 
 with embeddings as base64 of little-endian float32. Writes are atomic (a temporary file, then
@@ -13,6 +14,13 @@ with embeddings as base64 of little-endian float32. Writes are atomic (a tempora
 restarts see either the old or the new set, never half of one. Readers reload a project's file
 when it changes on disk. Each label keeps its newest CLIPSEG_MAX_EXEMPLARS_PER_LABEL exemplars;
 storing an annotation again replaces its exemplars.
+
+Webhooks can be handled out of order (each gunicorn worker has its own queue, and embedding an
+annotation takes longer than deleting one), so a write never goes back in time: an annotation
+that was deleted (`deleted`, the newest 10,000 ids) is not stored again, and one already stored
+with a newer `updated_at` is not replaced by an older version. A file that is not a store of
+this format is moved aside (`<project>.json.unreadable-<time>`) before the next write instead
+of being overwritten.
 """
 
 from __future__ import annotations
@@ -26,8 +34,10 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -68,11 +78,53 @@ def _encode(vec: np.ndarray) -> str:
 
 
 def _decode(text: str) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(text), dtype="<f4").astype(np.float32)
+    """(D,) float32 from `_encode`'s text; ValueError for anything else."""
+    vec = np.frombuffer(base64.b64decode(text, validate=True), dtype="<f4")
+    if vec.size == 0:
+        raise ValueError("empty embedding")
+    return vec.astype(np.float32)
+
+
+_MAX_DELETED = 10_000  # deleted annotation ids remembered per project
+_EXEMPLAR_KEYS = ("label", "annotation", "seq", "embedding")
 
 
 def _empty() -> dict[str, Any]:
-    return {"format": _FORMAT, "seq": 0, "annotations": {}, "exemplars": []}
+    return {"format": _FORMAT, "seq": 0, "annotations": {}, "deleted": [], "exemplars": []}
+
+
+def _problem(data: Any) -> str | None:
+    """What makes `data` not a store of this format, or None."""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    if data.get("format") != _FORMAT:
+        return f"format {data.get('format')!r}, not {_FORMAT}"
+    if not isinstance(data.get("seq"), int):
+        return "no integer 'seq'"
+    if not isinstance(data.get("annotations"), dict):
+        return "no 'annotations' object"
+    if not isinstance(data.get("deleted", []), list):
+        return "'deleted' is not a list"
+    items = data.get("exemplars")
+    if not isinstance(items, list):
+        return "no 'exemplars' list"
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or any(k not in item for k in _EXEMPLAR_KEYS):
+            return f"exemplar {i} lacks one of {', '.join(_EXEMPLAR_KEYS)}"
+        try:
+            _decode(item["embedding"])
+        except (TypeError, ValueError) as exc:
+            return f"exemplar {i} has an undecodable embedding ({exc})"
+    return None
+
+
+def _newer(stored: Any, incoming: Any) -> bool:
+    """Whether the stored `updated_at` is strictly newer than the incoming one (ISO 8601 times;
+    anything that does not parse compares as not newer, so the incoming version is kept)."""
+    try:
+        return datetime.fromisoformat(str(stored)) > datetime.fromisoformat(str(incoming))
+    except (TypeError, ValueError):
+        return False
 
 
 class ExemplarStore:
@@ -101,7 +153,10 @@ class ExemplarStore:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def _read(self, project: Any) -> dict[str, Any]:
+    def _read(self, project: Any, for_write: bool = False) -> dict[str, Any]:
+        """The project's store (empty when there is none). A file that cannot be read as a
+        store is logged and treated as empty; `for_write` (under the write lock) moves it aside
+        first, so that the write does not destroy it."""
         path = self._path(project)
         try:
             stat = path.stat()
@@ -114,12 +169,18 @@ class ExemplarStore:
             return cached[1]
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            logger.error("exemplar store %s is unreadable (%s); treating it as empty", path, exc)
+            problem = _problem(data)
+        except (OSError, ValueError, RecursionError) as exc:
+            problem = f"unreadable JSON ({exc})"
+        if problem is not None:
+            if for_write:
+                aside = path.with_name(f"{path.name}.unreadable-{time.time_ns()}")
+                os.replace(path, aside)
+                logger.error("exemplar store %s: %s; moved to %s", path, problem, aside.name)
+            else:
+                logger.error("exemplar store %s: %s; treating it as empty", path, problem)
             return _empty()
-        if data.get("format") != _FORMAT:
-            logger.error("exemplar store %s has unknown format %r", path, data.get("format"))
-            return _empty()
+        data.setdefault("deleted", [])
         self._cache[key] = (stamp, data)
         return data
 
@@ -146,10 +207,25 @@ class ExemplarStore:
         task_id: Any = None,
         updated_at: str | None = None,
     ) -> None:
-        """Store `exemplars` as annotation `annotation_id`'s, replacing what it had before."""
+        """Store `exemplars` as annotation `annotation_id`'s, replacing what it had before.
+
+        Returns False, storing nothing, when the annotation was deleted or is already stored
+        with a newer `updated_at` (a webhook that arrived late)."""
         ann = str(annotation_id)
         with self._write_lock(project):
-            data = json.loads(json.dumps(self._read(project)))  # a private copy to modify
+            data = json.loads(json.dumps(self._read(project, for_write=True)))  # a private copy
+            if ann in data["deleted"]:
+                logger.info("annotation %s was deleted; its late update is not stored", ann)
+                return False
+            stored = data["annotations"].get(ann, {}).get("updated_at")
+            if _newer(stored, updated_at):
+                logger.info(
+                    "annotation %s is stored at %s; its older version %s is not",
+                    ann,
+                    stored,
+                    updated_at,
+                )
+                return False
             data["exemplars"] = [it for it in data["exemplars"] if it["annotation"] != ann]
             for ex in exemplars:
                 data["seq"] += 1
@@ -167,19 +243,27 @@ class ExemplarStore:
             data["annotations"][ann] = {"updated_at": updated_at, "task": task_id}
             self._bound(data)
             self._write(project, data)
+            return True
 
-    def remove_annotations(self, project: Any, annotation_ids: Iterable[Any]) -> int:
-        """Forget the exemplars of these annotations; returns how many exemplars went."""
+    def remove_annotations(
+        self, project: Any, annotation_ids: Iterable[Any], deleted: bool = False
+    ) -> int:
+        """Forget the exemplars of these annotations; returns how many exemplars went.
+
+        `deleted`: the annotations no longer exist in Label Studio, so a late webhook must not
+        bring them back (a cancelled annotation may be submitted again: not `deleted`)."""
         gone = {str(a) for a in annotation_ids}
         with self._write_lock(project):
-            data = json.loads(json.dumps(self._read(project)))
+            data = json.loads(json.dumps(self._read(project, for_write=True)))
             before = len(data["exemplars"])
             data["exemplars"] = [it for it in data["exemplars"] if it["annotation"] not in gone]
             removed = before - len(data["exemplars"])
             known = gone & set(data["annotations"])
             for ann in known:
                 del data["annotations"][ann]
-            if removed or known:
+            fresh = sorted(gone - set(data["deleted"])) if deleted else []
+            data["deleted"] = (data["deleted"] + fresh)[-_MAX_DELETED:]
+            if removed or known or fresh:
                 self._write(project, data)
             return removed
 

@@ -619,7 +619,9 @@ class CLIPSegBackend:
         key = project_key(project)
         if event == "ANNOTATIONS_DELETED":
             ids = [a.get("id") if isinstance(a, dict) else a for a in data.get("annotations") or []]
-            removed = self.store.remove_annotations(key, [i for i in ids if i is not None])
+            removed = self.store.remove_annotations(
+                key, [i for i in ids if i is not None], deleted=True
+            )
             logger.info("project %s: %d exemplar(s) of deleted annotations removed", key, removed)
             return
         label_config = project.get("label_config") if isinstance(project, dict) else None
@@ -643,9 +645,11 @@ class CLIPSegBackend:
             self.store.remove_annotations(key, [ann_id])
             return 0
         exemplars = self.exemplars_of(task, annotation.get("result") or [], label_config, key)
-        self.store.replace_annotation(
+        stored = self.store.replace_annotation(
             key, ann_id, exemplars, task_id=task.get("id"), updated_at=annotation.get("updated_at")
         )
+        if not stored:
+            return 0
         logger.info(
             "project %s: annotation %s -> %d exemplar(s); model_version %s",
             key,
@@ -679,6 +683,8 @@ class CLIPSegBackend:
                     logger.exception("project %s: annotation %s skipped", key, ann_id)
         stale = self.store.annotation_ids(key) - seen
         if stale:
+            # not marked deleted: an annotation made after the export was read would be
+            # refused forever; a stale one that comes back goes at the next sync
             self.store.remove_annotations(key, stale)
         logger.info(
             "project %s: START_TRAINING synced %d annotation(s); model_version %s",

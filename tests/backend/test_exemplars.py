@@ -69,3 +69,50 @@ def test_unicode_labels(tmp_path):
     store = ExemplarStore(tmp_path, max_per_label=2)
     store.replace_annotation("3.123", "a", [_ex("Собака 🐕", 1)])
     assert ExemplarStore(tmp_path, 2).counts(3) == {"Собака 🐕": 1}
+
+
+def test_a_late_webhook_does_not_bring_back_a_deleted_annotation(tmp_path):
+    store = ExemplarStore(tmp_path, max_per_label=3)
+    store.replace_annotation(1, 7, [_ex("cat", 1)])
+    store.remove_annotations(1, [7, 8], deleted=True)  # 8: deleted before it was ever stored
+    assert store.replace_annotation(1, 8, [_ex("cat", 2)]) is False
+    assert store.replace_annotation(1, 7, [_ex("cat", 3)]) is False
+    assert store.counts(1) == {} and store.annotation_ids(1) == set()
+    # a cancelled annotation is removed without being marked deleted: it may come back
+    store.replace_annotation(1, 9, [_ex("dog", 1)])
+    store.remove_annotations(1, [9])
+    assert store.replace_annotation(1, 9, [_ex("dog", 2)]) is True
+    assert store.counts(1) == {"dog": 1}
+
+
+def test_an_older_version_of_an_annotation_does_not_replace_a_newer_one(tmp_path):
+    store = ExemplarStore(tmp_path, max_per_label=3)
+    newer, older = "2026-11-27T10:00:05.123456Z", "2026-11-27T10:00:01.000000Z"
+    assert store.replace_annotation(1, 5, [_ex("cat", 2)], updated_at=newer) is True
+    assert store.replace_annotation(1, 5, [_ex("cat", 1)], updated_at=older) is False
+    np.testing.assert_array_equal(store.embeddings(1)["cat"][:, 0], [2])
+    assert store.replace_annotation(1, 5, [_ex("dog", 3)], updated_at=newer) is True  # same time
+    assert store.counts(1) == {"dog": 1}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[]",
+        '{"format": 1}',
+        '{"format": 1, "seq": 0, "annotations": {}, "exemplars": [{"label": "x"}]}',
+        '{"format": 1, "seq": 1, "annotations": {}, "exemplars": '
+        '[{"label": "x", "annotation": "1", "seq": 1, "embedding": "%%%"}]}',
+        "[" * 5000,
+        "not json",
+    ],
+)
+def test_a_file_that_is_not_a_store_reads_as_empty_and_is_kept_aside(tmp_path, caplog, content):
+    store = ExemplarStore(tmp_path, max_per_label=3)
+    (tmp_path / "7.json").write_text(content)
+    assert store.version(7) == "ex0" and store.embeddings(7) == {} and store.counts(7) == {}
+    assert "exemplar store" in caplog.text
+    store.replace_annotation(7, 1, [_ex("cat", 1)])
+    assert store.counts(7) == {"cat": 1}
+    [aside] = [p for p in tmp_path.iterdir() if ".unreadable-" in p.name]
+    assert aside.read_text() == content  # nothing lost
