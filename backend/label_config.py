@@ -4,7 +4,8 @@ Parsed with label-studio-sdk's `LabelInterface`. Every labels control (BrushLabe
 RectangleLabels, ...) pointing at an `<Image>` becomes a `ControlSpec`; which control types get
 results is the adapters' decision (`backend.controls`). Attributes honoured:
 
-- on `<Label>`: `prompt="a photo of a car"` (the text prompt; default: the label's value) and
+- on `<Label>`: `prompt="a photo of a car"` (the text prompt; default: the label's value, also
+  when results carry its `alias`) and
   `predicted_values="car, automobile"` (extra prompts; their probabilities are averaged);
 - on the control: `model_score_threshold="0.4"` (probability threshold; default CLIPSEG_THRESHOLD)
   and `model_skip="true"` (no predictions for this control).
@@ -55,7 +56,9 @@ class ControlSpec:
 
 
 def _prompts(attr: dict[str, str], value: str) -> tuple[str, ...]:
-    main = (attr.get("prompt") or "").strip() or value
+    """`prompt`, else the label's `value` as written (results carry its `alias` when it has
+    one, which is what `value` is here), then the `predicted_values`."""
+    main = (attr.get("prompt") or "").strip() or (attr.get("value") or "").strip() or value
     extra = [p.strip() for p in (attr.get("predicted_values") or "").split(",")]
     out = [main]
     for p in extra:

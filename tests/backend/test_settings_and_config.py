@@ -80,6 +80,7 @@ CONFIG = """
   <BrushLabels name="tag" toName="image" model_score_threshold="0.45">
     <Label value="Car" prompt="a photo of a car" predicted_values="automobile, vehicle"/>
     <Label value="Кошка"/>
+    <Label value="red circle" alias="rc"/>
   </BrushLabels>
   <PolygonLabels name="poly" toName="second" smart="true"><Label value="cat"/></PolygonLabels>
   <RectangleLabels name="skipped" toName="image" model_skip="true">
@@ -107,6 +108,8 @@ def test_parse_label_config():
     assert tag.labels[0].prompts == ("a photo of a car", "automobile", "vehicle")
     assert tag.labels[1].prompts == ("Кошка",)
     assert poly.attr("smart") == "true" and tag.label("Кошка") is tag.labels[1]
+    # results carry the alias (what Label Studio's editor writes); the prompt is the value
+    assert (tag.labels[2].value, tag.labels[2].prompts) == ("rc", ("red circle",))
 
 
 def test_unparseable_config():
