@@ -21,6 +21,7 @@ token (a JWT refresh token) is exchanged at `/api/token/refresh/` for an access 
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import threading
@@ -189,13 +190,21 @@ class ImageLoader:
         if value_key not in data:
             raise ImageError(f"task {task.get('id')} has no data key {value_key!r}")
         ref = data[value_key]
+        if isinstance(ref, list):
+            raise ImageError(
+                f"task {task.get('id')}: data[{value_key!r}] is a list of {len(ref)}: tasks with "
+                "several images in one <Image valueList=...> are not supported"
+            )
         if not isinstance(ref, str) or not ref.strip():
             raise ImageError(f"task {task.get('id')}: data[{value_key!r}] is not an image URL")
         ref = ref.strip()
-        return decode_image(self.read_bytes(ref, task.get("id"), ls), self.settings, ref)
+        source = ref if not ref.startswith("data:") else f"{ref[:40]}... ({len(ref)} characters)"
+        return decode_image(self.read_bytes(ref, task.get("id"), ls), self.settings, source)
 
     def read_bytes(self, ref: str, task_id: Any, ls: LabelStudioClient | None) -> bytes:
         """The raw bytes an image reference points at, following the source rules above."""
+        if ref.startswith("data:"):
+            return self._data_uri(ref)
         parsed = urlparse(ref)
         if parsed.path.startswith("/data/local-files") and not parsed.netloc:
             path = self.local_file(ref)
@@ -218,6 +227,21 @@ class ImageLoader:
         if parsed.scheme in ("http", "https"):
             return self._download(ref, ls, presigned=False)
         raise DisallowedSourceError(f"unsupported image reference: {ref[:200]!r}")
+
+    def _data_uri(self, ref: str) -> bytes:
+        """The bytes of a `data:image/...;base64,...` URI (Label Studio shows those too)."""
+        header, comma, payload = ref.partition(",")
+        if not comma or not header.endswith(";base64"):
+            raise ImageError(f"{header[:60]!r}: only base64 data URIs are supported")
+        cap = self.settings.max_download_bytes
+        if len(payload) // 4 * 3 > cap:
+            raise ImageError(
+                f"data URI of {len(payload)} characters is over CLIPSEG_MAX_DOWNLOAD_BYTES={cap}"
+            )
+        try:
+            return base64.b64decode(payload, validate=True)
+        except ValueError as exc:
+            raise ImageError(f"{header[:60]}: malformed base64 ({exc})") from exc
 
     # ---- local files
     def local_file(self, ref: str) -> Path | None:
@@ -333,11 +357,26 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     raise ImageError(f"unsupported image mode {mode!r}")
 
 
+def _what_it_is(data: bytes) -> str:
+    """Why bytes that PIL cannot identify are not an image, in words a user can act on."""
+    head = data[:512].lstrip().lower()
+    if not data:
+        return "empty file, not an image"
+    if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
+        return "an HTML page, not an image (a login page? check LABEL_STUDIO_API_KEY and the URL)"
+    if head.startswith((b"{", b"[")):
+        return f"JSON, not an image: {data[:120]!r}"
+    formats = ", ".join(IMAGE_FORMATS)
+    return f"not a supported image ({len(data)} bytes starting {data[:16]!r}; decoded: {formats})"
+
+
 def decode_image(data: bytes, settings: Settings, source: str = "") -> LoadedImage:
     """Decode image bytes: format and pixel-count checks first, then EXIF orientation and RGB."""
     try:
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{source or 'image'}: {_what_it_is(data)}") from exc
+    except (Image.DecompressionBombError, OSError, ValueError) as exc:
         raise ImageError(f"{source or 'image'}: not a supported image ({exc})") from exc
     with image:
         width, height = image.size

@@ -311,9 +311,14 @@ class CLIPSegBackend:
         if key is not None and (hostname or access_token):
             with self._lock:
                 self._connections[key] = (hostname, access_token)
-        if label_config:
+        if label_config:  # say at connection time what predictions will not be able to do
             try:
-                parse_label_config(label_config, self.settings.threshold)
+                if not self.controls(label_config):
+                    logger.warning(
+                        "project %s: the label config has no BrushLabels, PolygonLabels or "
+                        "RectangleLabels on an Image: there is nothing to predict",
+                        key,
+                    )
             except LabelConfigError as exc:
                 logger.warning("project %s: %s", key, exc)
         return self.model_version(key)

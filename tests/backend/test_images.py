@@ -199,6 +199,36 @@ def test_corrupt_and_unsupported_images():
         decode_image(buf.getvalue(), _settings())
 
 
+def test_what_came_instead_of_an_image_is_named():
+    page = b"<!DOCTYPE html>\n<html><head><title>Log in</title></head></html>"
+    with pytest.raises(ImageError, match="an HTML page, not an image .*LABEL_STUDIO_API_KEY"):
+        decode_image(page, _settings(), "/data/upload/1/a.png")
+    with pytest.raises(ImageError, match="JSON, not an image"):
+        decode_image(b'{"detail": "not found"}', _settings())
+    with pytest.raises(ImageError, match="empty file"):
+        decode_image(b"", _settings())
+    with pytest.raises(ImageError, match=r"19 bytes starting b'not an image at " + "'"):
+        decode_image(b"not an image at all", _settings())
+    with pytest.raises(ImageError, match="valueList"):
+        ImageLoader(_settings()).load({"id": 1, "data": {"image": ["a", "b"]}}, "image", None)
+
+
+def test_base64_data_uris_are_decoded_within_the_byte_cap():
+    import base64
+
+    uri = "data:image/png;base64," + base64.b64encode(png_bytes(64, 48)).decode()
+    img = ImageLoader(_settings()).load({"id": 1, "data": {"image": uri}}, "image", None)
+    assert (img.width, img.height) == (64, 48)
+    assert img.source.startswith("data:image/png;base64,") and len(img.source) < 100
+    with pytest.raises(ImageError, match="CLIPSEG_MAX_DOWNLOAD_BYTES"):
+        ImageLoader(_settings(max_download_bytes=100)).load(
+            {"id": 1, "data": {"image": uri}}, "image", None
+        )
+    for bad, message in (("data:image/png,rawbytes", "only base64"), ("data:;base64,@@", "base64")):
+        with pytest.raises(ImageError, match=message):
+            ImageLoader(_settings()).load({"id": 1, "data": {"image": bad}}, "image", None)
+
+
 def test_exif_orientation_applied_and_modes_converted():
     arr = np.zeros((10, 30, 3), np.uint8)
     arr[:, :5] = 255  # white strip on the left
