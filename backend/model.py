@@ -564,10 +564,13 @@ class CLIPSegBackend:
     ) -> ImagePrediction:
         """Probability maps (K, H, W) of one image's rows -> regions and Label Studio results."""
         height, width = size
-        probs: dict[str, np.ndarray] = {}
+        probs: dict[str, np.ndarray] = {}  # label -> (H, W); a view of probs_all when it can be
         for lab in query.labels:
             rows_of = [i for i, (name, _) in enumerate(query.rows) if name == lab]
-            probs[lab] = np.asarray(probs_all[rows_of], dtype=np.float32).mean(axis=0)
+            if len(rows_of) == 1:  # no copy: K full-size maps can be gigabytes (a 50 MP image)
+                probs[lab] = np.asarray(probs_all[rows_of[0]], dtype=np.float32)
+            else:
+                probs[lab] = np.asarray(probs_all[rows_of], dtype=np.float32).mean(axis=0)
         min_area = _min_area(self.settings.min_region_area, height, width)
         results: list[dict[str, Any]] = []
         all_regions: list[Region] = []
