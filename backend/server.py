@@ -132,6 +132,12 @@ def create_app(backend: Any, settings: Settings) -> Flask:
     app.extensions["clipseg_backend"] = backend
     app.extensions["clipseg_worker"] = worker
     user, password = settings.basic_auth_user, settings.basic_auth_pass
+    # Predictions run one at a time on the model anyway; keeping one of the THREADS free of
+    # them lets /health, /setup and /webhook answer within Label Studio's 1-3 s while
+    # predictions queue (a backend that misses a health check is shown as disconnected, and
+    # a webhook that times out is lost).
+    predict_slots = max(1, settings.threads - 1)
+    predicting = threading.BoundedSemaphore(predict_slots)
 
     @app.before_request
     def _check_auth() -> Response | None:
@@ -198,13 +204,22 @@ def create_app(backend: Any, settings: Settings) -> Flask:
         params = body.get("params") or {}
         if not isinstance(params, dict):
             raise _BadBody("'params' must be an object")
+        if not predicting.acquire(blocking=False):
+            response = _error(
+                503, f"busy: {predict_slots} /predict request(s) already running; try again"
+            )
+            response.headers["Retry-After"] = "5"
+            return response
         started = time.monotonic()
-        results = backend.predict(
-            tasks,
-            context=params.get("context"),
-            project=body.get("project"),
-            label_config=label_config,
-        )
+        try:
+            results = backend.predict(
+                tasks,
+                context=params.get("context"),
+                project=body.get("project"),
+                label_config=label_config,
+            )
+        finally:
+            predicting.release()
         if len(results) != len(tasks):  # Label Studio would silently store nothing
             raise RuntimeError(f"{len(results)} predictions for {len(tasks)} tasks")
         logger.info("predicted %d task(s) in %.2f s", len(tasks), time.monotonic() - started)

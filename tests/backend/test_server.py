@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import json
 import os
 import subprocess
@@ -222,7 +223,8 @@ def test_path_traversal_and_disallowed_host_give_no_result(env, tmp_path):
 
 
 def test_concurrent_predicts_are_correct(env):
-    app, _, backend = env
+    _, _, backend = env
+    app = create_app(backend, dataclasses.replace(backend.settings, threads=7))  # 6 predict slots
     body = load_recorded("predict_retrieve_tasks_predictions.json")["body"]
     expected = _post(app.test_client(), "/predict", body).get_json()["results"]
 
@@ -250,6 +252,40 @@ def test_concurrent_predicts_are_correct(env):
     assert not errors and len(outputs) == 18
     assert all(strip(o) == strip(expected) for o in outputs)
     assert backend.predictor.max_active == 1  # the Predictor's image state was never shared
+
+
+def test_one_thread_stays_free_for_health_and_webhooks(env, monkeypatch):
+    """With THREADS=2 one /predict runs at a time; another is answered 503 at once rather than
+    taking the last thread, which /health and /webhook need within Label Studio's 1 s."""
+    _, _, backend = env
+    app = create_app(backend, dataclasses.replace(backend.settings, threads=2))
+    entered, release = threading.Event(), threading.Event()
+    real_predict = backend.predict
+
+    def slow_predict(*args, **kwargs):
+        entered.set()
+        assert release.wait(30)
+        return real_predict(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "predict", slow_predict)
+    body = load_recorded("predict_ml_predict_test_random.json")["body"]
+    first: list = []
+    runner = threading.Thread(
+        target=lambda: first.append(_post(app.test_client(), "/predict", body))
+    )
+    runner.start()
+    try:
+        assert entered.wait(30)
+        client = app.test_client()
+        busy = _post(client, "/predict", body)
+        assert busy.status_code == 503 and "busy" in busy.get_json()["error"]
+        assert busy.headers["Retry-After"] == "5"
+        assert client.get("/health").status_code == 200
+    finally:
+        release.set()
+        runner.join(60)
+    assert first[0].status_code == 200
+    assert _post(app.test_client(), "/predict", body).status_code == 200  # the slot came back
 
 
 REPO = Path(__file__).resolve().parents[2]
