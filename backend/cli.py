@@ -1,8 +1,10 @@
 """`clipseg-label`: pre-label, rank, export and push without a running server.
 
 Argument parsing only; the work is in `backend.batch` (and `backend.formats`). Exit codes:
-0 everything done, 1 some images or tasks failed (the rest is written), 2 usage errors (bad
-arguments, unreadable inputs, malformed exports or label configs).
+0 everything done, 1 some images or tasks failed (the rest is written; also a push that Label
+Studio stopped part way), 2 usage errors (bad arguments, unreadable inputs, malformed exports or
+label configs, a model or device that cannot be used, a Label Studio that cannot be reached or
+refuses the first request).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from backend.settings import Settings, SettingsError
 logger = logging.getLogger("clipseg-label")
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+
+_DEVICES = "auto, cpu, cuda or cuda:N"
 
 
 class UsageError(Exception):
@@ -140,9 +144,7 @@ def _add_predict(sub: Any) -> None:
         default=env.threshold,
         help="probability threshold per pixel (a config's model_score_threshold wins)",
     )
-    p.add_argument(
-        "--device", default=env.device, help="auto, cpu, cuda, cuda:N, mps; env CLIPSEG_DEVICE"
-    )
+    p.add_argument("--device", default=env.device, help=f"{_DEVICES}; env CLIPSEG_DEVICE")
     p.add_argument("--batch-size", type=int, default=4, help="images per model batch")
     p.add_argument(
         "--type",
@@ -212,7 +214,12 @@ def _add_predict(sub: Any) -> None:
     _add_ls_connection(p, required=False)
     p.add_argument("--recursive", action="store_true", help="search folders recursively")
     p.add_argument("--overlays", action="store_true", help="also write OUT/overlays/*.png")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress bar and no summary",
+    )
 
 
 def _add_ls_connection(p: argparse.ArgumentParser, required: bool) -> None:
@@ -371,7 +378,7 @@ def _add_exemplars(sub: Any) -> None:
         default=env.model,
         help="checkpoint; env CLIPSEG_MODEL",
     )
-    b.add_argument("--device", default=env.device, help="auto, cpu, cuda, ...; env CLIPSEG_DEVICE")
+    b.add_argument("--device", default=env.device, help=f"{_DEVICES}; env CLIPSEG_DEVICE")
     b.add_argument(
         "--store",
         default=env.model_dir,
@@ -417,6 +424,13 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Any:
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def _option_names() -> Any:
+    """Loading messages name --model and --device, not the server's variables."""
+    from backend.model import SettingNames
+
+    return SettingNames(model="--model", device="--device", server=False)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from backend.batch import run as batch_run
 
@@ -452,6 +466,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         overlays=args.overlays,
         quiet=args.quiet,
         exemplars_project=args.exemplars_project,
+        names=_option_names(),
     )
     if not args.quiet:
         print(
@@ -462,14 +477,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return _report_failures(summary.failures, Path(args.out) / "failures.json")
 
 
-def _report_failures(failures: Sequence[Any], where: Path) -> int:
+def _report_failures(failures: Sequence[Any], where: Path | None) -> int:
+    """List ``failures`` on stderr: the first 20 when they are all in the file ``where``, every
+    one when there is no such file."""
     if not failures:
         return EXIT_OK
-    print(f"{len(failures)} failed (listed in {where}):", file=sys.stderr)
-    for f in failures[:20]:
+    shown = failures if where is None else failures[:20]
+    listed = "" if where is None else f" (listed in {where})"
+    print(f"{len(failures)} failed{listed}:", file=sys.stderr)
+    for f in shown:
         print(f"  {f.ref}: {f.error}", file=sys.stderr)
-    if len(failures) > 20:
-        print(f"  ... and {len(failures) - 20} more", file=sys.stderr)
+    if len(failures) > len(shown):
+        print(f"  ... and {len(failures) - len(shown)} more", file=sys.stderr)
     return EXIT_PARTIAL
 
 
@@ -613,6 +632,7 @@ def cmd_exemplars(args: argparse.Namespace) -> int:
             images_root=args.images_root,
             label_config=config,
             quiet=args.quiet,
+            names=_option_names(),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
@@ -621,7 +641,20 @@ def cmd_exemplars(args: argparse.Namespace) -> int:
         f"annotations stored in {report.store}",
         file=sys.stderr,
     )
-    return _report_failures(report.failures, Path(args.store))
+    return _report_failures(report.failures, None)
+
+
+def _report_push_error(done: Any) -> int:
+    """Exit 2 when Label Studio could not be reached or refused before anything was written
+    (fix the URL, key or project and run again); else say what was written, exit 1."""
+    if not done.changed:
+        return EXIT_USAGE
+    print(
+        f"before that: {done.created_tasks} tasks created, {done.created_predictions} "
+        f"predictions created, {done.updated_predictions} prediction scores updated",
+        file=sys.stderr,
+    )
+    return EXIT_PARTIAL
 
 
 _COMMANDS = {
@@ -647,14 +680,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from backend.model import ModelLoadError
     from backend.settings import SettingsError
 
+    prefix = f"clipseg-label {args.command}"
     try:
         return _COMMANDS[args.command](args)
     except (UsageError, SourceError, LabelConfigError, SettingsError, ModelLoadError) as exc:
-        print(f"clipseg-label {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prefix}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except PushError as exc:
-        print(f"clipseg-label {args.command}: {exc}", file=sys.stderr)
-        return EXIT_PARTIAL
+        print(f"{prefix}: error: {exc}", file=sys.stderr)
+        return _report_push_error(exc.report)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -54,44 +54,73 @@ class ModelLoadError(RuntimeError):
     """The CLIPSeg checkpoint cannot be found or loaded; the message says what to do."""
 
 
-def resolve_device(name: str) -> str:
+@dataclass(frozen=True)
+class SettingNames:
+    """How loading messages name the model and device settings: the server's environment
+    variables (`SERVER_NAMES`) or a command's options (`clipseg-label`: --model, --device)."""
+
+    model: str = "CLIPSEG_MODEL"
+    device: str = "CLIPSEG_DEVICE"
+    server: bool = True  # add the server's advice (docker mounts, `clipseg-backend`)
+
+    def setting(self, name: str, value: str) -> str:
+        """`CLIPSEG_MODEL=x` for a variable, `--model x` for an option."""
+        return f"{name} {value}" if name.startswith("-") else f"{name}={value}"
+
+
+SERVER_NAMES = SettingNames()
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def resolve_device(name: str, names: SettingNames = SERVER_NAMES) -> str:
     """ "auto" -> "cuda" when a GPU is visible, else "cpu"; "cuda" / "cuda:N" checked against
     what torch sees (ModelLoadError saying so, rather than a failure inside model loading)."""
     import torch
 
+    if not _DEVICE.fullmatch(name):
+        raise ModelLoadError(
+            f"{names.setting(names.device, name)} is not a device: use auto, cpu, cuda or cuda:N"
+        )
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
+        given = names.setting(names.device, name)
         if not torch.cuda.is_available():
             raise ModelLoadError(
-                f"CLIPSEG_DEVICE={name} but this torch ({torch.__version__}) sees no CUDA GPU; "
-                "use CLIPSEG_DEVICE=cpu (or auto)"
+                f"{given} but this torch ({torch.__version__}) sees no CUDA GPU; use "
+                f"{names.setting(names.device, 'cpu')} (or auto)"
             )
-        index = int(name.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        if int(name.partition(":")[2] or 0) >= count:
             raise ModelLoadError(
-                f"CLIPSEG_DEVICE={name} but torch sees {torch.cuda.device_count()} CUDA GPU(s) "
-                f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})"
+                f"{given} but torch sees {count} CUDA GPU(s) (cuda:0 .. cuda:{count - 1})"
             )
     return name
 
 
-_DEMO_HINT = (
-    "To try the backend without downloading anything, run the bundled demo model: "
-    "CLIPSEG_MODEL=demo (a small model trained on synthetic shapes, not real photos)."
-)
+def _demo_hint(names: SettingNames) -> str:
+    return (
+        "To try it without downloading anything, run the bundled demo model: "
+        f"{names.setting(names.model, 'demo')} (a small model trained on synthetic shapes, not "
+        "real photos)."
+    )
 
 
-def _resolve(name: str) -> Path:
+def _resolve(name: str, names: SettingNames = SERVER_NAMES) -> Path:
     """The checkpoint directory; ModelLoadError with how to download it and the demo hint."""
     from clipseg.weights import resolve_checkpoint
 
     try:
         return Path(resolve_checkpoint(name))
     except Exception as exc:  # the message of clipseg.weights says how to download it
+        docker = (
+            " In docker, mount the downloaded directory (see docker/README.md)."
+            if names.server
+            else ""
+        )
         raise ModelLoadError(
-            f"cannot find the CLIPSeg model {name!r} (CLIPSEG_MODEL): {exc}. In docker, mount "
-            f"the downloaded directory (see docker/README.md). {_DEMO_HINT}"
+            f"cannot find the CLIPSeg model {name!r} ({names.model}): {exc}.{docker} "
+            f"{_demo_hint(names)}"
         ) from exc
 
 
@@ -225,10 +254,11 @@ class CLIPSegBackend:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, settings: Settings) -> CLIPSegBackend:
-        """Load the checkpoint named by CLIPSEG_MODEL; ModelLoadError says how to fix a failure."""
-        directory = _resolve(settings.model)
-        device = resolve_device(settings.device)
+    def load(cls, settings: Settings, names: SettingNames = SERVER_NAMES) -> CLIPSegBackend:
+        """Load the checkpoint named by CLIPSEG_MODEL; ModelLoadError says how to fix a failure
+        (naming the settings as `names` does: a command passes its own option names)."""
+        directory = _resolve(settings.model, names)
+        device = resolve_device(settings.device, names)
         try:
             import torch
 
@@ -241,7 +271,7 @@ class CLIPSegBackend:
                 f"cannot load the CLIPSeg model {settings.model!r} from {directory}: "
                 f"{type(exc).__name__}: {exc}. Check that it is a complete CLIPSeg checkpoint "
                 "(config.json, model.safetensors or pytorch_model.bin, vocab.json, merges.txt, "
-                f"preprocessor_config.json); re-download it if not. {_DEMO_HINT}"
+                f"preprocessor_config.json); re-download it if not. {_demo_hint(names)}"
             ) from exc
         is_demo = _is_demo(settings.model, directory)
         name = _slug(settings.model, directory, is_demo)
@@ -263,12 +293,14 @@ class CLIPSegBackend:
             backend.base_version,
         )
         if is_demo:
+            run = "clipseg-backend (see docs/backend.md)" if names.server else ""
             logger.warning(
-                "CLIPSEG_MODEL=%s is the DEMO model: a small CLIPSeg trained on synthetic "
-                "'<color> <shape>' scenes; it will not segment real photos. For real images run "
-                "the published model: CLIPSEG_MODEL=%s clipseg-backend (see docs/backend.md)",
-                settings.model,
-                DEFAULT_MODEL,
+                "%s is the DEMO model: a small CLIPSeg trained on synthetic '<color> <shape>' "
+                "scenes; it will not segment real photos. For real images run the published "
+                "model: %s %s",
+                names.setting(names.model, settings.model),
+                names.setting(names.model, DEFAULT_MODEL),
+                run,
             )
         return backend
 

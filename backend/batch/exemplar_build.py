@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, quote, urlparse
 from backend.batch.predict import Failure, make_progress
 from backend.exemplars import ExemplarStore, project_key
 from backend.images import ImageError
-from backend.model import CLIPSegBackend
+from backend.model import SERVER_NAMES, CLIPSegBackend, SettingNames
 from backend.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,15 @@ def _localise(task: dict[str, Any]) -> dict[str, Any]:
     return {**task, "data": data}
 
 
+def _image_reference(task: dict[str, Any]) -> str:
+    """The task's image reference for messages: ``data.image``, else its first string value."""
+    data = task.get("data") or {}
+    if isinstance(data.get("image"), str):
+        return data["image"]
+    values = [v for v in data.values() if isinstance(v, str) and v]
+    return values[0] if values else f"task {task.get('id')}"
+
+
 def build_store(
     tasks: Sequence[dict[str, Any]],
     *,
@@ -75,6 +84,7 @@ def build_store(
     label_config: str | None = None,
     quiet: bool = False,
     backend: CLIPSegBackend | None = None,
+    names: SettingNames = SERVER_NAMES,
 ) -> BuildReport:
     """Embed the regions of every (not cancelled) annotation of ``tasks`` into the store of
     ``project`` under ``settings.model_dir``. A task whose image cannot be read is a failure;
@@ -86,14 +96,13 @@ def build_store(
             raise ValueError(f"--images-root {images_root} is not a folder")
         settings = replace(settings, local_files_document_root=str(root.resolve()))
     if backend is None:
-        backend = CLIPSegBackend.load(settings)
+        backend = CLIPSegBackend.load(settings, names)
     report = BuildReport(store=backend.store.root)
     progress = make_progress(len(tasks), quiet, desc="exemplars")
     try:
-        for task in tasks:
+        for original in tasks:
             progress.update(1)
-            if images_root is not None:
-                task = _localise(task)
+            task = _localise(original) if images_root is not None else original
             for annotation in task.get("annotations") or []:
                 ann_id = annotation.get("id")
                 if ann_id is None or annotation.get("was_cancelled"):
@@ -103,7 +112,7 @@ def build_store(
                         task, annotation.get("result") or [], label_config, key
                     )
                 except ImageError as exc:
-                    ref = str((task.get("data") or {}).get("image", ""))
+                    ref = _image_reference(original)  # as in the export, not as rewritten
                     report.failures.append(Failure(ref, "export", str(exc), task.get("id")))
                     break  # the task's image is unreadable: its other annotations are too
                 backend.store.replace_annotation(

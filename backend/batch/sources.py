@@ -31,7 +31,25 @@ from urllib.parse import quote, urlparse
 from backend.images import ImageError, ImageLoader, LabelStudioClient, LoadedImage, decode_image
 from backend.settings import Settings
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
+#: File suffixes of the formats the backend decodes (`backend.images.IMAGE_FORMATS`: JPEG, PNG,
+#: WebP, BMP, GIF, TIFF, PPM and its PBM/PGM/PNM siblings, TGA).
+IMAGE_SUFFIXES = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".jfif",
+    ".webp",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".pnm",
+    ".tga",
+)
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 DEFAULT_IMAGE_KEY = "image"
 
@@ -76,6 +94,16 @@ def _images_in(folder: Path, recursive: bool) -> list[Path]:
     return sorted(
         p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
     )
+
+
+def _no_images_message(folder: Path, item: str, recursive: bool) -> str:
+    """Why a folder gave no image, with the fix when its images are in subfolders."""
+    text = f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {item}"
+    if not recursive:
+        nested = len(_images_in(folder, recursive=True))
+        if nested:
+            text += f" ({nested} in subfolders: add --recursive)"
+    return text
 
 
 def _task_ref(task: Any, image_key: str | None) -> tuple[str | None, str | None]:
@@ -170,7 +198,7 @@ def collect_sources(
                 ImageSource(ref=str(p.resolve()), origin=item) for p in _images_in(path, recursive)
             ]
             if not found:
-                raise SourceError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {item}")
+                raise SourceError(_no_images_message(path, item, recursive))
         elif path.is_file() and path.suffix.lower() == ".json":
             found = _export_sources(path, image_key)
         elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:

@@ -93,3 +93,32 @@ def test_build_then_show_then_predict_with_them(tmp_path, scenes, oracle, capsys
 def test_show_without_a_store_is_a_usage_error(tmp_path, capsys):
     assert cli.main(["exemplars", "show", "--store", str(tmp_path)]) == 2
     assert "no exemplar stores" in capsys.readouterr().err
+
+
+def test_build_failures_are_all_listed_with_the_exports_references(
+    tmp_path, scenes, oracle, capsys
+):
+    """No file holds them, so stderr lists every one, as the export names its image."""
+    result = _export(scenes)[0]["annotations"][0]["result"]
+    missing = [
+        {
+            "id": 200 + i,
+            "data": {"image": f"/data/upload/1/missing-{i}.png"},
+            "annotations": [{"id": 300 + i, "result": result}],
+        }
+        for i in range(25)
+    ]
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(_export(scenes) + missing))
+    store = tmp_path / "model-data"
+    code = cli.main(
+        ["exemplars", "build", "--export", str(export), "--images-root", str(tmp_path)]
+        + ["--store", str(store), "--project", "7", "-q"]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "25 failed:" in err and "listed in" not in err and "more" not in err
+    for i in range(25):
+        assert f"\n  /data/upload/1/missing-{i}.png: " in err
+    assert "/data/local-files/?d=upload" not in err
+    assert str(tmp_path / "upload" / "1" / "missing-0.png") in err  # where it was looked for

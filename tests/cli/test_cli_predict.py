@@ -147,3 +147,34 @@ def test_nothing_to_predict_is_a_usage_error(tmp_path, scenes, oracle, capsys):
         ["predict", str(tmp_path / "images"), "--label-config", str(config), "--out", "o"]
     )
     assert code == 2 and "nothing to predict" in capsys.readouterr().err
+
+
+def test_outputs_and_stores_get_the_permissions_of_plain_files(tmp_path, scenes, oracle):
+    """With umask 022 every JSON written is 0644 (not mkstemp's 0600): a store built here is
+    readable by a backend container running as another user, outputs by a web server."""
+    import os
+    import stat
+
+    from backend.batch.sources import collect_sources
+
+    old = os.umask(0o022)
+    try:
+        store = tmp_path / "model-data"
+        out = tmp_path / "out"
+        code = cli.main(
+            ["predict", str(tmp_path / "images"), "--labels", "star", "--out", str(out), "-q"]
+            + ["--store", str(store)]
+        )
+        assert code == 0
+        # an exemplar store, written by the backend's own ExemplarStore
+        backend = oracle[-1]
+        backend.store.replace_annotation("7", 1, [], task_id=1, updated_at="t0")
+    finally:
+        os.umask(old)
+    written = [out / "tasks.json", out / "coco.json", out / "failures.json"]
+    written += sorted((out / ".state").glob("*.json"))
+    written += sorted(store.rglob("*.json"))
+    assert len(written) == 3 + len(collect_sources([str(tmp_path / "images")])) + 1
+    assert {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == {
+        str(p.relative_to(tmp_path)): "0o644" for p in written
+    }

@@ -176,3 +176,134 @@ def test_rank_and_push_commands(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
     code = cli.main(["push", str(tasks), "--project", "3", "--url", "http://ls.test"])
     assert code == 2 and "LABEL_STUDIO_API_KEY" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ Label Studio out of reach
+
+
+@pytest.fixture
+def no_retry_wait(monkeypatch):
+    """The SDK retries a refused connection after 1 s, 2 s: no waiting in tests."""
+    from label_studio_sdk.core import http_client
+
+    monkeypatch.setattr(http_client, "_retry_timeout_from_retries", lambda retries: 0.0)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # nothing listens there once closed
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        httpx.ConnectError("[Errno 111] Connection refused"),
+        httpx.ReadTimeout("timed out"),
+        httpx.RemoteProtocolError("Server disconnected without sending a response."),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_transport_errors_become_push_errors_naming_the_url(error, no_retry_wait):
+    def handler(request):
+        error.request = request
+        raise error
+
+    client = push.connect(
+        "http://ls.test:8080",
+        "k",
+        httpx_client=httpx.Client(transport=httpx.MockTransport(handler)),
+    )
+    with pytest.raises(push.PushError) as info:
+        push.import_tasks(client, 3, [_task("a.png", 0.2)])
+    text = str(info.value)
+    assert "cannot reach Label Studio at http://ls.test:8080" in text and str(error) in text
+    assert "LABEL_STUDIO_URL" in text and not info.value.report.changed
+
+
+def test_a_connection_lost_while_paging_tasks_is_a_push_error(no_retry_wait):
+    """The SDK fetches later pages of tasks.list while they are iterated."""
+    fake = FakeLabelStudio([{"id": 5, "data": {"image": "a.png"}}])
+
+    def handler(request):
+        if request.url.path == "/api/tasks/" and request.url.params.get("page", "1") != "1":
+            raise httpx.ConnectError("[Errno 104] Connection reset by peer", request=request)
+        return fake.handler(request)
+
+    client = push.connect(
+        "http://ls.test", "k", httpx_client=httpx.Client(transport=httpx.MockTransport(handler))
+    )
+    with pytest.raises(push.PushError, match="list the tasks of project 3: cannot reach"):
+        push.attach_predictions(client, 3, [_task("a.png", 0.2)])
+
+
+@pytest.mark.parametrize("command", ["push", "rank"])
+def test_unreachable_label_studio_is_one_line_and_exit_2(command, tmp_path, capsys, no_retry_wait):
+    from backend import cli
+
+    tasks = tmp_path / "tasks.json"
+    tasks.write_text(json.dumps([_task("a.png", 0.1, task_id=4)]))
+    url = f"http://127.0.0.1:{_closed_port()}"
+    args = [str(tasks), "--project", "3", "--url", url, "--api-key", "x"]
+    if command == "rank":
+        args += ["--out", str(tmp_path / "r.csv"), "--push", "--top", "0"]
+    assert cli.main([command, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"cannot reach Label Studio at {url}" in err and "--url / LABEL_STUDIO_URL" in err
+    if command == "rank":
+        assert (tmp_path / "r.csv").is_file()  # the ranking is written before the push
+
+
+def _cli_client(monkeypatch, handler):
+    """Make the CLI's Label Studio client talk to ``handler``."""
+    real = push.connect
+
+    def connect(url, api_key, **kwargs):
+        return real(url, api_key, httpx_client=httpx.Client(transport=httpx.MockTransport(handler)))
+
+    monkeypatch.setattr(push, "connect", connect)
+
+
+def test_a_refused_first_request_keeps_its_message_and_is_a_usage_error(
+    tmp_path, monkeypatch, capsys
+):
+    from backend import cli
+
+    _cli_client(monkeypatch, lambda request: httpx.Response(401, json={"detail": "bad token"}))
+    tasks = tmp_path / "tasks.json"
+    tasks.write_text(json.dumps([_task("a.png", 0.1)]))
+    code = cli.main(
+        ["push", str(tasks), "--project", "3", "--url", "http://ls.test"] + ["--api-key", "x"]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "HTTP 401 (check the API key" in err and "bad token" in err
+
+
+def test_a_push_stopped_part_way_says_what_was_written_and_exits_1(
+    tmp_path, monkeypatch, capsys, no_retry_wait
+):
+    from backend import cli
+
+    fake = FakeLabelStudio([])
+
+    def handler(request):
+        if fake.imported:  # the second chunk
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+        return fake.handler(request)
+
+    _cli_client(monkeypatch, handler)
+    monkeypatch.setattr(push, "_IMPORT_CHUNK", 1)
+    tasks = tmp_path / "tasks.json"
+    tasks.write_text(json.dumps([_task("a.png", 0.1), _task("b.png", 0.2)]))
+    code = cli.main(
+        ["push", str(tasks), "--project", "3", "--url", "http://ls.test"] + ["--api-key", "x"]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "cannot reach Label Studio at http://ls.test" in err
+    assert "1 tasks created, 1 predictions created" in err
+    assert [t["data"]["image"] for t in fake.imported] == ["a.png"]

@@ -126,3 +126,46 @@ def test_reader_reads_local_files_urls_under_the_root(scene_dir):
     src = ImageSource(ref=f"/data/local-files/?d=images/{scenes[1][0].name}")
     assert (SourceReader(settings).read(src).array == scenes[1][1].image).all()
     assert Path(scenes[1][0]).exists()
+
+
+def test_a_folder_with_images_only_in_subfolders_says_add_recursive(scene_dir, tmp_path):
+    folder, scenes = scene_dir
+    nested = tmp_path / "nested"
+    for i, (path, _) in enumerate(scenes):
+        (nested / f"part-{i % 2}").mkdir(parents=True, exist_ok=True)
+        (nested / f"part-{i % 2}" / path.name).write_bytes(path.read_bytes())
+    with pytest.raises(
+        SourceError, match=r"in folder .*nested \(3 in subfolders: add --recursive\)"
+    ):
+        collect_sources([str(nested)])
+    assert len(collect_sources([str(nested)], recursive=True)) == 3
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(SourceError) as info:
+        collect_sources([str(tmp_path / "empty")])
+    assert "subfolders" not in str(info.value)
+
+
+def test_image_suffixes_are_those_of_the_formats_the_backend_decodes():
+    from PIL import Image
+
+    from backend.batch.sources import IMAGE_SUFFIXES
+    from backend.images import IMAGE_FORMATS
+
+    registered = Image.registered_extensions()
+    formats = {registered.get(suffix) for suffix in IMAGE_SUFFIXES}
+    assert formats == set(IMAGE_FORMATS)  # none outside the list, every format reachable
+
+
+@pytest.mark.parametrize("suffix", [".tga", ".pgm", ".jfif"])
+def test_every_decodable_suffix_is_collected_and_read(suffix, scene_dir, tmp_path):
+    from PIL import Image
+
+    folder, scenes = scene_dir
+    other = tmp_path / "other"
+    other.mkdir()
+    target = other / f"scene{suffix}"
+    Image.open(scenes[0][0]).save(target)
+    (source,) = collect_sources([str(other)])
+    assert source.ref == str(target.resolve())
+    image = SourceReader(Settings()).read(source)
+    assert image.array.shape == (64, 64, 3)
