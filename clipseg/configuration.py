@@ -2,15 +2,20 @@
 
 The field names and defaults are those of `transformers`' `CLIPSegTextConfig`,
 `CLIPSegVisionConfig` and `CLIPSegConfig`, so a Hugging Face ``config.json`` reads and writes
-without translation. Reading is tolerant: unknown keys (the generic fields that transformers 4.25
-dumped into every sub-config, ``architectures``, ``torch_dtype``, ...) are ignored, and the legacy
-``text_config_dict`` / ``vision_config_dict`` keys are used only when ``text_config`` /
-``vision_config`` are absent.
+without translation. As in transformers, keys that are not fields (the generic fields that
+transformers 4.25 dumped into every sub-config, ``architectures``, ``dtype``, ``foo=1`` given to
+the constructor, ...) are kept as attributes and written back (``torch_dtype`` becomes ``dtype``;
+``model_type`` and ``transformers_version`` are not kept). The legacy ``text_config_dict`` /
+``vision_config_dict`` keys are used only when ``text_config`` / ``vision_config`` are absent.
+
+The generic switches ``output_hidden_states``, ``output_attentions`` and ``return_dict`` (default
+False, False, True) are the defaults of the models' ``forward`` arguments, as in transformers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -27,32 +32,183 @@ CONFIG_NAME = "config.json"
 _T = TypeVar("_T", bound="_ConfigBase")
 
 
+# Keys of a config dict that are not kept: the class says its model_type; a stale version of the
+# library that wrote the file would be misleading when written back.
+_NOT_KEPT = ("model_type", "transformers_version")
+
+
 class _ConfigBase:
-    """Dict conversion shared by the three configs (known fields in, unknown keys ignored)."""
+    """What the three configs share: extra attributes, the generic forward switches, dicts, JSON
+    and config.json files."""
 
     model_type: ClassVar[str] = ""
+    # transformers' generic attributes that the models read; class-level defaults that an
+    # instance overrides (then they are extra attributes, written by to_dict). Not dataclass
+    # fields: this base is not a dataclass.
+    output_hidden_states: bool = False
+    output_attentions: bool = False
+    return_dict: bool = True
+    dtype: Any = None  # the weights' dtype (a torch.dtype or its name), if known
+
+    # -- extra attributes ----------------------------------------------------------------------
+
+    def _set_extra(self, extra: dict[str, Any]) -> None:
+        """Keep keys that are not fields as attributes (transformers does)."""
+        extra = dict(extra)
+        if "torch_dtype" in extra:  # transformers 5 renamed it; dtype wins when both are given
+            legacy = extra.pop("torch_dtype")
+            if extra.get("dtype") is None:
+                extra["dtype"] = legacy
+        for key in _NOT_KEPT:
+            extra.pop(key, None)
+        for key, value in extra.items():
+            existing = getattr(type(self), key, None)
+            if callable(existing) or isinstance(existing, property):
+                logger.warning(
+                    "%s: not keeping config key %r, it names a method or property",
+                    type(self).__name__,
+                    key,
+                )
+                continue
+            setattr(self, key, value)
+
+    def _extra_names(self) -> list[str]:
+        fields = {f.name for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return [k for k in vars(self) if k not in fields and not k.startswith("_")]
+
+    def _attribute_names(self) -> set[str]:
+        """Names a config dict or an override may set: fields, generic switches, extras."""
+        fields = {f.name for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        generic = {"output_hidden_states", "output_attentions", "return_dict", "dtype"}
+        return fields | generic | set(self._extra_names())
+
+    @property
+    def use_return_dict(self) -> bool:
+        """Whether the models return output objects by default (transformers' name)."""
+        return bool(self.return_dict)
+
+    def default(self, name: str, value: Any) -> Any:
+        """``value``, or this config's attribute ``name`` when ``value`` is None (how a forward
+        argument such as ``output_hidden_states=None`` takes the config's setting)."""
+        return getattr(self, name) if value is None else value
+
+    def updated(self: _T, **changes: Any) -> _T:
+        """A copy with ``changes`` applied and validated; TypeError names unknown attributes."""
+        unknown = sorted(set(changes) - self._attribute_names())
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} has no attribute(s) {unknown}: check the spelling; to "
+                "add a new attribute, set it on the config object (config.name = value)"
+            )
+        return type(self).from_dict({**self.to_dict(), **changes})
+
+    # -- dicts and JSON --------------------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls: type[_T], data: dict[str, Any]) -> _T:
-        """Build a config from a ``config.json``-style dict; unknown keys are ignored."""
+    def from_dict(cls: type[_T], data: dict[str, Any], **kwargs: Any) -> Any:
+        """Build a config from a ``config.json``-style dict; keys that are not fields are kept as
+        attributes. ``kwargs`` override attributes (TypeError for names the config does not
+        have, unless ``return_unused_kwargs=True``: then ``(config, unused)`` is returned, as
+        in transformers)."""
         if not isinstance(data, dict):
             raise TypeError(f"{cls.__name__}.from_dict expects a dict, got {type(data).__name__}")
-        return cls._from_fields(data)
+        return_unused = kwargs.pop("return_unused_kwargs", False)
+        config = cls._from_fields(cls._prepare(data))
+        if not kwargs:
+            return (config, {}) if return_unused else config
+        names = config._attribute_names()
+        unused = {k: v for k, v in kwargs.items() if k not in names}
+        if unused and not return_unused:
+            config.updated(**unused)  # raises the TypeError naming them
+        config = config.updated(**{k: v for k, v in kwargs.items() if k in names})
+        return (config, unused) if return_unused else config
+
+    @classmethod
+    def _prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Hook: a dict as read from a file -> the keys of this class (legacy layouts)."""
+        return data
 
     @classmethod
     def _from_fields(cls: type[_T], data: dict[str, Any]) -> _T:
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        known = {k: v for k, v in data.items() if k in names}
-        ignored = sorted(set(data) - names)
-        if ignored:
-            logger.debug("%s: ignoring unknown config keys %s", cls.__name__, ignored)
-        return cls(**known)
+        return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
-        """All fields as plain JSON-able values, plus ``model_type`` (as transformers writes it)."""
+        """All fields and extra attributes as plain JSON-able values, plus ``model_type`` (as
+        transformers writes it)."""
         out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        out.update({k: _plain(getattr(self, k)) for k in self._extra_names()})
         out["model_type"] = self.model_type
         return out
+
+    def to_json_string(self) -> str:
+        """`to_dict` as indented JSON with sorted keys (what `save_pretrained` writes). Unlike
+        transformers' default (``use_diff=True``), every field is written, not only those that
+        differ from the defaults; both read back the same config."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, path: str | os.PathLike[str]) -> None:
+        """Write `to_json_string` to ``path``."""
+        Path(path).write_text(self.to_json_string(), encoding="utf-8")
+
+    # -- files -----------------------------------------------------------------------------------
+
+    # model_type values of a config.json this class reads (a sub-config also reads a full one)
+    _readable_types: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def _from_config_json(cls: type[_T], data: dict[str, Any]) -> dict[str, Any]:
+        """Hook: the part of a config.json dict this class is built from."""
+        return data
+
+    @classmethod
+    def _read_json_file(cls, path: Path) -> dict[str, Any]:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no {CONFIG_NAME} at {path}") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"{path} is not valid JSON ({exc}); re-download the checkpoint"
+            ) from exc
+        model_type = data.get("model_type")
+        if model_type not in (None, cls.model_type, *cls._readable_types):
+            raise ValueError(
+                f"{path} describes a {model_type!r} model, not {cls.model_type!r}: this is not a "
+                "CLIPSeg checkpoint"
+            )
+        return cls._from_config_json(data)
+
+    @classmethod
+    def from_json_file(cls: type[_T], path: str | os.PathLike[str]) -> _T:
+        """Read a ``config.json`` file (a sub-config takes its part of a full CLIPSeg one)."""
+        return cls.from_dict(cls._read_json_file(Path(path)))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        local_files_only: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Read ``config.json`` from a checkpoint directory, a hub id or ``"demo"``.
+
+        A sub-config (`CLIPSegTextConfig`, `CLIPSegVisionConfig`) reads its part of a full
+        CLIPSeg config.json, as transformers does. ``kwargs`` override attributes (see
+        `from_dict`, also for ``return_unused_kwargs``).
+        """
+        from clipseg.weights import resolve_checkpoint
+
+        directory = resolve_checkpoint(name_or_path, local_files_only=local_files_only)
+        return cls.from_dict(cls._read_json_file(directory / CONFIG_NAME), **kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``config.json`` (current transformers layout) into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / CONFIG_NAME
+        self.to_json_file(path)
+        return path
 
     def _check_heads(self) -> None:
         hidden, heads = self.hidden_size, self.num_attention_heads  # type: ignore[attr-defined]
@@ -68,14 +224,46 @@ def _plain(value: Any) -> Any:
         return value.to_dict()
     if isinstance(value, tuple):
         return list(value)
+    if type(value).__name__ == "dtype" and str(value).startswith("torch."):
+        return str(value).removeprefix("torch.")  # torch.float16 -> "float16", as transformers
     return value
 
 
+def _keeps_extra_kwargs(cls: type[_T]) -> type[_T]:
+    """Let a config dataclass's constructor take keys that are not fields, kept as attributes
+    (after the fields are validated), as transformers' configs do."""
+    fields_init = cls.__init__
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+
+    @functools.wraps(fields_init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        extra = {k: kwargs.pop(k) for k in list(kwargs) if k not in names}
+        fields_init(self, *args, **kwargs)
+        self._set_extra(extra)
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
+
+
+def _tower_part(data: dict[str, Any], tower: str) -> dict[str, Any]:
+    """A tower's dict in a full CLIPSeg config.json (``text_config`` preferred over the legacy
+    ``text_config_dict``), or ``data`` itself when it is a tower's own config.json."""
+    keys = (f"{tower}_config", f"{tower}_config_dict")
+    if data.get("model_type") != "clipseg" and not any(k in data for k in keys):
+        return data
+    part = data.get(f"{tower}_config")
+    if part is None:
+        part = data.get(f"{tower}_config_dict") or {}
+    return dict(part)
+
+
+@_keeps_extra_kwargs
 @dataclass
 class CLIPSegTextConfig(_ConfigBase):
     """The CLIP text tower (a causal transformer over BPE tokens, pooled at the EOS token)."""
 
     model_type: ClassVar[str] = "clipseg_text_model"
+    _readable_types: ClassVar[tuple[str, ...]] = ("clipseg",)
 
     vocab_size: int = 49408  # CLIP BPE: 256 bytes x 2 + 48,894 merges + 2 specials
     hidden_size: int = 512  # width of the text transformer
@@ -97,12 +285,18 @@ class CLIPSegTextConfig(_ConfigBase):
     def __post_init__(self) -> None:
         self._check_heads()
 
+    @classmethod
+    def _from_config_json(cls, data: dict[str, Any]) -> dict[str, Any]:
+        return _tower_part(data, "text")
 
+
+@_keeps_extra_kwargs
 @dataclass
 class CLIPSegVisionConfig(_ConfigBase):
     """The CLIP vision tower (a ViT with a class token and pre-LN blocks)."""
 
     model_type: ClassVar[str] = "clipseg_vision_model"
+    _readable_types: ClassVar[tuple[str, ...]] = ("clipseg",)
 
     hidden_size: int = 768  # ViT-B width
     intermediate_size: int = 3072  # MLP width (4 x hidden)
@@ -138,7 +332,12 @@ class CLIPSegVisionConfig(_ConfigBase):
         """Side of the trained position-embedding grid (224 / 16 = 14 for the CIDAS models)."""
         return self.image_size // self.patch_size
 
+    @classmethod
+    def _from_config_json(cls, data: dict[str, Any]) -> dict[str, Any]:
+        return _tower_part(data, "vision")
 
+
+@_keeps_extra_kwargs
 @dataclass
 class CLIPSegConfig(_ConfigBase):
     """The whole CLIPSeg model: CLIP towers, projections and the segmentation decoder."""
@@ -203,11 +402,9 @@ class CLIPSegConfig(_ConfigBase):
         return cls(text_config=text_config, vision_config=vision_config, **kwargs)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CLIPSegConfig:
-        """Read a ``config.json`` dict: ``text_config``/``vision_config`` preferred over the legacy
-        ``*_config_dict`` keys (transformers 4.25 files may carry both)."""
-        if not isinstance(data, dict):
-            raise TypeError(f"CLIPSegConfig.from_dict expects a dict, got {type(data).__name__}")
+    def _prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """``text_config``/``vision_config`` preferred over the legacy ``*_config_dict`` keys
+        (transformers 4.25 files may carry both)."""
         data = dict(data)
         for tower in ("text", "vision"):
             legacy = data.pop(f"{tower}_config_dict", None)
@@ -218,48 +415,9 @@ class CLIPSegConfig(_ConfigBase):
                 logger.debug(
                     "config: both %s_config and %s_config_dict; using the former", tower, tower
                 )
-        return cls._from_fields(data)
+        return data
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
         out["architectures"] = ["CLIPSegForImageSegmentation"]
         return out
-
-    # -- files -------------------------------------------------------------------------------
-
-    @classmethod
-    def from_json_file(cls, path: str | os.PathLike[str]) -> CLIPSegConfig:
-        """Read a ``config.json`` file."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"no {CONFIG_NAME} at {path}") from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(
-                f"{path} is not valid JSON ({exc}); re-download the checkpoint"
-            ) from exc
-        model_type = data.get("model_type")
-        if model_type not in (None, cls.model_type):
-            raise ValueError(
-                f"{path} describes a {model_type!r} model, not {cls.model_type!r}: this is not a "
-                "CLIPSeg checkpoint"
-            )
-        return cls.from_dict(data)
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike[str]) -> CLIPSegConfig:
-        """Read ``config.json`` from a checkpoint directory, a hub id or ``"demo"``."""
-        from clipseg.weights import resolve_checkpoint
-
-        return cls.from_json_file(resolve_checkpoint(name_or_path) / CONFIG_NAME)
-
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``config.json`` (current transformers layout) into ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / CONFIG_NAME
-        path.write_text(
-            json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
-        )
-        return path

@@ -8,6 +8,7 @@ checkpoints load strictly; every class has ``from_pretrained`` / ``save_pretrain
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ from clipseg.weights import (
     CheckpointError,
     Layout,
     convert_state_dict,
+    first_float_dtype,
     load_state_dict_strict,
     read_state_dict,
     resolve_checkpoint,
@@ -70,7 +72,7 @@ class CLIPSegPreTrainedModel(nn.Module):
         return CLIPSegConfig.from_dict(data)
 
     @classmethod
-    def _read_config(cls, directory: Path) -> Any:
+    def _read_config(cls, directory: Path, **overrides: Any) -> Any:
         path = directory / CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(
@@ -86,7 +88,8 @@ class CLIPSegPreTrainedModel(nn.Module):
             raise CheckpointError(
                 f"{path} describes a {model_type!r} model, not CLIPSeg; pass a CLIPSeg checkpoint"
             )
-        return cls._config_from_dict(data)
+        config = cls._config_from_dict(data)
+        return config.updated(**overrides) if overrides else config
 
     # -- loading and saving ------------------------------------------------------------------
 
@@ -96,45 +99,98 @@ class CLIPSegPreTrainedModel(nn.Module):
         name_or_path: str | os.PathLike[str],
         *,
         config: Any = None,
-        device: str | torch.device | None = None,
-        dtype: torch.dtype | None = None,
+        device: str | torch.device | int | None = None,
+        dtype: torch.dtype | str | None = "auto",
+        torch_dtype: torch.dtype | str | None = None,
+        device_map: str | torch.device | int | None = None,
+        local_files_only: bool = False,
+        **kwargs: Any,
     ) -> _M:
         """Load a checkpoint directory, a hub id or ``"demo"`` (see `resolve_checkpoint`).
 
         The weights are mapped to this class's keys (`convert_state_dict`: a segmentation
         checkpoint gives `CLIPSegModel` and the towers exactly its ``clip.*`` weights) and loaded
-        strictly. ``dtype`` defaults to float32; ``device`` to the CPU. Returns the model in
-        eval mode.
+        strictly. Returns the model in eval mode.
+
+        Args:
+            config: a config to use instead of the checkpoint's config.json.
+            device: where the model goes (default: the CPU).
+            dtype: a torch.dtype, its name ("float16"), or "auto" (the default, as in
+                transformers 5; None means the same): config.json's ``dtype`` (or
+                ``torch_dtype``), else the dtype of the checkpoint's first floating-point tensor
+                (a CIDAS checkpoint: float32). Pass ``torch.float32`` to load any checkpoint in
+                float32.
+            torch_dtype: transformers' older name for ``dtype``.
+            device_map: a single device ("cpu", "cuda:0", an index), the same as ``device``.
+                Accelerate's multi-device maps ("auto", dicts) are not supported.
+            local_files_only: resolve a hub id from the local cache only (no network).
+            **kwargs: config attributes to override (``output_hidden_states=True``, ...), as in
+                transformers. Anything else raises TypeError naming it (``attn_implementation``:
+                attention always runs through torch's scaled_dot_product_attention).
         """
-        directory = resolve_checkpoint(name_or_path)
+        device = _single_device(device, device_map)
+        dtype = _requested_dtype(dtype, torch_dtype)
+        directory = resolve_checkpoint(name_or_path, local_files_only=local_files_only)
         if config is None:
-            config = cls._read_config(directory)
-        dtype = dtype or torch.get_default_dtype()
+            config = cls._read_config(directory, **_config_overrides(cls, kwargs))
+        elif kwargs:
+            raise TypeError(
+                f"{cls.__name__}.from_pretrained got {sorted(kwargs)} together with config=; "
+                "set them on the config object instead"
+            )
+        if dtype == "auto":
+            dtype = _dtype_from_name(config.dtype) if config.dtype is not None else None
+            auto_from_weights = dtype is None
+        else:
+            auto_from_weights = False
         # One copy of the weights at the peak: read tensor by tensor into fresh storage, already
         # in ``dtype`` (read_state_dict), renamed without copying, and made the parameters of a
         # model built on the meta device (assign=True: no second set of parameters to copy into).
         state = convert_state_dict(read_state_dict(directory, dtype=dtype), cls.layout)
+        if auto_from_weights:  # the stored dtype; a tensor stored otherwise is converted to it
+            dtype = first_float_dtype(state) or torch.get_default_dtype()
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         with torch.device("meta"):
             model = cls(config)
         load_state_dict_strict(model, state, assign=True)
         del state  # the parameters are the only references left: .to() frees each as it moves
-        model.to(device=device or "cpu", dtype=dtype)
-        logger.info("loaded %s from %s", cls.__name__, directory)
+        model.to(device="cpu" if device is None else device, dtype=dtype)
+        config.dtype = dtype
+        logger.info("loaded %s from %s in %s", cls.__name__, directory, dtype)
         return model.eval()
 
     def _config_dict(self) -> dict[str, Any]:
         data = self.config.to_dict()
         data["architectures"] = [type(self).__name__]
+        data["dtype"] = str(self.dtype).removeprefix("torch.")  # what `dtype="auto"` reads
         return data
 
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (HF layout) into ``directory``."""
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        safe_serialization: bool = True,
+        max_shard_size: int | str = "50GB",
+    ) -> Path:
+        """Write ``config.json`` and the weights (HF layout) into ``directory``.
+
+        The weights are safetensors only: ``model.safetensors``, or shards of at most
+        ``max_shard_size`` ("50GB", transformers' default, holds any CLIPSeg; "200MB", 10**8,
+        ...) with their ``model.safetensors.index.json``, as transformers writes them.
+        ``safe_serialization=False`` (pickled pytorch_model.bin) is refused.
+        """
+        if not safe_serialization:
+            raise ValueError(
+                "safe_serialization=False asks for a pickled pytorch_model.bin, which clipseg "
+                "does not write (it only reads one); save as safetensors (the default), which "
+                "transformers and clipseg both load"
+            )
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CONFIG_NAME).write_text(
             json.dumps(self._config_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )
-        save_state_dict(self, directory)
+        save_state_dict(self, directory, max_shard_size=max_shard_size)
         return directory
 
     # -- random initialisation (the reference's scheme; only for models built from a config) --
@@ -189,6 +245,73 @@ class CLIPSegPreTrainedModel(nn.Module):
         return next(self.parameters()).dtype
 
 
+# Multi-device dispatch (accelerate) is not implemented: a device map must name one device.
+_MULTI_DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def _single_device(
+    device: str | torch.device | int | None, device_map: Any
+) -> str | torch.device | int | None:
+    """``device`` and transformers' ``device_map`` reduced to one device (or None: the CPU)."""
+    if device_map is None:
+        return device
+    if isinstance(device_map, dict) or device_map in _MULTI_DEVICE_MAPS:
+        raise ValueError(
+            f"device_map={device_map!r} spreads a model over devices (accelerate), which clipseg "
+            "does not do; pass one device instead, e.g. device='cuda' (CLIPSeg fits on one GPU)"
+        )
+    if not isinstance(device_map, (str, int, torch.device)):
+        raise TypeError(f"device_map must name one device, got {type(device_map).__name__}")
+    if device is not None and torch.device(device) != torch.device(device_map):
+        raise ValueError(f"device={device!r} and device_map={device_map!r} disagree; give one")
+    return device_map
+
+
+def _requested_dtype(dtype: Any, torch_dtype: Any) -> torch.dtype | str:
+    """``dtype`` or its older name ``torch_dtype`` as a torch.dtype, or "auto" when neither names
+    one (transformers 5 reads None as "auto" too)."""
+    named = {_dtype_from_name(d) for d in (dtype, torch_dtype) if d is not None and d != "auto"}
+    if len(named) > 1:
+        raise ValueError(
+            f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree; give only dtype "
+            "(torch_dtype is its older name)"
+        )
+    return named.pop() if named else "auto"
+
+
+def _dtype_from_name(dtype: Any) -> torch.dtype:
+    """A floating-point torch.dtype from itself or its name ("float16", "torch.bfloat16")."""
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."), dtype)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(
+            f"dtype must be a floating-point torch.dtype, its name (e.g. 'float16') or 'auto', "
+            f"got {dtype!r}"
+        )
+    return dtype
+
+
+def _config_overrides(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments that name config attributes (overrides, as in
+    transformers); TypeError naming the rest, which would otherwise be ignored."""
+    known = {f.name for f in dataclasses.fields(cls.config_class)}
+    known |= {"output_hidden_states", "output_attentions", "return_dict"}
+    unsupported = sorted(set(kwargs) - known)
+    if unsupported:
+        hint = (
+            " (attention always runs through torch's scaled_dot_product_attention; eager "
+            "math only when output_attentions=True)"
+            if "attn_implementation" in unsupported
+            else ""
+        )
+        raise TypeError(
+            f"{cls.__name__}.from_pretrained got unsupported keyword argument(s) {unsupported}"
+            f"{hint}. It takes config, device, dtype (or torch_dtype), device_map (one device), "
+            "local_files_only, and config attributes to override; remove the others"
+        )
+    return kwargs
+
+
 def _vector_norm(x: torch.Tensor) -> torch.Tensor:
     """L2 norm over the last axis, keepdim, computed as the reference does (bitwise equal)."""
     return torch.pow(torch.sum(torch.pow(x, 2), dim=-1, keepdim=True), 0.5)
@@ -204,7 +327,8 @@ def _contrastive_loss(similarity: torch.Tensor) -> torch.Tensor:
 
 class CLIPSegTextModel(TextTower, CLIPSegPreTrainedModel):
     """The CLIP text tower without projection: ``forward(input_ids, attention_mask=None,
-    position_ids=None, output_attentions=False, output_hidden_states=False)``."""
+    position_ids=None, output_attentions=None, output_hidden_states=None, return_dict=None)``
+    (None: the config's setting)."""
 
     config_class = CLIPSegTextConfig
     layout: Layout = "text"
@@ -226,7 +350,8 @@ class CLIPSegTextModel(TextTower, CLIPSegPreTrainedModel):
 
 class CLIPSegVisionModel(VisionTower, CLIPSegPreTrainedModel):
     """The CLIP vision tower without projection: ``forward(pixel_values,
-    output_attentions=False, output_hidden_states=False, interpolate_pos_encoding=True)``."""
+    output_attentions=None, output_hidden_states=None, interpolate_pos_encoding=True,
+    return_dict=None)`` (None: the config's setting)."""
 
     config_class = CLIPSegVisionConfig
     layout: Layout = "vision"
@@ -279,13 +404,18 @@ class CLIPSegModel(CLIPSegPreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> BaseModelOutputWithPooling:
         """The text tower's output with ``pooler_output`` replaced by its projection (B, D)
         (as `transformers` 5 returns it; v4 returned the (B, D) tensor itself)."""
         out = self.text_model(
-            input_ids, attention_mask, position_ids, output_attentions, output_hidden_states
+            input_ids,
+            attention_mask,
+            position_ids,
+            self.config.default("output_attentions", output_attentions),
+            self.config.default("output_hidden_states", output_hidden_states),
+            return_dict=True,
         )
         out.pooler_output = self.text_projection(out.pooler_output)
         return out
@@ -294,16 +424,17 @@ class CLIPSegModel(CLIPSegPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         interpolate_pos_encoding: bool = True,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> BaseModelOutputWithPooling:
         """The vision tower's output with ``pooler_output`` = visual_projection(post_layernorm
         (CLS)) (B, D)."""
         out = self.vision_model(
             pixel_values,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+            output_attentions=self.config.default("output_attentions", output_attentions),
+            output_hidden_states=self.config.default("output_hidden_states", output_hidden_states),
             interpolate_pos_encoding=interpolate_pos_encoding,
+            return_dict=True,
         )
         out.pooler_output = self.visual_projection(out.pooler_output)
         return out
@@ -316,12 +447,18 @@ class CLIPSegModel(CLIPSegPreTrainedModel):
         position_ids: torch.Tensor | None = None,
         return_loss: bool | None = None,
         interpolate_pos_encoding: bool = True,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
-        return_dict: bool = True,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
     ) -> CLIPSegOutput | tuple:
         """Image-text similarity: logits_per_image (B_image, B_text) = scale * cos; with
-        ``return_loss`` the symmetric contrastive loss (needs B_image == B_text)."""
+        ``return_loss`` the symmetric contrastive loss (needs B_image == B_text).
+
+        The output switches default (None) to this model's config (transformers 5 reads each
+        tower's own sub-config instead; transformers 4 read this one)."""
+        output_attentions = self.config.default("output_attentions", output_attentions)
+        output_hidden_states = self.config.default("output_hidden_states", output_hidden_states)
+        return_dict = self.config.default("return_dict", return_dict)
         vision = self.get_image_features(
             pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states
         )
@@ -391,7 +528,11 @@ class CLIPSegForImageSegmentation(CLIPSegPreTrainedModel):
                 raise ValueError("Make sure to pass as many prompt texts as there are query images")
             with torch.no_grad():
                 return self.clip.get_text_features(
-                    input_ids, attention_mask=attention_mask, position_ids=position_ids
+                    input_ids,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids,
+                    output_attentions=False,
+                    output_hidden_states=False,
                 ).pooler_output
         if conditional_pixel_values is not None:
             if batch_size is not None and len(conditional_pixel_values) != batch_size:
@@ -399,7 +540,9 @@ class CLIPSegForImageSegmentation(CLIPSegPreTrainedModel):
                     "Make sure to pass as many prompt images as there are query images"
                 )
             with torch.no_grad():
-                return self.clip.get_image_features(conditional_pixel_values).pooler_output
+                return self.clip.get_image_features(
+                    conditional_pixel_values, output_attentions=False, output_hidden_states=False
+                ).pooler_output
         raise ValueError(
             "Invalid conditional, should be either provided as `input_ids` or "
             "`conditional_pixel_values`"
@@ -415,14 +558,19 @@ class CLIPSegForImageSegmentation(CLIPSegPreTrainedModel):
         position_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = True,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
-        return_dict: bool = True,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
     ) -> CLIPSegImageSegmentationOutput | tuple:
         """Segment ``pixel_values`` (B, 3, H, W); ``labels`` (B, H, W) in [0, 1] add the mean
-        BCE-with-logits loss. Gradients flow only into the decoder, as in the reference."""
+        BCE-with-logits loss. Gradients flow only into the decoder, as in the reference.
+        The output switches default (None) to the config's ``output_attentions``,
+        ``output_hidden_states`` and ``return_dict``."""
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values (the query images)")
+        output_attentions = self.config.default("output_attentions", output_attentions)
+        output_hidden_states = self.config.default("output_hidden_states", output_hidden_states)
+        return_dict = self.config.default("return_dict", return_dict)
         with torch.no_grad():
             vision = self.clip.get_image_features(
                 pixel_values,

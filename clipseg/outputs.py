@@ -1,13 +1,19 @@
-"""Model output containers: dataclasses with attribute access, as in `transformers`.
+"""Model output containers: dataclasses that are also ordered dicts, as `transformers`'
+``ModelOutput``.
 
-Like `transformers`' ``ModelOutput``, ``output[i]`` indexes the fields that are not None (in
-declaration order), ``output["logits"]`` reads a field by name and ``to_tuple()`` gives the
-non-None fields as a tuple.
+The dict holds the fields that are not None, in declaration order: ``"logits" in out``,
+``out["logits"]`` (KeyError for a None field), ``out.keys() / values() / items() / get()``,
+iteration over the keys and ``dict(out)`` / ``**out`` all see only those. ``out[i]`` and
+``out[a:b]`` index ``to_tuple()``: the set fields in order, nested outputs as tuples too (what
+transformers' CLIPSeg outputs do). Setting a field (``out.loss = x``) adds it to the dict (at the
+end, as in transformers). One deliberate difference: setting a field to None removes it from the
+dict (transformers keeps the old value under the key while the attribute reads None).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,32 +28,44 @@ __all__ = [
 ]
 
 
-class ModelOutput:
-    """Tuple-like access to a dataclass's non-None fields."""
+class ModelOutput(OrderedDict):
+    """A dataclass whose non-None fields are also its dict items (see the module docstring)."""
 
-    def keys(self) -> list[str]:
-        """Names of the fields that are set (not None)."""
-        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]  # type: ignore[arg-type]
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._field_names():
+            if value is None:
+                super().pop(name, None)
+            else:
+                super().__setitem__(name, value)
+        super().__setattr__(name, value)
 
-    def to_tuple(self) -> tuple[Any, ...]:
-        """The set fields in order; nested outputs become tuples too."""
-        return tuple(
-            v.to_tuple() if isinstance(v, ModelOutput) else v
-            for v in (getattr(self, k) for k in self.keys())
-        )
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        super().__setattr__(key, value)
 
     def __getitem__(self, key: int | slice | str) -> Any:
         if isinstance(key, str):
-            if key not in self.keys():
-                raise KeyError(key)
-            return getattr(self, key)
-        return tuple(getattr(self, k) for k in self.keys())[key]
+            return super().__getitem__(key)
+        return self.to_tuple()[key]
 
-    def __iter__(self):  # iterate like a tuple of the set fields
-        return iter(getattr(self, k) for k in self.keys())
+    def _field_names(self) -> set[str]:
+        return {f.name for f in dataclasses.fields(self)}  # type: ignore[arg-type]
 
-    def __len__(self) -> int:
-        return len(self.keys())
+    def to_tuple(self) -> tuple[Any, ...]:
+        """The set fields in order; nested outputs become tuples too."""
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
+
+    def __reduce__(self):  # pickle / deepcopy through the dataclass constructor
+        args = tuple(getattr(self, f.name) for f in dataclasses.fields(self))  # type: ignore[arg-type]
+        return type(self), args
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"{type(self).__name__} fields cannot be removed or bulk-updated; set them as "
+            "attributes (out.logits = ...), or copy to a dict first (dict(out))"
+        )
+
+    __delitem__ = pop = popitem = update = setdefault = clear = _refuse  # type: ignore[assignment]
 
 
 @dataclass

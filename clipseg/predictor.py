@@ -316,11 +316,18 @@ class Predictor:
     ) -> torch.Tensor:
         """(D,) embedding of an example: `prepare_visual_prompt` (crop with context, background
         darkened and blurred), then the full vision tower's projected CLS state, like the
-        reference's ``conditional_pixel_values``."""
-        prepared = prepare_visual_prompt(image, mask=mask, box=box)
+        reference's ``conditional_pixel_values``. The prepared square has the image processor's
+        side, so that it is resized once (a model with another input size than 352 included)."""
+        prepared = prepare_visual_prompt(image, mask=mask, box=box, size=self._exemplar_side())
         with self._lock:
             pixels = self._pixel_values([prepared])
             return self.model.clip.get_image_features(pixels).pooler_output[0]
+
+    def _exemplar_side(self) -> int:
+        """Side of a prepared exemplar: the image processor's input size (the larger side of a
+        non-square one, which it then resizes to)."""
+        image_processor = self.processor.image_processor
+        return max(image_processor.height, image_processor.width)
 
     def _embedding(self, prompt: Any, templates: Sequence[str] | None) -> torch.Tensor:
         """One prompt -> (D,) on the model's device and dtype."""

@@ -16,6 +16,12 @@ Deliberate differences from `transformers` (each documented where it happens):
 - without a tokenizer_config.json, ``model_max_length`` is 77 (CLIP's context), not "unlimited".
 - the image processor applies EXIF orientation (`transformers` ignores it) and always converts to
   RGB (alpha composited onto white, exactly as `transformers`' ``do_convert_rgb=True``).
+- a float image with values in [0, 1] holds intensities: it is rescaled once, whatever
+  ``do_rescale`` says (`transformers` multiplies it by ``rescale_factor`` a second time unless
+  ``do_rescale=False``, and warns about "already rescaled images"). Float images are quantized to
+  8 bits on loading (PIL resizes uint8), also with ``do_resize=False``.
+- keyword arguments that neither the tokenizer nor the image processor implements raise TypeError
+  (`transformers` ignores some of them).
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
 PREPROCESSOR_CONFIG_FILE = "preprocessor_config.json"
+PROCESSOR_CONFIG_FILE = "processor_config.json"  # transformers 5 nests the image settings here
 
 CLIP_CONTEXT_LENGTH = 77
 # CLIP's split pattern, as `transformers` writes it (its special tokens first so they stay whole).
@@ -87,7 +94,7 @@ _SPECIAL_TOKEN_NAMES = (
 
 
 class BatchEncoding(dict):
-    """A dict with attribute access (``enc.input_ids``) and ``.to(device)`` for tensors."""
+    """A dict with attribute access (``enc.input_ids``) and ``.to(...)`` for tensors."""
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -95,10 +102,43 @@ class BatchEncoding(dict):
         except KeyError as e:
             raise AttributeError(name) from e
 
-    def to(self, device: str | torch.device) -> BatchEncoding:
-        return BatchEncoding(
-            {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.items()}
-        )
+    def to(self, *args: Any, **kwargs: Any) -> BatchEncoding:
+        """Move and cast the tensors in place, as `transformers`' ``BatchFeature.to``; returns self.
+
+        The arguments are those of ``torch.Tensor.to`` (``"cuda"``, ``torch.float16``,
+        ``("cuda", torch.float16)``, ``device=``, ``dtype=``, ``non_blocking=``). Floating-point
+        tensors (pixel values) get all of them; the others (token ids, attention masks) only move
+        to the device, never change dtype.
+        """
+        device = _device_of_to_args(args, kwargs)
+        non_blocking = kwargs.get("non_blocking", False)
+
+        def move(value: Any) -> Any:
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                return value.to(*args, **kwargs)
+            if isinstance(value, torch.Tensor) and device is not None:
+                return value.to(device=device, non_blocking=non_blocking)
+            if isinstance(value, (list, tuple)):
+                return type(value)(move(v) for v in value)
+            return value
+
+        for key in list(self):
+            self[key] = move(self[key])
+        return self
+
+
+def _device_of_to_args(args: tuple, kwargs: dict) -> Any:
+    """The device in ``.to(*args, **kwargs)`` arguments, or None when they only name a dtype."""
+    if kwargs.get("device") is not None or not args:
+        return kwargs.get("device")
+    first = args[0]
+    if isinstance(first, torch.dtype):
+        return None
+    if isinstance(first, (str, int, torch.device)):
+        return first
+    raise ValueError(
+        f"BatchEncoding.to got {first!r}; pass a device (e.g. 'cuda'), a torch.dtype, or both"
+    )
 
 
 def _local_dir(name_or_path: str | os.PathLike) -> Path:
@@ -174,6 +214,7 @@ class CLIPTokenizer:
         model_max_length: the longest sequence the text model takes (CLIP: 77).
         added_tokens: extra ``id -> spec`` entries (tokenizer_config.json's
             ``added_tokens_decoder``), registered before the named special tokens.
+        padding_side: "right" (default) or "left": where padding goes (per call too).
     """
 
     model_input_names = ["input_ids", "attention_mask"]
@@ -188,6 +229,7 @@ class CLIPTokenizer:
         pad_token: str | Mapping = "<|endoftext|>",
         model_max_length: int = CLIP_CONTEXT_LENGTH,
         added_tokens: Mapping[int | str, str | Mapping] | None = None,
+        padding_side: str = "right",
         **init_kwargs: Any,
     ) -> None:
         if isinstance(vocab, (str, os.PathLike)):
@@ -211,6 +253,7 @@ class CLIPTokenizer:
                     "<|startoftext|> and <|endoftext|> (add them to vocab.json)."
                 )
         self.model_max_length = int(model_max_length)
+        self.padding_side = _check_padding_side(padding_side)
         self._added_tokens = {int(k): v for k, v in (added_tokens or {}).items()}
         self.init_kwargs = init_kwargs
 
@@ -294,6 +337,8 @@ class CLIPTokenizer:
         )
         if config.get("added_tokens_decoder"):
             init["added_tokens"] = config["added_tokens_decoder"]
+        if config.get("padding_side") is not None:
+            init["padding_side"] = config["padding_side"]
         init.update(kwargs)
         return cls(vocab, merges, **init)
 
@@ -322,6 +367,7 @@ class CLIPTokenizer:
             **{k: v for k, v in self.init_kwargs.items() if _is_jsonable(v)},
             **specials,
             "model_max_length": self.model_max_length,
+            "padding_side": self.padding_side,
             "tokenizer_class": "CLIPTokenizer",
         }
         if self._added_tokens:
@@ -385,34 +431,44 @@ class CLIPTokenizer:
     def __call__(
         self,
         text: str | Sequence[str],
+        *,
         padding: bool | str = False,
         truncation: bool | str | None = None,
         max_length: int | None = None,
         return_tensors: str | None = None,
-        return_attention_mask: bool = True,
+        return_attention_mask: bool | None = True,
         add_special_tokens: bool = True,
         pad_to_multiple_of: int | None = None,
-        **unused: Any,
+        padding_side: str | None = None,
+        **unsupported: Any,
     ) -> BatchEncoding:
         """Tokenize one string or a batch.
 
         Args:
-            text: a string or a sequence of strings.
+            text: a string or a sequence of strings (CLIP encodes single texts: no text pairs).
             padding: False / "do_not_pad", True / "longest" (to the batch's longest), or
                 "max_length" (to ``max_length``, else ``model_max_length``). Pads with the pad id
-                (``<|endoftext|>``) on the right; the attention mask is 0 there.
+                (``<|endoftext|>``) on ``padding_side``; the attention mask is 0 there.
             truncation: True / "longest_first" truncates to ``max_length`` (else
                 ``model_max_length``), keeping ``<|endoftext|>`` last; False / "do_not_truncate"
                 keeps everything; None (default) truncates like True (see the module docstring).
             max_length: the length for truncation and ``padding="max_length"``.
             return_tensors: "pt" (int64 torch tensors, (B, L)), "np" (int64 arrays) or None
                 (lists; a single string gives flat lists).
+            return_attention_mask: False leaves ``attention_mask`` out.
+            add_special_tokens: False leaves out ``<|startoftext|>`` / ``<|endoftext|>``.
+            pad_to_multiple_of: round the padded length up to a multiple of this.
+            padding_side: "right" or "left"; None uses ``self.padding_side``.
+
+        Other `transformers` tokenizer arguments (``return_length``, ``return_token_type_ids``,
+        ``text_pair``, ...) are not implemented and raise TypeError rather than being ignored.
 
         Returns:
             BatchEncoding with ``input_ids`` and ``attention_mask``.
         """
-        if unused:
-            logger.debug("CLIPTokenizer ignores keyword arguments %s", sorted(unused))
+        if unsupported:
+            raise TypeError(_unexpected_kwargs("CLIPTokenizer", unsupported, TOKENIZER_CALL_KWARGS))
+        side = self.padding_side if padding_side is None else _check_padding_side(padding_side)
         batched = not isinstance(text, str)
         texts = _as_text_list(text)
         do_truncate = _truncation_enabled(truncation)
@@ -460,12 +516,11 @@ class CLIPTokenizer:
             target = -(-target // pad_to_multiple_of) * pad_to_multiple_of
         masks = [[1] * len(x) for x in ids]
         if target is not None:
-            pad_id = self.pad_token_id
-            masks = [m + [0] * (target - len(x)) for x, m in zip(ids, masks, strict=True)]
-            ids = [x + [pad_id] * (target - len(x)) for x in ids]
+            masks = [_pad(m, target, 0, side) for m in masks]
+            ids = [_pad(x, target, self.pad_token_id, side) for x in ids]
 
         data: dict[str, Any] = {"input_ids": ids}
-        if return_attention_mask:
+        if return_attention_mask is not False:
             data["attention_mask"] = masks
         return BatchEncoding(
             {k: _to_tensor(v, return_tensors, batched, k) for k, v in data.items()}
@@ -489,8 +544,13 @@ class CLIPTokenizer:
             **kwargs,
         )["input_ids"]
 
-    def decode(self, token_ids: Any, skip_special_tokens: bool = False, **unused: Any) -> str:
-        """Ids back to text: ``</w>`` becomes a space, the ends are stripped (as transformers)."""
+    def decode(self, token_ids: Any, skip_special_tokens: bool = False, **unsupported: Any) -> str:
+        """Ids back to text: ``</w>`` becomes a space, the ends are stripped (as transformers).
+        Other transformers arguments (``clean_up_tokenization_spaces``, ...) raise TypeError."""
+        if unsupported:
+            raise TypeError(
+                _unexpected_kwargs("CLIPTokenizer.decode", unsupported, ["skip_special_tokens"])
+            )
         if isinstance(token_ids, torch.Tensor):
             token_ids = token_ids.tolist()
         elif isinstance(token_ids, np.ndarray):
@@ -518,6 +578,40 @@ class CLIPTokenizer:
             f"bos={self.bos_token!r}:{self.bos_token_id}, "
             f"eos={self.eos_token!r}:{self.eos_token_id})"
         )
+
+
+TOKENIZER_CALL_KWARGS = (
+    "padding",
+    "truncation",
+    "max_length",
+    "return_tensors",
+    "return_attention_mask",
+    "add_special_tokens",
+    "pad_to_multiple_of",
+    "padding_side",
+)
+
+
+def _unexpected_kwargs(owner: str, kwargs: Mapping[str, Any], supported: Iterable[str]) -> str:
+    """The TypeError message for keyword arguments ``owner`` does not implement."""
+    names = ", ".join(repr(k) for k in sorted(kwargs))
+    return (
+        f"{owner} got unsupported keyword argument(s) {names}; it takes "
+        f"{', '.join(supported)}. Remove the argument (it is not implemented here, and ignoring it "
+        "would silently change the result)."
+    )
+
+
+def _check_padding_side(side: Any) -> str:
+    if side not in ("right", "left"):
+        raise ValueError(f"padding_side must be 'right' or 'left', got {side!r}")
+    return side
+
+
+def _pad(row: list[int], length: int, value: int, side: str) -> list[int]:
+    """``row`` padded with ``value`` to ``length`` on ``side``."""
+    padding = [value] * (length - len(row))
+    return padding + row if side == "left" else row + padding
 
 
 def _is_jsonable(v: Any) -> bool:
@@ -590,7 +684,7 @@ def _array_to_pil(arr: np.ndarray, what: str) -> Image.Image:
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4)):
         raise ValueError(
             f"{what} must have shape (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4; "
-            f"got {arr.shape}"
+            f"got {arr.shape} (a 4-D batch goes to the image processor, not load_image)"
         )
     if arr.size == 0 or 0 in arr.shape:
         raise ValueError(f"{what} is empty (shape {arr.shape})")
@@ -599,14 +693,7 @@ def _array_to_pil(arr: np.ndarray, what: str) -> Image.Image:
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
     elif np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all():
-            raise ValueError(f"{what} holds NaN or infinite values (outside [0, 1])")
-        if arr.min() < 0.0 or arr.max() > 1.0:
-            raise ValueError(
-                f"{what} is a float array with values outside [0, 1] (min {arr.min()}, "
-                f"max {arr.max()}); give floats in [0, 1] or uint8 in [0, 255]"
-            )
-        arr = np.round(arr.astype(np.float64) * 255.0).astype(np.uint8)
+        arr = _float_to_uint8(arr, what)
     elif np.issubdtype(arr.dtype, np.integer):
         if arr.dtype != np.uint8:
             if arr.min() < 0 or arr.max() > 255:
@@ -622,6 +709,38 @@ def _array_to_pil(arr: np.ndarray, what: str) -> Image.Image:
         alpha = arr[..., 3:4] / 255
         arr = np.round(alpha * arr[..., :3] + (1 - alpha) * 255).astype(np.uint8)
     return Image.fromarray(np.ascontiguousarray(arr))
+
+
+def _is_unit_float(obj: Any) -> bool:
+    """Whether ``obj`` is a float array or tensor with every value in [0, 1] (intensities)."""
+    if isinstance(obj, torch.Tensor):
+        if not obj.is_floating_point() or obj.numel() == 0:
+            return False
+        return bool((obj.min() >= 0) & (obj.max() <= 1))
+    if isinstance(obj, np.ndarray) and np.issubdtype(obj.dtype, np.floating) and obj.size:
+        return bool(obj.min() >= 0.0 and obj.max() <= 1.0)
+    return False
+
+
+def _float_to_uint8(arr: np.ndarray, what: str) -> np.ndarray:
+    """A float image -> uint8 levels.
+
+    Values in [0, 1] are intensities (times 255, rounded). Otherwise whole numbers in [0, 255] are
+    pixel levels already, as `transformers` reads them (equal to the same uint8 image). Anything
+    else is refused, as `transformers` refuses it when it resizes (it cannot be made uint8 for PIL).
+    """
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{what} holds NaN or infinite values")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return np.round(arr.astype(np.float64) * 255.0).astype(np.uint8)
+    if lo >= 0.0 and hi <= 255.0 and np.allclose(arr, np.round(arr)):
+        return np.round(arr).astype(np.uint8)
+    raise ValueError(
+        f"{what} is a float array with values in [{lo}, {hi}] that are neither intensities in "
+        "[0, 1] nor whole pixel levels in [0, 255]; scale it to [0, 1] or round it to uint8 "
+        "(transformers refuses such an image too when it resizes)"
+    )
 
 
 def _pil_to_rgb(image: Image.Image) -> Image.Image:
@@ -707,9 +826,23 @@ class CLIPSegImageProcessor:
         do_rescale, rescale_factor: multiply by 1/255.
         do_normalize, image_mean, image_std: (x - mean) / std per channel.
         **kwargs: other keys of preprocessor_config.json, kept and written back.
+
+    Each of these settings can also be given to a single call (``processor(images,
+    do_resize=False)``), as in `transformers`.
     """
 
     model_input_names = ["pixel_values"]
+    # the settings a call may override (transformers' ImagesKwargs that this processor implements)
+    call_settings = (
+        "do_resize",
+        "size",
+        "resample",
+        "do_rescale",
+        "rescale_factor",
+        "do_normalize",
+        "image_mean",
+        "image_std",
+    )
 
     def __init__(
         self,
@@ -744,13 +877,49 @@ class CLIPSegImageProcessor:
     def from_pretrained(
         cls, name_or_path: str | os.PathLike, **kwargs: Any
     ) -> CLIPSegImageProcessor:
+        """Settings from ``processor_config.json``'s ``"image_processor"`` (what transformers 5's
+        ``save_pretrained`` writes), else ``preprocessor_config.json`` (earlier versions, CIDAS),
+        the order transformers 5 reads them in; ``kwargs`` override them."""
         d = _local_dir(name_or_path)
-        path = d / PREPROCESSOR_CONFIG_FILE
-        config = _read_json(path) if path.is_file() else {}
-        if not path.is_file():
-            logger.warning("No %s in %s; using CLIPSeg's defaults", PREPROCESSOR_CONFIG_FILE, d)
+        config = _read_image_processor_config(d)
+        if config is None:
+            logger.warning(
+                "No %s (nor %s with an image_processor entry) in %s; using CLIPSeg's defaults",
+                PREPROCESSOR_CONFIG_FILE,
+                PROCESSOR_CONFIG_FILE,
+                d,
+            )
+            config = {}
         config.update(kwargs)
         return cls(**config)
+
+    def with_settings(self, **settings: Any) -> CLIPSegImageProcessor:
+        """This processor with some of `call_settings` changed; self when none is given.
+        TypeError names unknown settings; None is refused (transformers 5 reads
+        ``do_resize=None`` as False and a None size or mean as an error, transformers 4 as the
+        processor's own setting: leave the argument out for that)."""
+        unknown = {k: v for k, v in settings.items() if k not in self.call_settings}
+        convert_rgb = unknown.pop("do_convert_rgb", None)
+        if unknown:
+            raise TypeError(
+                _unexpected_kwargs("CLIPSegImageProcessor", unknown, self.call_settings)
+            )
+        if convert_rgb is False:
+            raise ValueError(
+                "do_convert_rgb=False is not supported: CLIPSeg's vision tower takes 3 channels, "
+                "so every image is converted to RGB; leave do_convert_rgb out"
+            )
+        changed = {k: v for k, v in settings.items() if k in self.call_settings}
+        unset = sorted(k for k, v in changed.items() if v is None)
+        if unset:
+            raise ValueError(
+                f"{', '.join(unset)}=None is ambiguous (transformers 5 turns a None do_* switch "
+                "off, transformers 4 used the processor's setting); pass a value, or leave the "
+                "argument out to use the processor's setting"
+            )
+        if not changed:
+            return self
+        return type(self)(**{**self.to_dict(), **changed})
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -774,14 +943,21 @@ class CLIPSegImageProcessor:
         return path
 
     def preprocess_one(self, image: Any) -> np.ndarray:
-        """One image -> float32 (3, H, W)."""
+        """One image -> float32 (3, H, W).
+
+        A float image in [0, 1] is rescaled once whatever ``do_rescale`` says: with
+        ``do_rescale=False`` its values stay in [0, 1] (transformers' numbers), with True they are
+        not divided by 255 a second time (transformers would; see the module docstring)."""
         pil = load_image(image)
         if self.do_resize:
             pil = pil.resize((self.width, self.height), resample=self.resample)
         arr = np.asarray(pil)  # (H, W, 3) uint8
-        if self.do_rescale:
+        scale = self.rescale_factor if self.do_rescale else None
+        if scale is None and _is_unit_float(image):
+            scale = 1 / 255  # back to the input's own [0, 1] scale, as transformers returns it
+        if scale is not None:
             # as transformers: upcast, scale, then down to float32
-            arr = (arr.astype(np.float64) * self.rescale_factor).astype(np.float32)
+            arr = (arr.astype(np.float64) * scale).astype(np.float32)
         else:
             arr = arr.astype(np.float32)
         if self.do_normalize:
@@ -837,19 +1013,30 @@ class CLIPSegImageProcessor:
         return torch.addcmul(shift, x, scale)
 
     def __call__(
-        self, images: Any, return_tensors: str | None = "pt", **unused: Any
+        self, images: Any, return_tensors: str | None = "pt", **settings: Any
     ) -> BatchEncoding:
-        """Images (one or a list) -> ``pixel_values`` (B, 3, H, W) float32 ("pt" or "np"), or a
-        list of (3, H, W) arrays with ``return_tensors=None``."""
-        if isinstance(images, (list, tuple)):
-            if len(images) == 0:
-                raise ValueError("images is an empty list")
-            batch = list(images)
-        else:
-            batch = [images]
-        arrays = [self.preprocess_one(im) for im in batch]
+        """Images -> ``pixel_values`` (B, 3, H, W) float32 ("pt" or "np"), or a list of
+        (3, H, W) arrays with ``return_tensors=None``.
+
+        Args:
+            images: one image (anything `load_image` reads), a list of them, or a batch as one
+                4-D array: numpy (B, H, W, C) or torch (B, C, H, W) (the channel axis is found
+                per image as `load_image` does). A list may hold such batches too.
+            return_tensors: "pt" (default; transformers' default is None), "np" or None.
+            **settings: per-call `call_settings` (``do_resize=False``, ``size=...``, ...), as in
+                transformers; any other keyword raises TypeError.
+        """
+        proc = self.with_settings(**settings)
+        batch = _image_batch(images)
+        arrays = [proc.preprocess_one(im) for im in batch]
         if return_tensors is None:
             return BatchEncoding(pixel_values=arrays)
+        if len({a.shape for a in arrays}) > 1:
+            raise ValueError(
+                "Cannot stack images of different sizes into one tensor (do_resize=False keeps "
+                f"each image's size: {sorted({a.shape[1:] for a in arrays})}); resize them, pass "
+                "them one at a time, or use return_tensors=None for a list"
+            )
         stacked = np.stack(arrays)
         if return_tensors == "np":
             return BatchEncoding(pixel_values=stacked)
@@ -861,6 +1048,35 @@ class CLIPSegImageProcessor:
 
     def __repr__(self) -> str:
         return f"CLIPSegImageProcessor({json.dumps(self.to_dict(), sort_keys=True)})"
+
+
+def _read_image_processor_config(directory: Path) -> dict[str, Any] | None:
+    """The image processor's settings saved in ``directory``, in transformers 5's order:
+    processor_config.json's nested ``"image_processor"``, then preprocessor_config.json."""
+    nested = directory / PROCESSOR_CONFIG_FILE
+    if nested.is_file():
+        entry = _read_json(nested).get("image_processor")
+        if isinstance(entry, Mapping):
+            return dict(entry)
+    legacy = directory / PREPROCESSOR_CONFIG_FILE
+    return _read_json(legacy) if legacy.is_file() else None
+
+
+def _image_batch(images: Any) -> list[Any]:
+    """The images of a call as a flat list: a 4-D array or tensor is a batch of images, a list or
+    tuple holds images or such batches, anything else is one image."""
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    if not items:
+        raise ValueError("images is an empty list")
+    batch: list[Any] = []
+    for item in items:
+        if isinstance(item, (np.ndarray, torch.Tensor)) and item.ndim == 4:
+            if len(item) == 0:
+                raise ValueError(f"images is an empty batch (shape {tuple(item.shape)})")
+            batch.extend(item)
+        else:
+            batch.append(item)
+    return batch
 
 
 def _three(v: Sequence[float] | float) -> list[float]:
@@ -878,7 +1094,11 @@ def _three(v: Sequence[float] | float) -> list[float]:
 
 
 class CLIPSegProcessor:
-    """The tokenizer and the image processor together, as `transformers`' `CLIPSegProcessor`."""
+    """The tokenizer and the image processor together, as `transformers`' `CLIPSegProcessor`.
+
+    One difference in defaults: ``return_tensors`` is "pt" (transformers: None, which gives
+    lists); pass ``return_tensors=None`` for lists or "np" for numpy arrays.
+    """
 
     def __init__(self, image_processor: CLIPSegImageProcessor, tokenizer: CLIPTokenizer) -> None:
         self.image_processor = image_processor
@@ -886,10 +1106,16 @@ class CLIPSegProcessor:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> CLIPSegProcessor:
-        """From a checkpoint directory, "demo" or a hub id (via `clipseg.weights`)."""
+        """From a checkpoint directory, "demo" or a hub id (via `clipseg.weights`). ``kwargs``
+        override saved settings: the image processor's `CLIPSegImageProcessor.call_settings`
+        (``size=...``) go to it, the rest to the tokenizer (``padding_side="left"``, ...)."""
         d = _local_dir(name_or_path)
+        image_kwargs = {
+            k: kwargs.pop(k) for k in list(kwargs) if k in CLIPSegImageProcessor.call_settings
+        }
         return cls(
-            CLIPSegImageProcessor.from_pretrained(d), CLIPTokenizer.from_pretrained(d, **kwargs)
+            CLIPSegImageProcessor.from_pretrained(d, **image_kwargs),
+            CLIPTokenizer.from_pretrained(d, **kwargs),
         )
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
@@ -905,6 +1131,7 @@ class CLIPSegProcessor:
         text: str | Sequence[str] | None = None,
         images: Any = None,
         visual_prompt: Any = None,
+        *,
         padding: bool | str = False,
         truncation: bool | str | None = None,
         max_length: int | None = None,
@@ -912,7 +1139,29 @@ class CLIPSegProcessor:
         **kwargs: Any,
     ) -> BatchEncoding:
         """Text -> input_ids/attention_mask; images -> pixel_values; visual_prompt ->
-        conditional_pixel_values (text and visual_prompt are exclusive), as transformers."""
+        conditional_pixel_values (text and visual_prompt are exclusive), as transformers.
+
+        ``kwargs`` are routed by name as in transformers: the image processor's
+        `CLIPSegImageProcessor.call_settings` (``do_resize``, ``size``, ``image_mean``, ...) apply
+        to ``images`` and ``visual_prompt``, the tokenizer's arguments (``padding_side``,
+        ``add_special_tokens``, ...) to ``text``. Any other keyword raises TypeError.
+        ``return_tensors`` defaults to "pt" here (transformers: None).
+        """
+        image_settings = {
+            k: kwargs.pop(k) for k in list(kwargs) if k in self.image_processor.call_settings
+        }
+        if "do_convert_rgb" in kwargs:  # a transformers images kwarg; validated by the processor
+            image_settings["do_convert_rgb"] = kwargs.pop("do_convert_rgb")
+        unknown = {k: v for k, v in kwargs.items() if k not in TOKENIZER_CALL_KWARGS}
+        if unknown:
+            raise TypeError(
+                _unexpected_kwargs(
+                    "CLIPSegProcessor",
+                    unknown,
+                    [*TOKENIZER_CALL_KWARGS, *self.image_processor.call_settings],
+                )
+            )
+        image_processor = self.image_processor.with_settings(**image_settings)
         if text is None and images is None and visual_prompt is None:
             raise ValueError("You have to specify either text, visual prompt or images.")
         if text is not None and visual_prompt is not None:
@@ -932,11 +1181,11 @@ class CLIPSegProcessor:
                 )
             )
         if images is not None:
-            out["pixel_values"] = self.image_processor(images, return_tensors=return_tensors)[
+            out["pixel_values"] = image_processor(images, return_tensors=return_tensors)[
                 "pixel_values"
             ]
         if visual_prompt is not None:
-            out["conditional_pixel_values"] = self.image_processor(
+            out["conditional_pixel_values"] = image_processor(
                 visual_prompt, return_tensors=return_tensors
             )["pixel_values"]
         return out

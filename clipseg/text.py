@@ -79,9 +79,9 @@ class TextTower(nn.Module):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
-        return_dict: bool = True,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
     ) -> BaseModelOutputWithPooling | tuple:
         """Encode (B, T) token ids (``attention_mask`` (B, T): 1 = token, 0 = padding).
 
@@ -90,6 +90,10 @@ class TextTower(nn.Module):
         """
         if input_ids is None:
             raise ValueError("You have to specify input_ids")
+        # None takes the config's setting, as in transformers
+        output_attentions = self.config.default("output_attentions", output_attentions)
+        output_hidden_states = self.config.default("output_hidden_states", output_hidden_states)
+        return_dict = self.config.default("return_dict", return_dict)
         input_ids = input_ids.view(-1, input_ids.shape[-1])
         x = self.embeddings(input_ids, position_ids)  # (B, T, C)
         mask = None

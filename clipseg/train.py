@@ -606,7 +606,8 @@ def train(args: argparse.Namespace) -> Path:
         init_film_identity(model)
         init_position_sincos(model)
     else:
-        model = CLIPSegForImageSegmentation.from_pretrained(args.init)
+        # float32 master weights whatever dtype the checkpoint stores
+        model = CLIPSegForImageSegmentation.from_pretrained(args.init, dtype=torch.float32)
         processor_dir = _resolve_dir(args.init)
     processor = CLIPSegProcessor.from_pretrained(processor_dir)
     device = torch.device(args.device)

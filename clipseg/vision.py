@@ -144,15 +144,19 @@ class VisionTower(nn.Module):
     def forward(
         self,
         pixel_values: torch.Tensor,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         interpolate_pos_encoding: bool = True,
-        return_dict: bool = True,
+        return_dict: bool | None = None,
     ) -> BaseModelOutputWithPooling | tuple:
         """Encode (B, 3, H, W) pixels (H, W multiples of the patch size): last_hidden_state
         (B, 1 + rows * cols, C) and pooler_output = post_layernorm(CLS) (B, C)."""
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values")
+        # None takes the config's setting, as in transformers
+        output_attentions = self.config.default("output_attentions", output_attentions)
+        output_hidden_states = self.config.default("output_hidden_states", output_hidden_states)
+        return_dict = self.config.default("return_dict", return_dict)
         x = self.pre_layrnorm(self.embeddings(pixel_values, interpolate_pos_encoding))
         last, hidden, attentions = self.encoder(
             x, output_attentions=output_attentions, output_hidden_states=output_hidden_states

@@ -33,6 +33,8 @@ __all__ = [
     "convert_state_dict",
     "load_state_dict_strict",
     "save_state_dict",
+    "first_float_dtype",
+    "parse_shard_size",
 ]
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
@@ -68,13 +70,16 @@ def _download_hint(repo_id: str) -> str:
     )
 
 
-def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
+def resolve_checkpoint(
+    name_or_path: str | os.PathLike[str], local_files_only: bool = False
+) -> Path:
     """The local directory holding the checkpoint ``name_or_path``.
 
     - an existing directory: itself;
     - ``"demo"``: the demo checkpoint shipped in the package (``clipseg/demo/checkpoint``);
     - a hub id such as ``"CIDAS/clipseg-rd64-refined"``: the local snapshot from
-      ``huggingface_hub.snapshot_download`` (optional dependency ``clipseg-label-studio[hub]``).
+      ``huggingface_hub.snapshot_download`` (optional dependency ``clipseg-label-studio[hub]``);
+      with ``local_files_only=True`` only from the local hub cache, never the network.
 
     Raises FileNotFoundError (with the fix) when none of these applies.
     """
@@ -95,7 +100,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
             f"{SAFE_WEIGHTS_NAME}"
         )
     if isinstance(name_or_path, str) and _HUB_ID.match(text) and not text.startswith((".", "~")):
-        return _snapshot(text)
+        return _snapshot(text, local_files_only)
     raise FileNotFoundError(
         f"no checkpoint directory at {path}: pass a directory holding config.json and "
         f"{SAFE_WEIGHTS_NAME} (or {WEIGHTS_NAME}), a hub id such as CIDAS/clipseg-rd64-refined, "
@@ -103,7 +108,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
     )
 
 
-def _snapshot(repo_id: str) -> Path:
+def _snapshot(repo_id: str, local_files_only: bool = False) -> Path:
     """Download (or find in the local cache) the files of hub repository ``repo_id``."""
     try:
         from huggingface_hub import snapshot_download
@@ -114,9 +119,17 @@ def _snapshot(repo_id: str) -> Path:
         ) from None
     patterns = ["*.json", "*.txt", SAFE_WEIGHTS_NAME]
     try:
-        directory = Path(snapshot_download(repo_id, allow_patterns=patterns))
+        directory = Path(
+            snapshot_download(repo_id, allow_patterns=patterns, local_files_only=local_files_only)
+        )
         if not (directory / SAFE_WEIGHTS_NAME).is_file():
-            directory = Path(snapshot_download(repo_id, allow_patterns=[*patterns, WEIGHTS_NAME]))
+            directory = Path(
+                snapshot_download(
+                    repo_id,
+                    allow_patterns=[*patterns, WEIGHTS_NAME],
+                    local_files_only=local_files_only,
+                )
+            )
     except Exception as exc:  # network, auth, missing repo: all end in the same advice
         raise FileNotFoundError(
             f"could not fetch {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: "
@@ -296,13 +309,76 @@ def _short(items: list[str], limit: int = 12) -> str:
     return f"[{shown}{', ...' if len(items) > limit else ''}] ({len(items)})"
 
 
-def save_state_dict(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
-    """Write ``model``'s parameters to ``directory/model.safetensors`` (contiguous CPU copies)."""
+def first_float_dtype(state_dict: Mapping[str, torch.Tensor]) -> torch.dtype | None:
+    """The dtype of the first floating-point tensor (what transformers' ``dtype="auto"`` takes
+    when config.json names none), or None when there is none."""
+    return next((t.dtype for t in state_dict.values() if t.is_floating_point()), None)
+
+
+def parse_shard_size(size: int | str) -> int:
+    """Bytes from an int or a string such as "5GB" (10**9), "500MiB" (2**20) or "100KB", as
+    transformers reads ``max_shard_size``."""
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size
+    units = {"GIB": 2**30, "MIB": 2**20, "KIB": 2**10, "GB": 10**9, "MB": 10**6, "KB": 10**3}
+    text = str(size).strip().upper()
+    for unit, factor in units.items():
+        number = text.removesuffix(unit)
+        if number != text and number.strip().isdigit() and int(number) > 0:
+            return int(number) * factor
+    raise ValueError(
+        f"max_shard_size must be a positive number of bytes or a string such as '5GB', '500MiB', "
+        f"got {size!r}"
+    )
+
+
+def _shards(state: Mapping[str, torch.Tensor], limit: int) -> list[dict[str, torch.Tensor]]:
+    """``state`` split in order into pieces of at most ``limit`` bytes (a larger tensor alone)."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, tensor in state.items():
+        if shards[-1] and size + tensor.nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor
+        size += tensor.nbytes
+    return shards
+
+
+def save_state_dict(
+    model: nn.Module, directory: str | os.PathLike[str], max_shard_size: int | str = "50GB"
+) -> Path:
+    """Write ``model``'s parameters as safetensors (contiguous CPU copies) into ``directory``.
+
+    One ``model.safetensors`` when they fit in ``max_shard_size`` (transformers' default, 50GB,
+    holds any CLIPSeg), else ``model-0000i-of-0000n.safetensors`` shards and the
+    ``model.safetensors.index.json`` that maps keys to them (the layout transformers writes and
+    `read_state_dict` reads). Safetensors weights already in the directory are replaced.
+    Returns the path of the single file or of the index.
+    """
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    path = directory / SAFE_WEIGHTS_NAME
-    save_file(state, path, metadata={"format": "pt"})
+    shards = _shards(state, parse_shard_size(max_shard_size))
+    for stale in [directory / SAFE_WEIGHTS_NAME, directory / SAFE_WEIGHTS_INDEX_NAME]:
+        stale.unlink(missing_ok=True)
+    for stale in directory.glob("model-*-of-*.safetensors"):
+        stale.unlink()
+    if len(shards) == 1:
+        path = directory / SAFE_WEIGHTS_NAME
+        save_file(state, path, metadata={"format": "pt"})
+        return path
+    weight_map = {}
+    for i, shard in enumerate(shards, start=1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, directory / name, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+    index = {
+        "metadata": {"total_size": sum(t.nbytes for t in state.values())},
+        "weight_map": weight_map,
+    }
+    path = directory / SAFE_WEIGHTS_INDEX_NAME
+    path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path

@@ -183,3 +183,87 @@ def test_not_a_clipseg_config(tmp_path) -> None:
 def test_missing_config_file(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="config.json"):
         CLIPSegConfig.from_pretrained(tmp_path)
+
+
+# -- the transformers config API: extra attributes, overrides, sub-configs, JSON ----------------
+
+SMALL = {"text_config": {"hidden_size": 64, "num_attention_heads": 4}, "reduce_dim": 16}
+
+
+def test_extra_attributes_are_kept_like_transformers(tmp_path) -> None:
+    ours, ref = CLIPSegConfig(foo=1, **SMALL), transformers.CLIPSegConfig(foo=1, **SMALL)
+    assert ours.foo == ref.foo == 1
+    assert ours.to_dict()["foo"] == ref.to_dict()["foo"] == 1
+    ours.save_pretrained(tmp_path)
+    assert transformers.CLIPSegConfig.from_pretrained(tmp_path).foo == 1
+    assert CLIPSegConfig.from_pretrained(tmp_path).foo == 1
+    # torch_dtype is transformers' older name of dtype
+    old = CLIPSegConfig.from_dict({**SMALL, "torch_dtype": "float16"})
+    assert str(transformers.CLIPSegConfig(torch_dtype="float16").dtype) == "torch.float16"
+    assert old.dtype == "float16"
+    assert "torch_dtype" not in old.to_dict() and old.to_dict()["dtype"] == "float16"
+
+
+def test_from_pretrained_and_from_dict_overrides(tmp_path) -> None:
+    transformers.CLIPSegConfig(**SMALL).save_pretrained(tmp_path)
+    ours = CLIPSegConfig.from_pretrained(tmp_path, reduce_dim=8, output_hidden_states=True)
+    ref = transformers.CLIPSegConfig.from_pretrained(
+        tmp_path, reduce_dim=8, output_hidden_states=True
+    )
+    assert (ours.reduce_dim, ours.output_hidden_states) == (ref.reduce_dim, True)
+    assert ours.text_config.hidden_size == ref.text_config.hidden_size == 64
+    config, unused = CLIPSegConfig.from_pretrained(tmp_path, return_unused_kwargs=True, foo=1)
+    _, ref_unused = transformers.CLIPSegConfig.from_pretrained(
+        tmp_path, return_unused_kwargs=True, foo=1
+    )
+    assert unused == ref_unused == {"foo": 1} and not hasattr(config, "foo")
+    # transformers drops an unknown override silently; here it is named (a typo would be lost)
+    with pytest.raises(TypeError, match="reduce_dimm"):
+        CLIPSegConfig.from_pretrained(tmp_path, reduce_dimm=8)
+    with pytest.raises(ValueError, match="reduce_dim"):  # overrides are validated
+        CLIPSegConfig.from_pretrained(tmp_path, reduce_dim=30)
+    assert CLIPSegConfig.from_dict(SMALL, reduce_dim=32).reduce_dim == (
+        transformers.CLIPSegConfig.from_dict(SMALL, reduce_dim=32).reduce_dim
+    )
+
+
+def test_tower_configs_read_a_full_clipseg_config(tmp_path) -> None:
+    transformers.CLIPSegConfig(
+        text_config={"hidden_size": 64, "num_attention_heads": 4},
+        vision_config={"hidden_size": 96, "num_attention_heads": 4, "patch_size": 16},
+    ).save_pretrained(tmp_path)
+    for ours_cls, ref_cls in (
+        (CLIPSegTextConfig, transformers.CLIPSegTextConfig),
+        (CLIPSegVisionConfig, transformers.CLIPSegVisionConfig),
+    ):
+        ours, ref = ours_cls.from_pretrained(tmp_path), ref_cls.from_pretrained(tmp_path)
+        for name, value in ours.to_dict().items():
+            if name != "model_type":
+                assert value == getattr(ref, name), (ours_cls.__name__, name)
+        assert ours_cls.from_pretrained(tmp_path, layer_norm_eps=1e-3).layer_norm_eps == 1e-3
+    assert CLIPSegVisionConfig.from_pretrained(tmp_path).patch_size == 16
+    # a tower's own config.json, as transformers writes it for a tower model
+    transformers.CLIPSegTextConfig(hidden_size=128, num_attention_heads=4).save_pretrained(
+        tmp_path / "text"
+    )
+    assert CLIPSegTextConfig.from_pretrained(tmp_path / "text").hidden_size == 128
+
+
+def test_json_string_and_file_read_by_transformers(tmp_path) -> None:
+    config = CLIPSegConfig(output_attentions=True, **SMALL)
+    assert json.loads(config.to_json_string()) == config.to_dict()
+    config.to_json_file(tmp_path / "c.json")
+    ref = transformers.CLIPSegConfig.from_json_file(tmp_path / "c.json")
+    assert ref.text_config.hidden_size == 64 and ref.reduce_dim == 16
+    assert ref.output_attentions is True
+    assert CLIPSegConfig.from_json_file(tmp_path / "c.json") == config
+
+
+def test_generic_switches_match_transformers() -> None:
+    ours, ref = CLIPSegConfig(), transformers.CLIPSegConfig()
+    for name in ("output_hidden_states", "output_attentions", "return_dict", "use_return_dict"):
+        assert getattr(ours, name) == getattr(ref, name), name
+    flipped = CLIPSegConfig(return_dict=False, output_hidden_states=True)
+    assert flipped.use_return_dict is False and flipped.output_hidden_states is True
+    assert flipped.to_dict()["return_dict"] is False
+    assert CLIPSegTextConfig(output_attentions=True).output_attentions is True

@@ -134,6 +134,94 @@ def test_batch_and_list_output(ref, ours):
     assert len(as_list) == 4 and as_list[0].shape == (3, 352, 352)
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"do_resize": False},
+        {"size": {"height": 224, "width": 224}},
+        {"size": 64},
+        {"resample": 0},
+        {"resample": Image.Resampling.BICUBIC},
+        {"do_rescale": False},
+        {"rescale_factor": 1 / 127.5},
+        {"do_normalize": False},
+        {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]},
+        {"image_mean": 0.5, "image_std": 0.25},
+    ],
+    ids=str,
+)
+def test_per_call_settings_match_transformers(ref, ours, settings):
+    image = Image.fromarray(_rgba(53, 37, seed=4)[..., :3])
+    before = ours.to_dict()
+    got = ours(image, return_tensors="np", **settings)["pixel_values"]
+    expected = np.asarray(ref(image, return_tensors="np", **settings)["pixel_values"])
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6 * max(1, np.abs(expected).max()))
+    assert ours.to_dict() == before  # a call's settings do not stick
+
+
+def test_unknown_call_settings_raise(ours):
+    image = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(TypeError, match="'do_center_crop', 'foo'"):
+        ours(image, foo=1, do_center_crop=True)
+    with pytest.raises(ValueError, match="do_convert_rgb=False"):
+        ours(image, do_convert_rgb=False)
+    assert ours(image, do_convert_rgb=True)["pixel_values"].shape == (1, 3, 352, 352)
+    with pytest.raises(ValueError, match="do_resize=None is ambiguous"):
+        ours(image, do_resize=None)  # transformers 5: no resize; transformers 4: resize
+
+
+def test_images_of_different_sizes_without_resize(ours):
+    images = [np.zeros((8, 6, 3), np.uint8), np.zeros((5, 7, 3), np.uint8)]
+    with pytest.raises(ValueError, match="different sizes"):
+        ours(images, do_resize=False)
+    listed = ours(images, do_resize=False, return_tensors=None)["pixel_values"]
+    assert [a.shape for a in listed] == [(3, 8, 6), (3, 5, 7)]
+
+
+def test_batched_arrays_match_transformers(ref, ours):
+    batch = np.stack([_rgba(41, 29, seed=s)[..., :3] for s in range(3)])  # (B, H, W, C)
+    expected = _ref_pixels(ref, batch)
+    assert expected.shape == (3, 3, 352, 352)
+    np.testing.assert_allclose(
+        ours(batch, return_tensors="np")["pixel_values"], expected, atol=1e-6
+    )
+    as_torch = torch.from_numpy(batch).permute(0, 3, 1, 2)  # (B, C, H, W)
+    np.testing.assert_allclose(_ref_pixels(ref, as_torch), expected, atol=1e-6)
+    np.testing.assert_allclose(
+        ours(as_torch, return_tensors="np")["pixel_values"], expected, atol=1e-6
+    )
+    mixed = ours([batch[:2], Image.fromarray(batch[2])], return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(mixed, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="empty batch"):
+        ours(batch[:0])
+
+
+def test_float_images_as_transformers_reads_them(ref, ours):
+    arr = _rgba(33, 47, seed=5)[..., :3]
+    uint8 = ours(arr, return_tensors="np")["pixel_values"]
+    # whole pixel levels stored as floats are the uint8 image, in both
+    levels = arr.astype(np.float32)
+    np.testing.assert_allclose(_ref_pixels(ref, levels), uint8, atol=1e-6)
+    np.testing.assert_allclose(ours(levels, return_tensors="np")["pixel_values"], uint8, atol=1e-6)
+    # intensities in [0, 1] with do_rescale=False (transformers' advice for them): equal
+    unit = arr.astype(np.float64) / 255
+    kept = np.asarray(ref(unit, return_tensors="np", do_rescale=False)["pixel_values"])
+    np.testing.assert_allclose(
+        ours(unit, return_tensors="np", do_rescale=False)["pixel_values"], kept, atol=1e-6
+    )
+    np.testing.assert_allclose(kept, uint8, atol=1e-6)
+    # the documented difference: with do_rescale on, transformers divides by 255 a second time
+    np.testing.assert_allclose(ours(unit, return_tensors="np")["pixel_values"], uint8, atol=1e-6)
+    assert np.abs(_ref_pixels(ref, unit) - uint8).max() > 1
+    # neither intensities nor whole levels: both refuse
+    odd = levels + 0.5
+    with pytest.raises(ValueError):
+        ref(odd, return_tensors="np")
+    with pytest.raises(ValueError, match="neither intensities in \\[0, 1\\] nor whole pixel"):
+        ours(odd)
+
+
 def _jpeg_with_orientation(arr: np.ndarray, orientation: int) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = orientation
@@ -176,8 +264,10 @@ def test_load_image_alpha_composited_on_white():
         (np.zeros((5, 5, 2), np.uint8), "shape"),
         (np.zeros((2, 5, 5, 3), np.uint8), "shape"),
         (np.zeros((5,), np.uint8), "shape"),
-        (np.full((5, 5, 3), 2.0, np.float32), "outside"),
-        (np.full((5, 5, 3), np.nan, np.float32), "outside"),
+        (np.full((5, 5, 3), 2.5, np.float32), "neither intensities"),
+        (np.full((5, 5, 3), -1.0, np.float32), "neither intensities"),
+        (np.full((5, 5, 3), 256.0, np.float32), "neither intensities"),
+        (np.full((5, 5, 3), np.nan, np.float32), "NaN"),
         (np.full((5, 5), 300, np.int32), "outside"),
         (np.zeros((5, 5), np.complex64), "dtype"),
         (12345, "int"),
@@ -198,6 +288,34 @@ def test_load_image_missing_file(tmp_path):
     corrupt.write_bytes(b"\xff\xd8\xff garbage")
     with pytest.raises(ValueError, match="could not be decoded"):
         load_image(corrupt)
+
+
+def test_reads_the_processor_config_transformers_5_writes(checkpoint_dir, tmp_path):
+    """transformers 5 saves the image settings nested in processor_config.json (and no
+    preprocessor_config.json); they are read, and win over a preprocessor_config.json as in
+    transformers."""
+    theirs = transformers.CLIPSegProcessor.from_pretrained(checkpoint_dir)
+    theirs.image_processor.size = {"height": 224, "width": 224}
+    theirs.image_processor.image_mean = [0.5, 0.4, 0.3]
+    theirs.image_processor.image_std = [0.2, 0.3, 0.4]
+    theirs.image_processor.resample = 3
+    theirs.save_pretrained(tmp_path)
+    assert (tmp_path / "processor_config.json").is_file()
+    assert not (tmp_path / "preprocessor_config.json").exists()
+    image = _modes(40, 70)["RGB"]
+    reloaded = transformers.CLIPSegProcessor.from_pretrained(tmp_path)
+    expected = reloaded(images=image, return_tensors="pt")["pixel_values"]
+    ours = CLIPSegProcessor.from_pretrained(tmp_path)
+    got = ours(images=image, return_tensors="pt")["pixel_values"]
+    assert got.shape == expected.shape == (1, 3, 224, 224)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    # an older preprocessor_config.json next to it is not used (transformers' order)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(CIDAS_CONFIG))
+    assert CLIPSegImageProcessor.from_pretrained(tmp_path).size == {"height": 224, "width": 224}
+    assert transformers.CLIPSegProcessor.from_pretrained(tmp_path).image_processor.size == {
+        "height": 224,
+        "width": 224,
+    }
 
 
 def test_config_roundtrip_and_size_forms(tmp_path):

@@ -78,7 +78,10 @@ def test_exemplar_prompts_match_the_model(parts, predictor) -> None:
     mask = np.zeros((50, 80), dtype=bool)
     mask[10:30, 20:50] = True
     exemplars = [Exemplar(example, mask=mask), Exemplar(example, box=(5, 5, 40, 45))]
-    prepared = [prepare_visual_prompt(e.image, mask=e.mask, box=e.box) for e in exemplars]
+    side = processor.image_processor.height  # prepared at the model's input size: one resize
+    prepared = [
+        prepare_visual_prompt(e.image, mask=e.mask, box=e.box, size=side) for e in exemplars
+    ]
     conditional = processor.image_processor(prepared, return_tensors="pt")["pixel_values"]
     pixels = processor.image_processor([image], return_tensors="pt")["pixel_values"]
     expected, _ = oracle(model, pixels, (60, 60), conditional_pixel_values=conditional)
@@ -87,6 +90,24 @@ def test_exemplar_prompts_match_the_model(parts, predictor) -> None:
     with torch.no_grad():
         features = model.clip.get_image_features(conditional[:1]).pooler_output[0]
     torch.testing.assert_close(predictor.embed_exemplar(example, mask=mask), features)
+
+
+def test_whole_image_exemplar_matches_transformers_visual_prompt(tiny_reference) -> None:
+    """A square exemplar without mask or box is the image itself: resized once to the processor's
+    size (96 here, not 352 and then 96), it equals transformers' ``visual_prompt``."""
+    transformers = pytest.importorskip("transformers")
+    ref, directory = tiny_reference
+    ref_processor = transformers.CLIPSegProcessor.from_pretrained(directory)
+    image, example = make_image(60, 60, seed=6), make_image(64, 64, seed=7)
+    inputs = ref_processor(images=[image], visual_prompt=[example], return_tensors="pt")
+    with torch.no_grad():
+        logits = ref(**inputs).logits
+    expected = torch.sigmoid(F.interpolate(logits[:, None], size=(60, 60), mode="bilinear"))[:, 0]
+    predictor = Predictor.from_pretrained(directory, device="cpu")
+    assert predictor.processor.image_processor.height == 96
+    predictor.set_image(image)
+    got = predictor.predict([Exemplar(example)])
+    np.testing.assert_allclose(got, expected.numpy(), atol=ATOL, rtol=0)
 
 
 def test_mix_is_the_weighted_sum(predictor) -> None:

@@ -176,6 +176,62 @@ def test_short_batch_padding_uses_eos(ours, ref):
     assert ours("a cat", return_tensors="pt")["input_ids"].shape == (1, 4)
 
 
+@pytest.mark.parametrize("return_tensors", [None, "pt"])
+@pytest.mark.parametrize("padding", [True, "max_length"])
+def test_padding_side_matches_reference(ours, ref, padding, return_tensors):
+    batch = ["a", "a photo of a cat", ""]
+    length = {"max_length": 9} if padding == "max_length" else {}
+    for side in ("left", "right"):
+        got = ours(
+            batch, padding=padding, padding_side=side, return_tensors=return_tensors, **length
+        )
+        expected = ref(
+            batch, padding=padding, padding_side=side, return_tensors=return_tensors, **length
+        )
+        assert _as_lists(got) == _as_lists(expected), side
+    mask = ours(batch, padding=True, padding_side="left")["attention_mask"][0]
+    assert mask == [0] * 4 + [1] * 3
+
+
+def test_padding_side_from_tokenizer_config(clip_vocab_dir, ref, tmp_path):
+    """A tokenizer_config.json's padding_side is the default, as in transformers, and is saved."""
+    for f in clip_vocab_dir.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, "padding_side": "left"}))
+    left = CLIPTokenizer.from_pretrained(tmp_path)
+    reference = type(ref).from_pretrained(tmp_path)
+    assert left.padding_side == reference.padding_side == "left"
+    batch = ["a", "a photo of a cat"]
+    assert _as_lists(left(batch, padding=True)) == _as_lists(reference(batch, padding=True))
+    left.save_pretrained(tmp_path / "saved")
+    assert CLIPTokenizer.from_pretrained(tmp_path / "saved").padding_side == "left"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"return_length": True},
+        {"return_token_type_ids": True},
+        {"return_special_tokens_mask": True},
+        {"text_target": "a dog"},
+        {"is_split_into_words": True},
+    ],
+    ids=lambda k: next(iter(k)),
+)
+def test_unimplemented_arguments_raise_instead_of_being_ignored(ours, ref, kwargs):
+    name = next(iter(kwargs))
+    ref(["a cat"], **kwargs)  # transformers implements it: ignoring it would change the result
+    with pytest.raises(TypeError, match=name):
+        ours(["a cat"], **kwargs)
+    with pytest.raises(TypeError, match="positional"):
+        ours("a cat", "a dog")  # a text pair: CLIP encodes single texts
+    with pytest.raises(TypeError, match="clean_up_tokenization_spaces"):
+        ours.decode([320, 2368], clean_up_tokenization_spaces=True)
+    with pytest.raises(ValueError, match="padding_side"):
+        ours("a cat", padding_side="up")
+
+
 def test_ragged_batch_to_tensor_raises(ours):
     with pytest.raises(ValueError, match="padding=True"):
         ours(["a", "a photo of a cat"], return_tensors="pt")
