@@ -73,8 +73,9 @@ def test_time_interleaved_runs_contenders_round_robin() -> None:
         + ["--batch", "2", "--k", "2", "--repeats", "1", "--warmup", "0"],
         ["bench_predict_latency.py", "--small", "--repeats", "1", "--warmup", "0"],
         ["bench_formats.py", "--width", "400", "--height", "300", "--repeats", "1"],
+        ["bench_interactive.py", "--small", "--width", "320", "--height", "240", "--prompts", "2"],
     ],
-    ids=["cpu", "gpu-on-cpu", "profile-on-cpu", "predict-latency", "formats"],
+    ids=["cpu", "gpu-on-cpu", "profile-on-cpu", "predict-latency", "formats", "interactive"],
 )
 def test_benchmark_scripts_run_on_the_small_model(args: list[str], tmp_path: Path) -> None:
     """Each prints its table; the two implementations agree on the small random model."""
@@ -97,6 +98,8 @@ def test_benchmark_scripts_run_on_the_small_model(args: list[str], tmp_path: Pat
         assert any(s.startswith("brush RLE") for s in stages)
         assert any(s.startswith("polygons") for s in stages)
         assert any(s == "total" for s in stages)
+    elif args[0] == "bench_interactive.py":
+        assert [row.split("|")[1].strip() for row in rows[-2:]] == ["0", "16"]
     elif args[0] == "bench_formats.py":
         operations = [row.split("|")[1].strip() for row in rows[1:]]
         assert operations[:2] == ["brush RLE encode", "brush RLE decode"]

@@ -171,6 +171,41 @@ def test_encoder_runs_once_and_stops_at_the_deepest_extracted_layer(parts) -> No
             handle.remove()
 
 
+def test_an_image_seen_recently_is_not_encoded_again(parts) -> None:
+    model, processor = parts
+    predictor = Predictor(model, processor, image_cache_size=2)
+    first = model.clip.vision_model.encoder.layers[0]
+    encoded = []
+    handle = first.register_forward_hook(lambda *_: encoded.append(1))
+    a, b, c = (make_image(50, 40, seed=s) for s in (20, 21, 22))
+    try:
+        predictor.set_image(a)
+        expected = predictor.predict(PROMPTS)
+        predictor.set_image(np.asarray(a).copy())  # the same pixels in another container
+        np.testing.assert_array_equal(predictor.predict(PROMPTS), expected)
+        assert len(encoded) == 1
+        predictor.set_image(b)
+        predictor.set_image(c)  # cache of 2: a, the least recently used, is dropped
+        predictor.set_image(b)
+        assert len(encoded) == 3
+        predictor.set_image(a)
+        assert len(encoded) == 4
+        np.testing.assert_array_equal(predictor.predict(PROMPTS), expected)
+        flipped = np.asarray(a).copy()
+        flipped[0, 0] = 255 - flipped[0, 0]  # one pixel differs: a different image
+        predictor.set_image(flipped)
+        assert len(encoded) == 5
+        predictor.reset_image()  # empties the cache
+        predictor.set_image(a)
+        assert len(encoded) == 6
+        off = Predictor(model, processor, image_cache_size=0)
+        off.set_image(a)
+        off.set_image(a)
+        assert len(encoded) == 8
+    finally:
+        handle.remove()
+
+
 def test_chunked_decoding_equals_one_chunk(parts) -> None:
     image = make_image(30, 45, seed=7)
     big = Predictor(*parts, chunk_size=32)
