@@ -65,7 +65,7 @@ class CheckpointError(ValueError):
 def _download_hint(repo_id: str) -> str:
     local = "./" + repo_id.split("/")[-1]
     return (
-        f"download it once, e.g. `huggingface-cli download {repo_id} --local-dir {local}` or "
+        f"download it once, e.g. `hf download {repo_id} --local-dir {local}` or "
         f"`git clone https://huggingface.co/{repo_id} {local}`, then pass the directory ({local})"
     )
 
@@ -78,8 +78,9 @@ def resolve_checkpoint(
     - an existing directory: itself;
     - ``"demo"``: the demo checkpoint shipped in the package (``clipseg/demo/checkpoint``);
     - a hub id such as ``"CIDAS/clipseg-rd64-refined"``: the local snapshot from
-      ``huggingface_hub.snapshot_download`` (optional dependency ``clipseg-label-studio[hub]``);
-      with ``local_files_only=True`` only from the local hub cache, never the network.
+      ``huggingface_hub.snapshot_download`` (optional: ``pip install huggingface_hub``, the
+      project's ``hub`` extra); with ``local_files_only=True`` only from the local hub cache,
+      never the network.
 
     Raises FileNotFoundError (with the fix) when none of these applies.
     """
@@ -114,8 +115,9 @@ def _snapshot(repo_id: str, local_files_only: bool = False) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise FileNotFoundError(
-            f"{repo_id!r} is not a local directory and huggingface_hub is not installed "
-            f"(pip install 'clipseg-label-studio[hub]'); or {_download_hint(repo_id)}"
+            f"there is no directory {Path(repo_id).resolve()}, and {repo_id!r} cannot be looked "
+            "up on the Hugging Face hub: huggingface_hub is not installed (pip install "
+            f"huggingface_hub); or {_download_hint(repo_id)}"
         ) from None
     patterns = ["*.json", "*.txt", SAFE_WEIGHTS_NAME]
     try:
@@ -132,8 +134,9 @@ def _snapshot(repo_id: str, local_files_only: bool = False) -> Path:
             )
     except Exception as exc:  # network, auth, missing repo: all end in the same advice
         raise FileNotFoundError(
-            f"could not fetch {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: "
-            f"{exc}); {_download_hint(repo_id)}"
+            f"there is no directory {Path(repo_id).resolve()}, and {repo_id!r} could not be "
+            f"fetched from the Hugging Face hub ({type(exc).__name__}: {exc}); "
+            f"{_download_hint(repo_id)}"
         ) from exc
     logger.info("resolved %s to %s", repo_id, directory)
     return directory

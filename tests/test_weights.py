@@ -166,8 +166,10 @@ def test_hub_id_without_hub_access_says_how_to_download(monkeypatch, tmp_path) -
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    with pytest.raises(FileNotFoundError, match="huggingface-cli download CIDAS/clipseg-rd64"):
+    with pytest.raises(FileNotFoundError, match="hf download CIDAS/clipseg-rd64") as info:
         resolve_checkpoint("CIDAS/clipseg-rd64-refined")
+    # a relative path that is not there yet reads as a hub id: the message says both
+    assert f"there is no directory {tmp_path / 'CIDAS' / 'clipseg-rd64-refined'}" in str(info.value)
 
 
 def test_demo_resolves_or_says_it_is_missing() -> None:
