@@ -186,17 +186,20 @@ class ImageLoader:
     # ---- entry point
     def load(self, task: dict, value_key: str, ls: LabelStudioClient | None) -> LoadedImage:
         """The image of `task["data"][value_key]`; raises ImageError when it cannot be had."""
-        data = task.get("data") or {}
+        data = task.get("data")
+        if not isinstance(data, dict):
+            raise ImageError(f"the task's data is not an object: {data!r:.80}")
         if value_key not in data:
-            raise ImageError(f"task {task.get('id')} has no data key {value_key!r}")
+            keys = ", ".join(sorted(map(str, data))[:10]) or "none"
+            raise ImageError(f"the task has no data key {value_key!r} (its keys: {keys})")
         ref = data[value_key]
         if isinstance(ref, list):
             raise ImageError(
-                f"task {task.get('id')}: data[{value_key!r}] is a list of {len(ref)}: tasks with "
+                f"data[{value_key!r}] is a list of {len(ref)}: tasks with "
                 "several images in one <Image valueList=...> are not supported"
             )
         if not isinstance(ref, str) or not ref.strip():
-            raise ImageError(f"task {task.get('id')}: data[{value_key!r}] is not an image URL")
+            raise ImageError(f"data[{value_key!r}] is not an image URL: {ref!r:.80}")
         ref = ref.strip()
         source = ref if not ref.startswith("data:") else f"{ref[:40]}... ({len(ref)} characters)"
         return decode_image(self.read_bytes(ref, task.get("id"), ls), self.settings, source)
