@@ -26,6 +26,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from backend.formats.polygons import mask_to_contours, polygon_to_coco, to_edge_coordinates
+from backend.formats.regions import fill_mask_holes
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +79,9 @@ def mask_to_segmentation(mask: np.ndarray, kind: str = "rle", **polygon_kwargs) 
     """A COCO `segmentation` for a mask.
 
     kind "rle": exact RLE. "polygon": polygons in pixel-edge coordinates (flat lists); a mask
-    with holes, or with parts too thin for a polygon, is refused (ValueError) since COCO polygons
-    cannot express them. "auto": polygons when they can represent the mask, else RLE.
+    with holes (any background not 4-connected to the border, however small, whatever the
+    tolerance), or with parts too thin for a polygon, is refused (ValueError) since COCO
+    polygons cannot express them. "auto": polygons when they can represent the mask, else RLE.
     `polygon_kwargs` (tolerance, max_points) go to `mask_to_contours`.
     """
     if kind not in SEGMENTATION_KINDS:
@@ -88,12 +90,12 @@ def mask_to_segmentation(mask: np.ndarray, kind: str = "rle", **polygon_kwargs) 
     if kind == "rle":
         return mask_to_rle(m)
     height, width = m.shape
-    contours = mask_to_contours(m, **polygon_kwargs)
+    # holes are decided on the mask itself: simplification may drop a small hole's outline
+    problem = "the mask has holes" if not np.array_equal(fill_mask_holes(m), m) else None
+    contours = [] if problem else mask_to_contours(m, holes=False, **polygon_kwargs)
     n_components = cv2.connectedComponents(m.view(np.uint8), connectivity=8)[0] - 1
-    problem = None
-    if any(c.holes for c in contours):
-        problem = "the mask has holes"
-    elif len(contours) < n_components or not contours:
+    if problem is None and (not contours or len(contours) < n_components):
+        # a component whose simplified outline is degenerate (one pixel thick) has no polygon
         problem = "a part of the mask is too thin for a polygon (one pixel wide)"
     if problem is None:
         return [polygon_to_coco(to_edge_coordinates(c.outer), width, height) for c in contours]

@@ -40,19 +40,21 @@ def new_result_id(length: int = 10) -> str:
 
 
 def _check_mask(mask: np.ndarray, original_width: int, original_height: int) -> np.ndarray:
+    """The mask as bool (H, W): bool, or uint8 whose non-zero pixels are the region (0/1 and
+    0/255 alike, as `backend.formats.coco` and `backend.formats.polygons` take them)."""
     if not isinstance(mask, np.ndarray):
         raise ValueError(f"mask must be a numpy array, got {type(mask).__name__}")
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
     if mask.dtype != np.bool_ and mask.dtype != np.uint8:
-        raise ValueError(f"mask must be bool or uint8 0/255, got dtype {mask.dtype}")
+        raise ValueError(f"mask must be bool or uint8 (0 / non-zero), got dtype {mask.dtype}")
     if mask.shape != (int(original_height), int(original_width)):
         raise ValueError(
             f"mask of (height, width) {mask.shape} does not match original_height x "
             f"original_width {original_height} x {original_width}; resize the mask to the "
             "original image first"
         )
-    return mask
+    return mask != 0
 
 
 def _result(
@@ -92,7 +94,9 @@ def brush_result(
     score: float | None = None,
     result_id: str | None = None,
 ) -> dict[str, Any]:
-    """A brushlabels result of a bool or 0/255 uint8 (H, W) mask at the original size."""
+    """A brushlabels result of a mask at the original size: bool (H, W), or uint8 whose non-zero
+    pixels are the region (0/1 and 0/255 alike; the RLE always holds 0/255, as the editor
+    paints)."""
     mask = _check_mask(mask, original_width, original_height)
     value = {"format": "rle", "rle": encode_brush_rle(mask), "brushlabels": [label]}
     return _result(
@@ -120,7 +124,8 @@ def polygon_results(
     max_points: int | None = DEFAULT_MAX_POINTS,
 ) -> list[dict[str, Any]]:
     """polygonlabels results, one per filled outline of the mask (`mask_to_polygons`, largest
-    first).
+    first). The mask is bool (H, W) at the original size, or uint8 whose non-zero pixels are
+    the region.
 
     Label Studio polygons have no holes: holes, and islands inside them (which the outline's
     polygon covers), are left out (use a brush result to keep them). Degenerate parts (one pixel
@@ -158,9 +163,10 @@ def rectangle_result(
     result_id: str | None = None,
 ) -> dict[str, Any] | None:
     """A rectanglelabels result of the mask's bounding box (pixel edges, percent); None for an
-    empty mask."""
+    empty mask. The mask is bool (H, W) at the original size, or uint8 whose non-zero pixels
+    are the region."""
     mask = _check_mask(mask, original_width, original_height)
-    x, y, w, h = mask_bbox(mask != 0)
+    x, y, w, h = mask_bbox(mask)
     if w == 0:
         return None
     value = {
@@ -215,8 +221,11 @@ def result_to_mask(
       kept, then resized (nearest neighbour) when (height, width) differs from it;
     - polygonlabels: the points (percent) scaled to pixels (percent * size / 100, as the editor
       does) and rasterised by pycocotools, the way COCO rasterises polygons (pixel edges);
-    - rectanglelabels: the box, rotated about its top-left corner by ``rotation`` degrees as the
-      editor does, rasterised the same way.
+    - rectanglelabels: the box, rotated clockwise about its top-left corner by ``rotation``
+      degrees in original pixels as the editor does, then scaled to (height, width) and
+      rasterised the same way.
+    Polygon points and rectangle corners must lie within EXTENT_PERCENT ([-100%, 200%]: one
+    image size around the image); further out they are refused as malformed.
 
     Args:
         result: one result as Label Studio stores it ("type", "value", "original_width",
@@ -229,7 +238,8 @@ def result_to_mask(
 
     Raises:
         ValueError: another result type, a malformed value (a truncated RLE, fewer than three
-            polygon points, a rectangle without x/y/width/height, ...) or no size to draw at.
+            polygon points, a rectangle without x/y/width/height, a point beyond
+            EXTENT_PERCENT, ...) or no size to draw at.
     """
     kind = str(result.get("type", "")).lower()
     if kind not in RESULT_TYPES:
@@ -260,6 +270,8 @@ def result_to_mask(
             )
             mask = resized > 0
         return mask
+    rid = result.get("id")
+    what = f"{kind} result" + ("" if rid is None else f" {rid!r}")
     if kind == "polygonlabels":
         try:
             pts = np.asarray(value.get("points"), dtype=np.float64)  # (N, 2) percent
@@ -267,8 +279,19 @@ def result_to_mask(
             pts = np.zeros((0,))
         if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 3 or not np.isfinite(pts).all():
             raise ValueError("polygonlabels 'points' must be 3 or more [x%, y%] pairs")
-        return _polygon_mask(pts * (np.array([width, height]) / 100.0), height, width)
-    # rectanglelabels
+    else:
+        ow, oh = (original[1], original[0]) if original is not None else (width, height)
+        pts = _rectangle_corners(value, ow, oh) * (100.0 / np.array([ow, oh]))  # (4, 2) percent
+    _check_extent(pts, f"{what} has a {'point' if kind == 'polygonlabels' else 'corner'}")
+    return _polygon_mask(pts * (np.array([width, height]) / 100.0), height, width)
+
+
+def _rectangle_corners(value: Mapping[str, Any], width: int, height: int) -> np.ndarray:
+    """(4, 2) x, y pixel edges at the original (width, height) of a rectanglelabels value: the
+    box rotated clockwise (the y axis points down) by ``rotation`` degrees about its top-left
+    corner, in original pixels as the editor and label_studio_sdk's converter
+    (`convert_annotation_to_yolo_obb`) do; scaling comes after, so a rotated box keeps its
+    shape on an image of another aspect."""
     try:
         x, y, w, h = (float(value[k]) for k in ("x", "y", "width", "height"))
         angle = math.radians(float(value.get("rotation", 0) or 0))
@@ -280,9 +303,10 @@ def result_to_mask(
     if not all(math.isfinite(v) for v in (x, y, w, h, angle)) or w < 0 or h < 0:
         raise ValueError(f"bad rectangle {dict(value)}")
     x0, y0, w, h = x * width / 100, y * height / 100, w * width / 100, h * height / 100
-    corners = np.array([[0, 0], [w, 0], [w, h], [0, h]])  # (4, 2) x, y in pixels
+    corners = np.array([[0, 0], [w, 0], [w, h], [0, h]])  # (4, 2) x, y relative to the corner
     c, s = math.cos(angle), math.sin(angle)
-    return _polygon_mask(corners @ np.array([[c, s], [-s, c]]) + [x0, y0], height, width)
+    with np.errstate(invalid="ignore"):  # a huge box: inf - inf; _check_extent refuses it
+        return corners @ np.array([[c, s], [-s, c]]) + [x0, y0]  # x' = c x - s y, y' = s x + c y
 
 
 def original_size(result: Mapping[str, Any]) -> tuple[int, int]:
@@ -302,7 +326,61 @@ def original_size(result: Mapping[str, Any]) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def _polygon_mask(points: np.ndarray, height: int, width: int) -> np.ndarray:
-    """bool (H, W) of a polygon of (N, 2) x, y pixel-edge coordinates, rasterised by pycocotools."""
-    rle = mask_utils.frPyObjects([points.ravel().tolist()], height, width)
-    return mask_utils.decode(mask_utils.merge(rle)).astype(bool)
+# Polygon points and rectangle corners may lie at most one image size outside the image (percent
+# of the image's width / height). Further out is malformed, and dangerous: pycocotools' polygon
+# rasteriser casts points to C int (a point at 1e10 % crashes the process) and allocates every
+# point of each edge at 5x resolution (up to 120 bytes per pixel of outline: a point at 1e5 % of
+# a 4000 x 3000 image took 360 MB).
+EXTENT_PERCENT = (-100.0, 200.0)
+# The outline length (pixels: the sum over edges of max(|dx|, |dy|)) given to pycocotools in one
+# call, at most about 30 MB of its memory; longer outlines go in pieces (`_polygon_mask`).
+_OUTLINE_PIXELS_PER_CALL = 1 << 18
+
+
+def _check_extent(points: np.ndarray, what: str) -> None:
+    """Refuse (N, 2) x, y percent coordinates beyond EXTENT_PERCENT (or NaN), naming the region
+    (`what`, e.g. "polygonlabels result 'abc' has a point")."""
+    low, high = EXTENT_PERCENT
+    outside = ~((points >= low) & (points <= high)).all(axis=1)
+    if outside.any():
+        x, y = points[np.flatnonzero(outside)[0]]
+        raise ValueError(
+            f"{what} at ({x:.6g}%, {y:.6g}%), more than one image size outside the image: "
+            f"coordinates must lie within [{low:g}%, {high:g}%] of the image's width and height"
+        )
+
+
+def _polygon_mask(
+    points: np.ndarray, height: int, width: int, piece_pixels: int = _OUTLINE_PIXELS_PER_CALL
+) -> np.ndarray:
+    """bool (H, W) of a polygon of (N, 2) x, y pixel-edge coordinates, rasterised by pycocotools.
+
+    pycocotools' memory grows with the outline's length, so a long outline goes in pieces of at
+    most about `piece_pixels`: the fan [p0, p_i, ..., p_j] of consecutive edges closed through
+    the first point. pycocotools' rasterisation is the parity of crossings of each column by
+    the edges, and an edge's crossings depend only on its two end points, so the closing edges
+    p_j -> p0 of one piece and p0 -> p_j of the next cancel and the pieces' XOR is exactly the
+    whole polygon's mask.
+    """
+    mask = np.zeros((height, width), bool)
+    for piece in _fan_pieces(points, piece_pixels):
+        rle = mask_utils.frPyObjects([piece.ravel().tolist()], height, width)
+        mask ^= mask_utils.decode(rle[0]).astype(bool)
+    return mask
+
+
+def _fan_pieces(points: np.ndarray, piece_pixels: int) -> list[np.ndarray]:
+    """Split a closed polygon (N >= 3, 2) into fans [p0, p_i .. p_j] of about `piece_pixels`
+    of outline each (a single polygon when it is short enough); each has 3 or more points."""
+    n = len(points)
+    length = np.abs(np.diff(points, axis=0)).max(axis=1)  # (N - 1,) edge i: p_i -> p_i+1
+    part = np.cumsum(length) // max(piece_pixels, 1)  # (N - 1,) which piece edge i falls in
+    # a piece ends at vertex i + 1 where edge i + 1 falls in the next part; the first piece
+    # needs 3 points (i + 1 >= 2) and the last one an edge of its own (i + 1 < n - 1)
+    ends = [int(i) + 1 for i in np.flatnonzero(np.diff(part)) if 2 <= i + 1 < n - 1]
+    pieces, start = [], 0
+    for end in [*ends, n - 1]:
+        chosen = points[start : end + 1]
+        pieces.append(chosen if start == 0 else np.concatenate((points[:1], chosen)))
+        start = end
+    return pieces

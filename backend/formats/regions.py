@@ -108,7 +108,9 @@ def _min_area_pixels(shape: tuple[int, int], min_area: int, min_area_percent: fl
             f"min_area must be >= 0 pixels and min_area_percent in [0, 100], got {min_area} "
             f"and {min_area_percent}"
         )
-    return max(int(min_area), int(np.ceil(min_area_percent / 100.0 * shape[0] * shape[1])))
+    # rounded up after dropping float noise: 7% of 100 px computes as 7.000000000000001 (7, not 8)
+    pixels = round(min_area_percent / 100.0 * shape[0] * shape[1], 6)
+    return max(int(min_area), int(np.ceil(pixels)))
 
 
 def probability_to_regions(
@@ -131,8 +133,8 @@ def probability_to_regions(
             8-connected component, largest first).
         fill_holes: fill holes inside components before measuring them.
         min_area: drop components smaller than this many pixels.
-        min_area_percent: drop components smaller than this percent of the image; the larger
-            of the two minimums applies.
+        min_area_percent: drop components smaller than this percent of the image (rounded up
+            to whole pixels); the larger of the two minimums applies.
 
     Returns:
         Regions with bool masks, score = mean probability inside; an empty list when nothing

@@ -73,6 +73,36 @@ def test_segmentation_kinds() -> None:
         mask_to_segmentation(mask, "mesh")
 
 
+@pytest.mark.parametrize("tolerance", [0.5, 1.0, 2.0])
+def test_a_one_pixel_hole_is_never_filled_by_polygons(tolerance: float) -> None:
+    """Simplification at 1 px or more collapses a one-pixel hole's outline; the mask still has
+    the hole, so "auto" keeps it as RLE and "polygon" refuses it."""
+    mask = np.zeros((30, 30), bool)
+    mask[5:25, 5:25] = True
+    mask[12, 14] = False
+    seg = mask_to_segmentation(mask, "auto", tolerance=tolerance)
+    assert isinstance(seg, dict) and np.array_equal(rle_to_mask(seg), mask)
+    with pytest.raises(ValueError, match="holes"):
+        mask_to_segmentation(mask, "polygon", tolerance=tolerance)
+
+
+def test_a_separate_one_pixel_line_is_kept_as_rle() -> None:
+    """A block (a fine polygon) and apart from it a line one pixel wide (no polygon): "auto"
+    must not drop the line."""
+    mask = np.zeros((20, 20), bool)
+    mask[2:10, 2:10] = True
+    mask[15, 2:18] = True
+    seg = mask_to_segmentation(mask, "auto")
+    assert isinstance(seg, dict) and np.array_equal(rle_to_mask(seg), mask)
+    with pytest.raises(ValueError, match="too thin"):
+        mask_to_segmentation(mask, "polygon")
+    # without the line the block is one polygon
+    mask[15] = False
+    (poly,) = mask_to_segmentation(mask, "auto")
+    back = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([poly], 20, 20))) > 0
+    assert np.array_equal(back, mask)
+
+
 def blobs(seed: int, n: int, shape=(120, 160)) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[: shape[0], : shape[1]]

@@ -3,13 +3,24 @@ geometry checked against the mask."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
+import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from label_studio_sdk.converter.brush import decode_rle as sdk_decode_rle
+from label_studio_sdk.converter.utils import convert_annotation_to_yolo_obb
 from label_studio_sdk.label_interface import LabelInterface
 from pycocotools import mask as mask_utils
 
 from backend.formats.brush import decode_brush_rle
 from backend.formats.labelstudio import (
+    EXTENT_PERCENT,
+    _polygon_mask,
     brush_result,
     polygon_results,
     rectangle_result,
@@ -128,6 +139,26 @@ def test_bad_masks_raise(m, message: str) -> None:
             build(m, "cat", from_name="x", **COMMON)
 
 
+def without_ids(results: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "id"} for r in results]
+
+
+@pytest.mark.parametrize("scale", [1, 255])
+def test_uint8_masks_are_their_non_zero_pixels_for_every_builder(scale: int) -> None:
+    """bool, uint8 0/1 and uint8 0/255 give the same results (the brush RLE always 0/255)."""
+    m = mask()
+    m8 = m.astype(np.uint8) * np.uint8(scale)
+    for build, name in ((brush_result, "brush"), (rectangle_result, "rect")):
+        ours = build(m8, "cat", from_name=name, result_id="r1", **COMMON)
+        assert ours == build(m, "cat", from_name=name, result_id="r1", **COMMON)
+    polys = polygon_results(m8, "cat", from_name="poly", **COMMON)
+    assert without_ids(polys) == without_ids(polygon_results(m, "cat", from_name="poly", **COMMON))
+    brush = brush_result(m8, "cat", from_name="brush", **COMMON)
+    alpha = sdk_decode_rle(brush["value"]["rle"]).reshape(H, W, 4)[:, :, 3]
+    assert np.array_equal(alpha, m.astype(np.uint8) * 255)  # what the editor shows
+    assert validate([brush, *polys]) == []
+
+
 # -- results -> masks --------------------------------------------------------------------------
 
 
@@ -140,6 +171,10 @@ def test_result_to_mask_brush_is_exact_and_resizes_nearest() -> None:
     # at twice the size (an image loaded larger than the original): each pixel a 2 x 2 block
     double = result_to_mask(r, height=2 * H, width=2 * W)
     assert np.array_equal(double, np.repeat(np.repeat(m, 2, axis=0), 2, axis=1))
+    # at non-integer factors (where linear interpolation would blur the outline): nearest
+    for height, width in ((137, 171), (61, 97), (H, 2 * W + 3)):
+        expected = cv2.resize(m.view(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+        assert np.array_equal(result_to_mask(r, height=height, width=width), expected > 0)
 
 
 def test_result_to_mask_polygon_round_trips_and_rasterises_pixel_edges() -> None:
@@ -171,6 +206,150 @@ def test_result_to_mask_rectangle_plain_and_rotated() -> None:
     ys, xs = np.nonzero(result_to_mask(turned))
     # 20 x 20 px box at x = 100, y = 10: after the turn x in [80, 100), y in [10, 30)
     assert (xs.min(), xs.max(), ys.min(), ys.max()) == (80, 99, 10, 29)
+
+
+def coco_polygon(points_px: np.ndarray, height: int, width: int) -> np.ndarray:
+    """pycocotools' rasterisation of one polygon of (N, 2) x, y pixel edges: the oracle."""
+    rles = mask_utils.frPyObjects([np.asarray(points_px, float).ravel().tolist()], height, width)
+    return mask_utils.decode(mask_utils.merge(rles)) > 0
+
+
+@pytest.mark.parametrize(("height", "width"), [(2 * H, 2 * W), (H, 2 * W), (3 * H, W + 7)])
+def test_result_to_mask_polygon_and_rectangle_at_another_size(height: int, width: int) -> None:
+    """Drawn at (height, width), percent means percent of that size, as on the editor's canvas."""
+    polys = polygon_results(mask(), "dog", from_name="poly", **COMMON)
+    for r in polys:
+        points = np.array(r["value"]["points"]) * [width / 100, height / 100]
+        expected = coco_polygon(points, height, width)
+        assert np.array_equal(result_to_mask(r, height=height, width=width), expected)
+    m = np.zeros((H, W), bool)
+    m[10:30, 100:120] = True
+    rect = rectangle_result(m, "cat", from_name="rect", **COMMON)
+    fx, fy = width / W, height / H
+    expected = np.zeros((height, width), bool)
+    # the box's pixel edges scaled: pixel centres inside [100 fx, 120 fx) x [10 fy, 30 fy)
+    cols, rows = np.arange(width) + 0.5, np.arange(height) + 0.5
+    inside_x = (cols > 100 * fx) & (cols < 120 * fx)
+    inside_y = (rows > 10 * fy) & (rows < 30 * fy)
+    expected[np.ix_(inside_y, inside_x)] = True
+    assert np.array_equal(result_to_mask(rect, height=height, width=width), expected)
+
+
+def test_rotated_rectangle_rotates_in_original_pixels() -> None:
+    """A 40 x 10 box at (30, 10) on a 100 x 100 image turned 90 degrees clockwise covers x 20-30,
+    y 10-50; on the image loaded at 200 x 100 that is x 40-60, y 10-50 (rotating after scaling
+    would give x 50-60, y 10-90)."""
+    value = {"x": 30, "y": 10, "width": 40, "height": 10, "rotation": 90, "rectanglelabels": ["a"]}
+    r = {"type": "rectanglelabels", "original_width": 100, "original_height": 100, "value": value}
+    ys, xs = np.nonzero(result_to_mask(r))
+    assert (xs.min(), xs.max() + 1, ys.min(), ys.max() + 1) == (20, 30, 10, 50)
+    ys, xs = np.nonzero(result_to_mask(r, height=100, width=200))
+    assert (xs.min(), xs.max() + 1, ys.min(), ys.max() + 1) == (40, 60, 10, 50)
+    # any angle, any aspect: label_studio_sdk's corners (fractions of the original size)
+    for rotation in (17.5, 90, 133, 251):
+        for height, width in ((100, 200), (260, 90)):
+            turned = {**r, "original_width": 120, "value": {**value, "rotation": rotation}}
+            label = {**turned["value"], "original_width": 120, "original_height": 100}
+            corners = np.array(convert_annotation_to_yolo_obb(label)) * [width, height]
+            got = result_to_mask(turned, height=height, width=width)
+            assert np.array_equal(got, coco_polygon(corners, height, width)), (rotation, width)
+
+
+@settings(deadline=None, max_examples=60)
+@given(
+    st.integers(3, 40),
+    st.integers(3, 40),
+    st.lists(st.tuples(st.floats(-100, 200), st.floats(-100, 200)), min_size=3, max_size=25),
+    st.integers(1, 200),
+)
+def test_polygons_partly_outside_rasterise_as_pycocotools(
+    height: int, width: int, points: list, piece_pixels: int
+) -> None:
+    """Points up to one image size outside the image are kept as they are (no clipping, which
+    would move the outline's pixels at 5x resolution), and an outline drawn in pieces gives
+    exactly pycocotools' mask of the whole polygon."""
+    size = {"original_width": width, "original_height": height}
+    r = {"type": "polygonlabels", **size, "value": {"points": points, "polygonlabels": ["a"]}}
+    pixels = np.array(points) * [width / 100, height / 100]
+    expected = coco_polygon(pixels, height, width)
+    assert np.array_equal(result_to_mask(r), expected)
+    assert np.array_equal(_polygon_mask(pixels, height, width, piece_pixels), expected)
+
+
+def test_coordinates_beyond_one_image_size_are_refused_at_the_bound() -> None:
+    low, high = EXTENT_PERCENT
+    assert (low, high) == (-100.0, 200.0)
+    base = {"type": "polygonlabels", "id": "p7", "original_width": 40, "original_height": 30}
+    for x in (low, high):
+        result_to_mask({**base, "value": {"points": [[x, 10], [50, 20], [50, 60]]}})
+    for x in (low - 0.01, high + 0.01):
+        with pytest.raises(ValueError, match=r"polygonlabels result 'p7' has a point at .*200%\]"):
+            result_to_mask({**base, "value": {"points": [[50, 20], [x, 10], [50, 60]]}})
+    rect = {**base, "type": "rectanglelabels", "id": "r3"}
+    value = {"x": 90, "y": 10, "width": 110, "height": 20, "rotation": 0}
+    assert result_to_mask({**rect, "value": value})[3:9, 36:].all()  # right edge at 200%
+    with pytest.raises(ValueError, match="rectanglelabels result 'r3' has a corner at"):
+        result_to_mask({**rect, "value": {**value, "width": 110.5}})
+
+
+FAR_OUT = textwrap.dedent(
+    """
+    import resource
+    import numpy as np
+    from backend.formats import labelstudio_to_coco, result_to_mask
+
+    vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize"))
+    limit = (vm + 256 * 1024) * 1024  # 256 MB more address space than the imports took
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    def poly(points, width=100, height=80):
+        return {"id": "p", "type": "polygonlabels", "original_width": width,
+                "original_height": height, "value": {"points": points, "polygonlabels": ["a"]}}
+
+    def rect(width, height=20, rotation=0):
+        value = {"x": 10, "y": 10, "width": width, "height": height, "rotation": rotation,
+                 "rectanglelabels": ["a"]}
+        return {"id": "r", "type": "rectanglelabels", "original_width": 100,
+                "original_height": 80, "value": value}
+
+    far = [
+        poly([[10, 10], [1e10, 10], [10, 50]]),  # segfaulted in pycocotools
+        poly([[10, 10], [1e5, 10], [10, 50]], 4000, 3000),  # 360 MB
+        poly([[-1e300, -1e300], [1e300, 10], [10, 1e300]]),
+        rect(1e9),
+        rect(1e308, 1e308, rotation=30),  # corners at inf and NaN
+    ]
+    for result in far:
+        try:
+            result_to_mask(result)
+        except ValueError as exc:
+            assert "outside the image" in str(exc), exc
+        else:
+            raise AssertionError(f"no error for {result}")
+    problems = []
+    task = {"id": 1, "data": {"image": "a.png"}, "annotations": [{"result": [far[0]]}]}
+    assert labelstudio_to_coco([task], errors="skip", problems=problems)["images"] == []
+    assert problems[0].result_id == "p" and "outside the image" in problems[0].message
+    # within the bounds but a long outline: 1000 edges of 3000 px would take pycocotools
+    # 360 MB in one call
+    zigzag = [[-100.0 if i % 2 else 200.0, i / 10] for i in range(1000)]
+    m = result_to_mask(poly(zigzag, 1000, 1000))
+    assert m.shape == (1000, 1000) and 0 < m.sum() < m.size
+    print("ok")
+    """
+)
+
+
+def test_far_out_coordinates_fail_cleanly_in_bounded_memory() -> None:
+    """Untrusted results (webhooks, exports): far-out points give a ValueError and long outlines
+    a mask, never a crash or gigabytes. In a child process under a 256 MB address-space rise, so
+    that a regression fails this test instead of killing pytest."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc/self/status")
+    run = subprocess.run(
+        [sys.executable, "-c", FAR_OUT], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0 and run.stdout.strip() == "ok", (run.returncode, run.stderr[-2000:])
 
 
 def malformed_results() -> dict[str, tuple[dict, str]]:
@@ -206,6 +385,11 @@ def malformed_results() -> dict[str, tuple[dict, str]]:
         ),
         "bad size": ({**poly, "original_width": 12.5}, "bad original size"),
         "rle of another size": ({**brush, "original_width": W + 1}, "do not match"),
+        "far polygon point": (
+            {**poly, "value": {**poly["value"], "points": [[1, 1], [2, 2], [1e10, 3]]}},
+            "outside the image",
+        ),
+        "far rectangle": ({**rect, "value": {**rect["value"], "y": -250}}, "outside the image"),
     }
 
 

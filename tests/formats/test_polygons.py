@@ -18,6 +18,7 @@ from backend.formats.polygons import (
     polygon_to_percent,
     to_edge_coordinates,
 )
+from backend.formats.regions import fill_mask_holes
 
 H, W = 64, 72
 
@@ -67,30 +68,71 @@ def blob(kind: str, seed: int) -> np.ndarray:
     return out > 0
 
 
-@settings(deadline=None, max_examples=80)
-@given(st.sampled_from(["disk", "ellipse", "crescent", "star"]), st.integers(0, 10_000))
-def test_polygons_rasterise_back_to_the_mask(kind: str, seed: int) -> None:
-    mask = blob(kind, seed)
-    assert mask.sum() >= 200
-    contours = mask_to_contours(mask)
-    assert len(contours) == 1 and not contours[0].holes
-    # Douglas-Peucker with a 1 px tolerance moves the outline by at most a pixel, so the pixels
-    # that change are bounded by the outline's length (an IoU floor would fail on thin shapes)
-    outline = cv2.arcLength(contours[0].outer.astype(np.float32).reshape(-1, 1, 2), True)
+def moved(mask: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """The mask moved by (dx, dy) pixels, cut at the border (no wrap-around)."""
+    ys, xs = np.nonzero(mask)
+    ys, xs = ys + dy, xs + dx
+    keep = (ys >= 0) & (ys < mask.shape[0]) & (xs >= 0) & (xs < mask.shape[1])
+    out = np.zeros_like(mask)
+    out[ys[keep], xs[keep]] = True
+    return out
 
-    def assert_close(got: np.ndarray) -> None:
-        changed = int(np.logical_xor(got, mask).sum())
-        assert changed <= 0.5 * outline, (changed, outline, iou(got, mask))
+
+DISPLACEMENTS = st.tuples(st.integers(-30, 30), st.integers(-25, 25))  # blobs lie around the centre
+
+
+@st.composite
+def scenes(draw: st.DrawFn) -> np.ndarray:
+    """1 to 3 blobs of any kind, moved anywhere (so cut by the border, or overlapping), some
+    with a hole of radius 2.5 to 5 px."""
+    mask = np.zeros((H, W), bool)
+    yy, xx = np.mgrid[:H, :W]
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["disk", "ellipse", "crescent", "star"]))
+        part = moved(blob(kind, draw(st.integers(0, 10_000))), *draw(DISPLACEMENTS))
+        ys, xs = np.nonzero(part)
+        if len(ys) and draw(st.booleans()):
+            r = draw(st.floats(2.5, 5))
+            part &= (xx - xs.mean()) ** 2 + (yy - ys.mean()) ** 2 > r * r
+        mask |= part
+    return mask
+
+
+@settings(deadline=None, max_examples=80)
+@given(scenes())
+def test_polygons_rasterise_back_to_the_mask(mask: np.ndarray) -> None:
+    contours = mask_to_contours(mask)
+    # Douglas-Peucker at the default 0.5 px tolerance moves an outline by at most half a pixel
+    # and to_edge_coordinates a diagonal by a quarter pixel, so the pixels that change are
+    # bounded by the outlines' length (an IoU floor would fail on thin shapes)
+    outline = sum(
+        cv2.arcLength(p.astype(np.float32).reshape(-1, 1, 2), True)
+        for c in contours
+        for p in (c.outer, *c.holes)
+    )
+    filled = fill_mask_holes(mask)  # what polygons without holes (Label Studio's) cover
+
+    def assert_close(got: np.ndarray, want: np.ndarray) -> None:
+        changed = int(np.logical_xor(got, want).sum())
+        assert changed <= 0.5 * outline, (changed, outline, iou(got, want))
 
     # pixel indices through cv2.fillPoly
-    assert_close(fill_indices(mask_to_polygons(mask)))
-    # pixel edges through pycocotools (COCO's and Label Studio's convention)
-    coco = [polygon_to_coco(to_edge_coordinates(c.outer), W, H) for c in contours]
-    assert_close(rasterise_edges(coco))
+    assert_close(fill_indices(mask_to_polygons(mask)), filled)
+    # pixel edges through pycocotools (COCO's and Label Studio's convention), holes cut out
+    got = np.zeros((H, W), bool)
+    for c in contours:
+        holes = [polygon_to_coco(to_edge_coordinates(h, hole=True), W, H) for h in c.holes]
+        outer = rasterise_edges([polygon_to_coco(to_edge_coordinates(c.outer), W, H)])
+        got |= outer & ~rasterise_edges(holes) if holes else outer
+    assert_close(got, mask)
     # Label Studio: percent, converted back to pixels as the editor does (pct * size / 100)
-    pct = polygon_to_percent(to_edge_coordinates(contours[0].outer), W, H)
-    back = (np.array(pct) * np.array([W, H]) / 100.0).ravel().tolist()
-    assert_close(rasterise_edges([back]))
+    back = [
+        (np.array(polygon_to_percent(to_edge_coordinates(p), W, H)) * [W / 100, H / 100])
+        .ravel()
+        .tolist()
+        for p in mask_to_polygons(mask)
+    ]
+    assert_close(rasterise_edges(back) if back else np.zeros((H, W), bool), filled)
 
 
 def test_tolerance_zero_is_exact_for_blocks_and_holes() -> None:
@@ -164,6 +206,48 @@ def test_percent_and_coco_are_clipped_to_the_image() -> None:
         [(0.0, 0.0), (100.0, 0.0), (100.0, 100.0), (0.0, 100.0)]
     )
     assert max(polygon_to_coco(edge, 20, 10)) == 20.0
+    # a diamond touching all four borders: its tips move half a pixel along the miter, 0.21 px
+    # out of the image, and are clipped back onto the border
+    yy, xx = np.mgrid[:11, :11]
+    diamond = np.abs(xx - 5) + np.abs(yy - 5) <= 5
+    (poly,) = mask_to_polygons(diamond, tolerance=0)
+    edge = to_edge_coordinates(poly)
+    assert edge.min() < -0.2 and edge.max() > 11.2  # before clipping
+    pct = np.array(polygon_to_percent(edge, 11, 11))
+    assert pct.min() == 0.0 and pct.max() == 100.0
+    coco = np.array(polygon_to_coco(edge, 11, 11)).reshape(-1, 2)
+    assert coco.min() == 0.0 and coco.max() == 11.0
+    assert np.array_equal(rasterise_edges([coco.ravel().tolist()], (11, 11)), diamond)
+    # x to the width and y to the height: the diamond on the right of a wider image
+    wide = np.pad(diamond, ((0, 0), (4, 0)))  # (11, 15)
+    edge = to_edge_coordinates(mask_to_polygons(wide, tolerance=0)[0])
+    coco = np.array(polygon_to_coco(edge, 15, 11)).reshape(-1, 2)
+    assert coco[:, 1].min() == 0.0
+    assert coco.max(axis=0).tolist() == [15.0, 11.0]
+    assert np.array_equal(rasterise_edges([coco.ravel().tolist()], (11, 15)), wide)
+    assert np.array(polygon_to_percent(edge, 15, 11)).max(axis=0).tolist() == [100.0, 100.0]
+
+
+def pixel_centres(mask: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(mask)
+    return np.stack([xs, ys], axis=1) + 0.5
+
+
+@pytest.mark.parametrize(("shape", "tolerance"), [("wedge", 0.5), ("wedge", 0), ("spike", 1.0)])
+def test_miter_is_capped_at_one_pixel_on_spiky_vertices(shape: str, tolerance: float) -> None:
+    """A vertex moves at most one pixel from the centre of its boundary pixel: without the cap
+    the sharp tip of a narrow wedge moves 10 px out along its miter (a spike simplified at 1 px,
+    4 px), far off the object."""
+    mask = np.zeros((40, 70), np.uint8)
+    if shape == "wedge":  # a 5-degree wedge
+        cv2.fillPoly(mask, [np.array([[3, 20], [66, 17], [66, 23]], np.int32)], 1)
+    else:  # a block with a one-pixel spike
+        mask[10:30, 10:30] = 1
+        mask[19, 30:38] = 1
+    centres = pixel_centres(mask > 0)
+    for poly in mask_to_polygons(mask > 0, tolerance=tolerance):
+        for vertex in to_edge_coordinates(poly):
+            assert np.hypot(*(centres - vertex).T).min() <= 1.0 + 1e-9, vertex
 
 
 @pytest.mark.parametrize(

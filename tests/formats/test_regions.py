@@ -3,6 +3,7 @@ and the validation of bad maps."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -68,6 +69,31 @@ def test_fill_holes_leaves_border_background() -> None:
     assert fill_mask_holes(ring)[2, 2]
 
 
+def test_fill_holes_fills_inside_an_8_connected_outline() -> None:
+    """A diamond drawn with diagonal steps is closed for 8-connected foreground: its inside is a
+    hole (background taken 4-connected), though 8-connected background would leak out."""
+    outline = np.zeros((9, 9), np.uint8)
+    cv2.polylines(outline, [np.array([[4, 0], [8, 4], [4, 8], [0, 4]], np.int32)], True, 1)
+    outline = outline > 0
+    yy, xx = np.mgrid[:9, :9]
+    assert np.array_equal(fill_mask_holes(outline), np.abs(xx - 4) + np.abs(yy - 4) <= 4)
+
+
+def test_min_area_percent_rounds_up_to_whole_pixels() -> None:
+    def areas(prob: np.ndarray, percent: float) -> list[int]:
+        regions = probability_to_regions(prob, "x", mode="instance", min_area_percent=percent)
+        return [r.area for r in regions]
+
+    # 100 x 120 = 12,000 px, the speck 9 px; 0.0751% is 9.012 px: the speck is under it
+    # (rounding down would keep it); 0.075% is exactly 9 px: kept
+    assert areas(scene(), 0.0751) == [564]
+    assert areas(scene(), 0.075) == [564, 9]
+    # 7% of 100 px computes as 7.000000000000001: a 7 px component is not under it
+    small = np.zeros((5, 20), np.float32)
+    small[1, 2:9] = 0.9
+    assert areas(small, 7) == [7]
+
+
 def test_threshold_is_strict_and_empty_map_gives_nothing() -> None:
     prob = np.full((4, 4), 0.5, np.float32)
     assert probability_to_regions(prob, "x", threshold=0.5) == []
@@ -86,6 +112,9 @@ def test_stack_exclusive_assigns_each_pixel_once() -> None:
     assert not (excl[0].mask & excl[1].mask).any()
     per_label = probabilities_to_regions(np.stack([a, b]), ["a", "b"], threshold=[0.85, 0.5])
     assert [r.label for r in per_label] == ["b"]
+    # equal probabilities: the pixel goes to the first label only
+    tie = probabilities_to_regions(np.stack([b, a, b]), ["b1", "a", "b2"], exclusive=True)
+    assert [(r.label, r.area) for r in tie] == [("b1", 60), ("a", 40)]
 
 
 def test_mask_bbox_of_empty_mask() -> None:
