@@ -184,8 +184,17 @@ class ImageLoader:
         return False
 
     # ---- entry point
-    def load(self, task: dict, value_key: str, ls: LabelStudioClient | None) -> LoadedImage:
-        """The image of `task["data"][value_key]`; raises ImageError when it cannot be had."""
+    def load(
+        self,
+        task: dict,
+        value_key: str,
+        ls: LabelStudioClient | None,
+        deadline: float | None = None,
+    ) -> LoadedImage:
+        """The image of `task["data"][value_key]`; raises ImageError when it cannot be had.
+
+        `deadline` (a `time.monotonic()` value): a download must be over by then, on top of
+        CLIPSEG_HTTP_TIMEOUT (the caller's time budget)."""
         data = task.get("data")
         if not isinstance(data, dict):
             raise ImageError(f"the task's data is not an object: {data!r:.80}")
@@ -202,9 +211,12 @@ class ImageLoader:
             raise ImageError(f"data[{value_key!r}] is not an image URL: {ref!r:.80}")
         ref = ref.strip()
         source = ref if not ref.startswith("data:") else f"{ref[:40]}... ({len(ref)} characters)"
-        return decode_image(self.read_bytes(ref, task.get("id"), ls), self.settings, source)
+        data = self.read_bytes(ref, task.get("id"), ls, deadline)
+        return decode_image(data, self.settings, source)
 
-    def read_bytes(self, ref: str, task_id: Any, ls: LabelStudioClient | None) -> bytes:
+    def read_bytes(
+        self, ref: str, task_id: Any, ls: LabelStudioClient | None, deadline: float | None = None
+    ) -> bytes:
         """The raw bytes an image reference points at, following the source rules above."""
         if ref.startswith("data:"):
             return self._data_uri(ref)
@@ -219,16 +231,16 @@ class ImageLoader:
             if task_id is None:
                 raise ImageError(f"{ref}: cloud storage needs the task id for presigning")
             presign = f"/tasks/{task_id}/presign/?fileuri={encode_presign_fileuri(ref)}"
-            return self._download(presign, ls, presigned=True)
+            return self._download(presign, ls, presigned=True, deadline=deadline)
         if ref.startswith("/"):
             if ls is None:
                 raise ImageError(
                     f"{ref} is relative to Label Studio, whose URL is unknown: set "
                     "LABEL_STUDIO_URL (and LABEL_STUDIO_API_KEY)"
                 )
-            return self._download(ref, ls, presigned="/presign" in parsed.path)
+            return self._download(ref, ls, presigned="/presign" in parsed.path, deadline=deadline)
         if parsed.scheme in ("http", "https"):
-            return self._download(ref, ls, presigned=False)
+            return self._download(ref, ls, presigned=False, deadline=deadline)
         raise DisallowedSourceError(f"unsupported image reference: {ref[:200]!r}")
 
     def _data_uri(self, ref: str) -> bytes:
@@ -278,15 +290,31 @@ class ImageLoader:
             raise ImageError(f"cannot read local file {path}: {exc}") from exc
 
     # ---- downloads
-    def _download(self, url: str, ls: LabelStudioClient | None, presigned: bool) -> bytes:
-        """GET `url` within the host policy, the timeout and the byte cap.
+    def _download(
+        self,
+        url: str,
+        ls: LabelStudioClient | None,
+        presigned: bool,
+        deadline: float | None = None,
+    ) -> bytes:
+        """GET `url` within the host policy, the time limit and the byte cap.
+
+        The time limit covers the whole download (connecting, redirects, reading): it is
+        CLIPSEG_HTTP_TIMEOUT from now, or `deadline` when that comes first. Each request waits
+        at most the time left.
 
         Redirects are followed by hand (at most 3): to allowed hosts, or anywhere http(s) when
         Label Studio's presign endpoint sends them; credentials only ever go to Label Studio.
         """
         url = ls.absolute(url) if ls is not None else url
-        timeout = self.settings.http_timeout
+        limit = self.settings.http_timeout
+        end = time.monotonic() + limit
+        if deadline is not None and deadline < end:
+            end, limit = deadline, max(deadline - time.monotonic(), 0.0)
         for _ in range(_MAX_REDIRECTS + 1):
+            timeout = end - time.monotonic()
+            if timeout <= 0:
+                raise ImageError(f"download of {url}: out of time ({limit:.3g} s)")
             on_ls = ls is not None and ls.owns(url)
             if not on_ls and not (presigned and urlparse(url).scheme in ("http", "https")):
                 if not self.host_allowed(url, ls):
@@ -297,7 +325,7 @@ class ImageLoader:
                     )
             try:
                 if on_ls:
-                    response = ls.get(url, stream=True, allow_redirects=False)
+                    response = ls.get(url, stream=True, allow_redirects=False, timeout=timeout)
                 else:
                     response = self._session.get(
                         url, stream=True, allow_redirects=False, timeout=timeout
@@ -312,15 +340,15 @@ class ImageLoader:
                     continue
                 if response.status_code != 200:
                     raise ImageError(f"HTTP {response.status_code} for {url}")
-                return self._read_capped(response, url)
+                return self._read_capped(response, url, end, limit)
         raise ImageError(f"too many redirects for {url}")
 
-    def _read_capped(self, response: requests.Response, url: str) -> bytes:
-        """The body, within CLIPSEG_MAX_DOWNLOAD_BYTES and CLIPSEG_HTTP_TIMEOUT for the whole
-        read (requests' own timeout bounds each wait for bytes, not a server that drips them)."""
+    def _read_capped(
+        self, response: requests.Response, url: str, deadline: float, limit: float
+    ) -> bytes:
+        """The body, within CLIPSEG_MAX_DOWNLOAD_BYTES and by `deadline` (requests' own timeout
+        bounds each wait for bytes, not a server that drips them)."""
         cap = self.settings.max_download_bytes
-        timeout = self.settings.http_timeout
-        deadline = time.monotonic() + timeout
         declared = response.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > cap:
             raise ImageError(f"{url} is {declared} bytes, over CLIPSEG_MAX_DOWNLOAD_BYTES={cap}")
@@ -334,8 +362,8 @@ class ImageLoader:
                     raise ImageError(f"{url} is over CLIPSEG_MAX_DOWNLOAD_BYTES={cap}")
                 if time.monotonic() > deadline:
                     raise ImageError(
-                        f"download of {url} took over CLIPSEG_HTTP_TIMEOUT={timeout:g} s "
-                        f"({buf.tell()} bytes read)"
+                        f"download of {url} took over {limit:.3g} s ({buf.tell()} bytes read; "
+                        f"CLIPSEG_HTTP_TIMEOUT={self.settings.http_timeout:g} s)"
                     )
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise ImageError(f"download of {url} failed: {exc}") from exc

@@ -45,6 +45,10 @@ from backend.settings import DEFAULT_MODEL, Settings
 
 logger = logging.getLogger(__name__)
 
+#: Seconds a task's downloads may run past CLIPSEG_PREDICT_BUDGET (the budget only stops new
+#: tasks from starting): budget + grace + one task's inference stays under Label Studio's 100 s.
+DOWNLOAD_GRACE = 10.0
+
 #: Webhook actions `fit` acts on.
 FIT_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING")
 _REGION_TYPES = ("brushlabels", "polygonlabels", "rectanglelabels")
@@ -381,19 +385,30 @@ class CLIPSegBackend:
         label_config: str | None = None,
     ) -> list[dict[str, Any]]:
         """One answer per task, in order: a prediction, or for a task that failed or was not
-        reached within CLIPSEG_PREDICT_BUDGET an answer without `result` (`_failed`)."""
+        reached within CLIPSEG_PREDICT_BUDGET an answer without `result` (`_failed`).
+
+        The budget stops new tasks from starting; a task's downloads must end within
+        `DOWNLOAD_GRACE` seconds after it, so that the request stays under Label Studio's 100 s.
+        """
         version = self.model_version(project)
+        # An interactive answer is shown, never stored: Label Studio's editor reads its
+        # `result`, and fails on an answer without one.
+        interactive = isinstance(context, dict) and bool(context.get("result"))
+
+        def failed(error: str) -> dict[str, Any]:
+            return _failed(version, error, interactive)
+
         try:
             controls = self.controls(label_config or "")
         except LabelConfigError as exc:
             logger.error("project %s: %s", project, exc)
-            return [_failed(version, str(exc)) for _ in tasks]
+            return [failed(str(exc)) for _ in tasks]
         if not controls:
             message = (
                 "the label config has no BrushLabels/PolygonLabels/RectangleLabels on an Image"
             )
             logger.error("project %s: %s", project, message)
-            return [_failed(version, message) for _ in tasks]
+            return [failed(message) for _ in tasks]
         try:
             stored = self.store.embeddings(project_key(project))
         except ValueError:
@@ -414,10 +429,11 @@ class CLIPSegBackend:
                     left,
                 )
                 message = f"not reached within CLIPSEG_PREDICT_BUDGET={budget:g} s; ask again"
-                out.extend(_failed(version, message) for _ in range(left))
+                out.extend(failed(message) for _ in range(left))
                 break
+            downloads_end = None if deadline is None else deadline + DOWNLOAD_GRACE
             try:
-                pred = self.predict_task(task, controls, stored, context, client)
+                pred = self.predict_task(task, controls, stored, context, client, downloads_end)
                 score = pred.uncertainty if self.settings.score_mode == "uncertainty" else None
                 out.append(
                     {
@@ -433,7 +449,7 @@ class CLIPSegBackend:
                     logger.error("task %s: %s", task.get("id"), exc)
                 else:
                     logger.exception("task %s: prediction failed", task.get("id"))
-                out.append(_failed(version, f"{type(exc).__name__}: {exc}"))
+                out.append(failed(f"{type(exc).__name__}: {exc}"))
         return out
 
     def predict_task(
@@ -443,8 +459,10 @@ class CLIPSegBackend:
         stored: dict[str, np.ndarray],
         context: dict | None,
         client: LabelStudioClient | None,
+        deadline: float | None = None,
     ) -> ImagePrediction:
-        """Results of every control for one task, each of its images loaded and encoded once."""
+        """Results of every control for one task, each of its images loaded (downloads over by
+        `deadline`, a `time.monotonic()` value, when given) and encoded once."""
         by_image: dict[str, list[ControlSpec]] = {}
         for control in controls:
             by_image.setdefault(control.value_key, []).append(control)
@@ -453,7 +471,7 @@ class CLIPSegBackend:
         for value_key, image_controls in by_image.items():
             if interactive and not parse_context(context, {c.to_name for c in image_controls}):
                 continue  # the annotator is working on another image of the task
-            image = self.images.load(task, value_key, client)
+            image = self.images.load(task, value_key, client, deadline)
             parts.append(self.predict_image(image.array, image_controls, stored, context))
         return _merge(parts)
 
@@ -824,11 +842,16 @@ def _clip_box(
     return box if box[2] > box[0] and box[3] > box[1] else None
 
 
-def _failed(version: str, error: str) -> dict[str, Any]:
+def _failed(version: str, error: str, interactive: bool = False) -> dict[str, Any]:
     """The answer for a task that got no prediction. It has no `result`, so Label Studio stores
     nothing for it and asks again on the next "Retrieve predictions" (an empty result would be
-    stored as a prediction of this model_version, and the task skipped from then on)."""
-    return {"model_version": version, "error": error}
+    stored as a prediction of this model_version, and the task skipped from then on). An
+    interactive answer is never stored, and the editor needs its `result`: it gets an empty one.
+    """
+    answer: dict[str, Any] = {"model_version": version, "error": error}
+    if interactive:
+        answer["result"] = []
+    return answer
 
 
 def _merge(parts: list[ImagePrediction]) -> ImagePrediction:

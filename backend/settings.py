@@ -118,7 +118,7 @@ class Settings:
     max_image_pixels: int = 50_000_000  # CLIPSEG_MAX_IMAGE_PIXELS
     max_download_bytes: int = 64 * 1024 * 1024  # CLIPSEG_MAX_DOWNLOAD_BYTES
     http_timeout: float = 30.0  # CLIPSEG_HTTP_TIMEOUT: seconds per request, whole download
-    predict_budget: float = 80.0  # CLIPSEG_PREDICT_BUDGET: seconds per /predict (0: no limit)
+    predict_budget: float = 70.0  # CLIPSEG_PREDICT_BUDGET: seconds per /predict (0: no limit)
     # --- storage and server
     model_dir: str = "./model-data"  # MODEL_DIR: where exemplars are stored
     basic_auth_user: str = ""  # BASIC_AUTH_USER

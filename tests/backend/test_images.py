@@ -248,8 +248,9 @@ def test_exif_orientation_applied_and_modes_converted():
         assert out.array.shape == (4, 6, 3) and out.array.dtype == np.uint8, mode
 
 
-def test_a_server_that_drips_its_bytes_is_cut_off_at_the_timeout():
-    """CLIPSEG_HTTP_TIMEOUT bounds the whole download, not only each wait for bytes."""
+@pytest.fixture
+def dripping_url():
+    """A server that sends a PNG one byte every 50 ms: never a 0.5 s silence, never done soon."""
     import threading
     import time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -263,7 +264,7 @@ def test_a_server_that_drips_its_bytes_is_cut_off_at_the_timeout():
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             try:
-                for byte in data:  # one byte every 50 ms: never a 0.5 s silence
+                for byte in data:
                     self.wfile.write(bytes([byte]))
                     self.wfile.flush()
                     time.sleep(0.05)
@@ -275,13 +276,30 @@ def test_a_server_that_drips_its_bytes_is_cut_off_at_the_timeout():
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}/slow.png"
+    yield f"http://127.0.0.1:{server.server_port}/slow.png"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_server_that_drips_its_bytes_is_cut_off_at_the_timeout(dripping_url):
+    """CLIPSEG_HTTP_TIMEOUT bounds the whole download, not only each wait for bytes."""
+    import time
+
     loader = ImageLoader(_settings(http_timeout=0.5, allowed_hosts=("127.0.0.1",)))
-    try:
-        start = time.monotonic()
-        with pytest.raises(ImageError, match="took over CLIPSEG_HTTP_TIMEOUT=0.5 s"):
-            loader.load({"id": 1, "data": {"image": url}}, "image", None)
-        assert time.monotonic() - start < 3.0
-    finally:
-        server.shutdown()
-        server.server_close()
+    start = time.monotonic()
+    with pytest.raises(ImageError, match="took over 0.5 s"):
+        loader.load({"id": 1, "data": {"image": dripping_url}}, "image", None)
+    assert time.monotonic() - start < 3.0
+
+
+def test_the_callers_deadline_cuts_a_download_short(dripping_url):
+    """A /predict's time budget ends downloads before CLIPSEG_HTTP_TIMEOUT would."""
+    import time
+
+    loader = ImageLoader(_settings(http_timeout=30, allowed_hosts=("127.0.0.1",)))
+    start = time.monotonic()
+    with pytest.raises(ImageError, match="took over 0.[45]"):
+        loader.load({"id": 1, "data": {"image": dripping_url}}, "image", None, start + 0.5)
+    assert time.monotonic() - start < 3.0
+    with pytest.raises(ImageError, match="out of time"):
+        loader.load({"id": 1, "data": {"image": dripping_url}}, "image", None, start - 1)

@@ -106,6 +106,15 @@ def test_bad_tasks_get_answers_without_result_in_order(tmp_path, local_root):
     assert all(errors[1:6]) and not errors[0] and not errors[6]
 
 
+def test_a_failed_interactive_request_still_has_a_result(tmp_path, local_root):
+    backend = fake_backend(tmp_path, local_files_document_root=str(local_root))
+    context = {"result": [_textarea("a cat")]}
+    [pred] = backend.predict(
+        [_task(1, "missing.png")], context=context, project=1, label_config=CONFIG
+    )
+    assert pred["result"] == [] and "missing.png" in pred["error"]
+
+
 def test_tasks_past_the_predict_budget_are_left_for_later(tmp_path, local_root, monkeypatch):
     backend = fake_backend(tmp_path, local_files_document_root=str(local_root), predict_budget=10.0)
     clock = iter([0.0, 1.0, 5.0, 11.0, 12.0])  # the deadline is 10 s after the first reading
@@ -362,7 +371,8 @@ def test_typed_prompt_in_a_project_without_labels_answers_nothing(tmp_path, loca
     config = '<View><Image name="image" value="$image"/><TextArea name="p" toName="image"/></View>'
     context = {"result": [_textarea("a cat")]}
     [pred] = backend.predict([_task()], context=context, project=1, label_config=config)
-    assert "result" not in pred and "no BrushLabels" in pred["error"]
+    # an interactive answer is shown, not stored: the editor gets an empty result and the error
+    assert pred["result"] == [] and "no BrushLabels" in pred["error"]
 
 
 def test_region_shape_masks_at_the_image_size_boxes_and_skips_malformed(caplog):
