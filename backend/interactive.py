@@ -6,9 +6,11 @@ steer CLIPSeg:
 
 - **smart regions** (`brushlabels`, `rectanglelabels`, `keypointlabels`, `polygonlabels` items)
   on the image: each is an exemplar (visual prompt) of its labels for this answer;
-- **typed prompts** (`textarea` items, e.g. `<TextArea name="prompt" toName="image"/>`) on the
-  image: each line of text is a text prompt for the label it names (`labels_named`), used in
-  place of that label's configured prompts for this answer.
+- **typed prompts** (`textarea` items of a prompt field, `backend.label_config.prompt_fields`:
+  `<TextArea name="prompt" toName="image"/>` or one marked `model_prompt="true"`) on the image:
+  each line of text is a text prompt for the label it names (`labels_named`), used in place of
+  that label's configured prompts for this answer. Other TextAreas (a comment field submitted
+  with Auto-Annotation on) ask for an interactive answer but prompt nothing.
 
 Only the labels named this way are answered: a context that holds such items for the image,
 even unusable ones (a negative keypoint, `is_positive: false`; an item without labels; blank
@@ -54,10 +56,13 @@ class Interaction:
         return self.items > 0
 
 
-def parse_context(context: Any, to_names: Collection[str]) -> Interaction:
+def parse_context(
+    context: Any, to_names: Collection[str], prompt_fields: Collection[str] = ("prompt",)
+) -> Interaction:
     """The smart regions and typed prompts of `context` that point at one of `to_names` (the
-    names of the `<Image>` tags being predicted). Anything else is ignored, so a context
-    without such items (or no context at all) asks for an ordinary prediction."""
+    names of the `<Image>` tags being predicted); only the TextAreas named in `prompt_fields`
+    give prompts. Anything else is ignored, so a context without such items (or no context at
+    all) asks for an ordinary prediction."""
     if not isinstance(context, Mapping):
         return Interaction()
     items = context.get("result")
@@ -80,7 +85,8 @@ def parse_context(context: Any, to_names: Collection[str]) -> Interaction:
         if not isinstance(value, Mapping):
             continue
         if kind == "textarea":
-            prompts.extend(_texts(value.get("text")))
+            if item.get("from_name") in prompt_fields:
+                prompts.extend(_texts(value.get("text")))
         elif value.get("is_positive") is not False:
             names = value.get(kind)
             labels = (
@@ -115,9 +121,10 @@ def labels_named(prompt: str, labels: Mapping[str, Sequence[str]]) -> list[str]:
 
     A label is named by its value or one of its prompts (compared after `normalize`):
     1. a label whose name equals the whole prompt ("Cat" names the label "cat");
-    2. else the labels whose name occurs in the prompt as whole words, the longest occurrence
-       winning ("the black cat on the sofa" names "cat" and, if it exists, "black cat" wins);
-       labels tied on that length are all returned, in `labels`' order.
+    2. else the labels whose name occurs in the prompt as whole words, leaving out those found
+       only inside a longer name of another label ("the black cat" names "black cat", not
+       also "cat"). Several left ("the dog next to the person") are all returned, in `labels`'
+       order, for the caller to decide between.
     Returns [] when the prompt names no label; the caller then decides among all of them.
     """
     text = normalize(prompt)
@@ -128,12 +135,23 @@ def labels_named(prompt: str, labels: Mapping[str, Sequence[str]]) -> list[str]:
     exact = [label for label, ns in names.items() if text in ns]
     if exact:
         return exact[:1]
-    best: dict[str, int] = {}
+    spans: dict[str, list[tuple[int, int]]] = {}  # label -> where its names occur
     for label, ns in names.items():
-        found = [len(n) for n in ns if re.search(rf"(?<!\w){re.escape(n)}(?!\w)", text)]
-        if found:
-            best[label] = max(found)
-    if not best:
-        return []
-    longest = max(best.values())
-    return [label for label, n in best.items() if n == longest]
+        for n in ns:
+            for m in re.finditer(rf"(?<!\w){re.escape(n)}(?!\w)", text):
+                spans.setdefault(label, []).append(m.span())
+
+    def inside_another(label: str, span: tuple[int, int]) -> bool:
+        start, end = span
+        return any(
+            s <= start and end <= e and (e - s) > (end - start)
+            for other, found in spans.items()
+            if other != label
+            for s, e in found
+        )
+
+    return [
+        label
+        for label, found in spans.items()
+        if any(not inside_another(label, span) for span in found)
+    ]

@@ -127,3 +127,30 @@ def parse_label_config(config: str, default_threshold: float) -> tuple[ControlSp
                 )
             )
     return tuple(specs)
+
+
+#: The name of the TextArea whose text is a prompt without any marking (Label Studio's own
+#: text-prompted examples call it so).
+PROMPT_FIELD = "prompt"
+
+
+@lru_cache(maxsize=64)
+def prompt_fields(config: str) -> frozenset[str]:
+    """The names of the TextAreas whose submitted text is a prompt (`backend.interactive`): the
+    one named "prompt" and any marked `model_prompt="true"`, unless `perRegion` (a per-region
+    TextArea describes its region: a transcription, a note). Other TextAreas (comments) are
+    not prompts. An unparseable config gives just "prompt"."""
+    try:
+        interface = LabelInterface(config)
+    except Exception:  # parse_label_config reports the error
+        return frozenset({PROMPT_FIELD})
+    fields = {PROMPT_FIELD}
+    for control in interface.controls:
+        if control.tag.lower() != "textarea":
+            continue
+        attr = dict(control.attr or {})
+        if (attr.get("perRegion") or "").strip().lower() in _TRUE:
+            fields.discard(control.name)
+        elif (attr.get("model_prompt") or "").strip().lower() in _TRUE:
+            fields.add(control.name)
+    return frozenset(fields)

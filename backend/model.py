@@ -27,7 +27,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,13 @@ from backend.formats.labelstudio import result_to_mask
 from backend.formats.regions import Region, probability_to_regions
 from backend.images import ImageError, ImageLoader, LabelStudioClient, label_studio_client
 from backend.interactive import SmartRegion, labels_named, parse_context
-from backend.label_config import ControlSpec, LabelConfigError, parse_label_config
+from backend.label_config import (
+    PROMPT_FIELD,
+    ControlSpec,
+    LabelConfigError,
+    parse_label_config,
+    prompt_fields,
+)
 from backend.settings import DEFAULT_MODEL, Settings
 
 logger = logging.getLogger(__name__)
@@ -414,6 +420,7 @@ class CLIPSegBackend:
         except ValueError:
             stored = {}
         client = self._client(project)
+        fields = prompt_fields(label_config or "")
         budget = self.settings.predict_budget
         deadline = time.monotonic() + budget if budget > 0 else None
         out = []
@@ -433,7 +440,9 @@ class CLIPSegBackend:
                 break
             downloads_end = None if deadline is None else deadline + DOWNLOAD_GRACE
             try:
-                pred = self.predict_task(task, controls, stored, context, client, downloads_end)
+                pred = self.predict_task(
+                    task, controls, stored, context, client, downloads_end, fields
+                )
                 score = pred.uncertainty if self.settings.score_mode == "uncertainty" else None
                 out.append(
                     {
@@ -460,6 +469,7 @@ class CLIPSegBackend:
         context: dict | None,
         client: LabelStudioClient | None,
         deadline: float | None = None,
+        prompt_fields: Collection[str] = (PROMPT_FIELD,),
     ) -> ImagePrediction:
         """Results of every control for one task, each of its images loaded (downloads over by
         `deadline`, a `time.monotonic()` value, when given) and encoded once."""
@@ -472,7 +482,9 @@ class CLIPSegBackend:
             if interactive and not parse_context(context, {c.to_name for c in image_controls}):
                 continue  # the annotator is working on another image of the task
             image = self.images.load(task, value_key, client, deadline)
-            parts.append(self.predict_image(image.array, image_controls, stored, context))
+            parts.append(
+                self.predict_image(image.array, image_controls, stored, context, prompt_fields)
+            )
         return _merge(parts)
 
     def predict_image(
@@ -481,15 +493,16 @@ class CLIPSegBackend:
         controls: Sequence[ControlSpec],
         stored: dict[str, np.ndarray] | None = None,
         context: dict | None = None,
+        prompt_fields: Collection[str] = (PROMPT_FIELD,),
     ) -> ImagePrediction:
         """Predict `controls` on one (H, W, 3) uint8 image.
 
         `stored`: label -> (N, D) exemplar embeddings; `context`: Label Studio's interactive
         context (`backend.interactive`): its smart regions on this image serve as exemplars of
-        their labels, its typed prompts as the prompts of the labels they name, and then only
-        those labels are answered.
+        their labels, the text of its `prompt_fields` TextAreas as the prompts of the labels
+        they name, and then only those labels are answered.
         """
-        interaction = parse_context(context, {c.to_name for c in controls})
+        interaction = parse_context(context, {c.to_name for c in controls}, prompt_fields)
         with self._predictor_lock:
             live = self._live_exemplars(image, interaction.regions)
             query = self._conditioning(

@@ -84,16 +84,56 @@ def test_a_prompt_equal_to_a_label_or_one_of_its_prompts_names_it():
     assert labels_named("Puppy", LABELS) == ["dog"]
 
 
-def test_the_longest_label_named_inside_a_prompt_wins():
+def test_a_label_found_only_inside_a_longer_name_is_not_named():
     assert labels_named("the black cat on the sofa", LABELS) == ["black cat"]
     assert labels_named("a cat, sleeping", LABELS) == ["cat"]
     assert labels_named("a puppy!", LABELS) == ["dog"]
+    # "cat" also stands alone: both are named, and the caller decides
+    assert labels_named("a black cat and a cat", LABELS) == ["cat", "black cat"]
+
+
+def test_separate_names_are_not_ranked_by_length():
+    labels = {"dog": ("dog",), "person": ("person",), "sofa": ("sofa",)}
+    assert labels_named("the dog next to the person", labels) == ["dog", "person"]
+    assert labels_named("a dog on a sofa", labels) == ["dog", "sofa"]
 
 
 def test_only_whole_words_name_a_label():
     assert labels_named("concatenate", LABELS) == []
     assert labels_named("cats", LABELS) == []
     assert labels_named("a bird", LABELS) == []
+
+
+def test_only_prompt_fields_give_prompts_but_any_textarea_is_an_interaction():
+    context = {
+        "result": [
+            _textarea("the dog"),  # from_name "prompt"
+            {**_textarea("image is blurry"), "from_name": "comment"},
+            {**_textarea("a cat"), "from_name": "ask"},
+        ]
+    }
+    got = parse_context(context, {"image"})
+    assert got.prompts == ("the dog",) and got.items == 3
+    assert parse_context(context, {"image"}, {"ask"}).prompts == ("a cat",)
+    only_comment = parse_context({"result": [context["result"][1]]}, {"image"})
+    assert only_comment and only_comment.prompts == ()  # interactive, but prompts nothing
+
+
+def test_prompt_fields_of_a_label_config():
+    from backend.label_config import prompt_fields
+
+    config = (
+        '<View><Image name="image" value="$image"/>'
+        '<TextArea name="comment" toName="image"/>'
+        '<TextArea name="ask" toName="image" model_prompt="true"/>'
+        '<TextArea name="words" toName="image" perRegion="true" model_prompt="true"/>'
+        "</View>"
+    )
+    assert prompt_fields(config) == {"prompt", "ask"}
+    per_region = '<View><Image name="image" value="$image"/>'
+    per_region += '<TextArea name="prompt" toName="image" perRegion="true"/></View>'
+    assert prompt_fields(per_region) == set()
+    assert prompt_fields("<View><Image") == {"prompt"}
 
 
 def test_labels_tied_on_length_are_all_returned_in_order():

@@ -351,6 +351,17 @@ def test_an_unusable_click_answers_nothing_rather_than_every_label(tmp_path, loc
     assert not any(c[0] == "predict_embeddings" for c in backend.predictor.calls)
 
 
+def test_a_comment_textarea_is_not_a_prompt(tmp_path, local_root):
+    config = CONFIG.replace("</View>", '<TextArea name="note" toName="image"/></View>')
+    backend = fake_backend(tmp_path, local_files_document_root=str(local_root))
+    note = {**_textarea("a red cat, blurry"), "from_name": "note"}
+    [pred] = backend.predict([_task()], context={"result": [note]}, project=1, label_config=config)
+    assert pred["result"] == []  # Auto-Annotation sent the note: nothing to answer
+    marked = config.replace('name="note"', 'name="note" model_prompt="true"')
+    [pred] = backend.predict([_task()], context={"result": [note]}, project=1, label_config=marked)
+    assert {lab for _, lab in _labels_of(pred)} == {"cat"}
+
+
 def test_a_click_on_one_image_leaves_the_task_s_other_images_alone(tmp_path, local_root):
     config = (
         '<View><Image name="a" value="$a"/><Image name="b" value="$b"/>'
