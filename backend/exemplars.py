@@ -206,7 +206,7 @@ class ExemplarStore:
         exemplars: Iterable[Exemplar],
         task_id: Any = None,
         updated_at: str | None = None,
-    ) -> None:
+    ) -> bool:
         """Store `exemplars` as annotation `annotation_id`'s, replacing what it had before.
 
         Returns False, storing nothing, when the annotation was deleted or is already stored

@@ -47,7 +47,7 @@ from backend.label_config import (
     parse_label_config,
     prompt_fields,
 )
-from backend.settings import DEFAULT_MODEL, Settings
+from backend.settings import DEFAULT_MODEL, DEVICE_PATTERN, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,10 @@ _REGION_TYPES = ("brushlabels", "polygonlabels", "rectanglelabels")
 
 class ModelLoadError(RuntimeError):
     """The CLIPSeg checkpoint cannot be found or loaded; the message says what to do."""
+
+
+class WebhookDataError(ValueError):
+    """A webhook body without what `fit` needs (a project id, an annotation id)."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,6 @@ class SettingNames:
 
 
 SERVER_NAMES = SettingNames()
-_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def resolve_device(name: str, names: SettingNames = SERVER_NAMES) -> str:
@@ -87,7 +90,8 @@ def resolve_device(name: str, names: SettingNames = SERVER_NAMES) -> str:
     what torch sees (ModelLoadError saying so, rather than a failure inside model loading)."""
     import torch
 
-    if not _DEVICE.fullmatch(name):
+    name = name.strip().lower()
+    if not DEVICE_PATTERN.fullmatch(name):
         raise ModelLoadError(
             f"{names.setting(names.device, name)} is not a device: use auto, cpu, cuda or cuda:N"
         )
@@ -687,7 +691,10 @@ class CLIPSegBackend:
     def fit(self, event: str, data: dict) -> None:
         """Update the project's exemplars from a webhook (run on the background worker)."""
         project = data.get("project")
-        key = project_key(project)
+        try:
+            key = project_key(project)
+        except ValueError as exc:
+            raise WebhookDataError(f"{event}: {exc}") from exc
         if event == "ANNOTATIONS_DELETED":
             ids = [a.get("id") if isinstance(a, dict) else a for a in data.get("annotations") or []]
             removed = self.store.remove_annotations(
@@ -711,7 +718,7 @@ class CLIPSegBackend:
     ) -> int:
         ann_id = annotation.get("id")
         if ann_id is None:
-            raise ValueError("annotation without an id")
+            raise WebhookDataError("annotation without an id")
         if annotation.get("was_cancelled"):
             self.store.remove_annotations(key, [ann_id])
             return 0

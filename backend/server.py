@@ -28,6 +28,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from backend.images import ImageError
+from backend.label_config import LabelConfigError
 from backend.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
@@ -128,7 +129,10 @@ def create_app(backend: Any, settings: Settings) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
     app.json.sort_keys = False
     app.json.ensure_ascii = False
-    worker = WebhookWorker(backend.fit, settings.webhook_queue_size, (ImageError, ValueError))
+    from backend.model import WebhookDataError
+
+    expected = (ImageError, WebhookDataError, LabelConfigError)
+    worker = WebhookWorker(backend.fit, settings.webhook_queue_size, expected)
     app.extensions["clipseg_backend"] = backend
     app.extensions["clipseg_worker"] = worker
     user, password = settings.basic_auth_user, settings.basic_auth_pass

@@ -56,12 +56,13 @@ def _float(
     return value
 
 
-_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+#: The devices the backend runs on (CLIPSEG_DEVICE, clipseg-label --device).
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def _device(env: Mapping[str, str]) -> str:
     value = _get(env, "CLIPSEG_DEVICE", "auto").lower()
-    if not _DEVICE.fullmatch(value):
+    if not DEVICE_PATTERN.fullmatch(value):
         raise SettingsError(
             f"CLIPSEG_DEVICE={value!r} is not a device: use auto, cpu, cuda or cuda:N"
         )

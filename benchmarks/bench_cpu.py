@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     from clipseg import Predictor
 
     path = common.build_checkpoint(small=args.small, seed=args.seed, cache_dir=args.cache_dir)
-    predictor = Predictor(*common.load_ours(path))
+    predictor = Predictor(*common.load_ours(path), image_cache_size=0)  # time the encoder
     image = common.make_image(args.width, args.height, seed=args.seed)
     shape = "small" if args.small else "rd64-refined"
     if args.levers:

@@ -181,7 +181,9 @@ def main(argv: list[str] | None = None) -> None:
 
     def contenders_for(dtype: torch.dtype, compile_models: bool) -> dict:
         ref_model, ref_processor = common.load_reference(path, device, dtype)
-        predictor = Predictor(*common.load_ours(path, device, dtype), chunk_size=args.chunk_size)
+        predictor = Predictor(
+            *common.load_ours(path, device, dtype), chunk_size=args.chunk_size, image_cache_size=0
+        )
         if compile_models:
             logger.info(
                 "torch.compile: %d transformers blocks, %d of ours",

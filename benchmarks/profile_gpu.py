@@ -301,7 +301,9 @@ def main(argv: list[str] | None = None) -> None:
 
     path = common.build_checkpoint(small=args.small, seed=args.seed, cache_dir=args.cache_dir)
     dtype = bench_gpu.DTYPES[args.dtype]
-    predictor = Predictor(*common.load_ours(path, device, dtype), chunk_size=args.chunk_size)
+    predictor = Predictor(
+        *common.load_ours(path, device, dtype), chunk_size=args.chunk_size, image_cache_size=0
+    )
     if args.compile:
         logger.info("torch.compile: %d blocks", bench_gpu.compile_blocks(predictor.model))
     images = [common.make_image(args.width, args.height, seed=args.seed + i) for i in range(b)]

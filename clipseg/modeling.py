@@ -8,6 +8,7 @@ checkpoints load strictly; every class has ``from_pretrained`` / ``save_pretrain
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -138,6 +139,8 @@ class CLIPSegPreTrainedModel(nn.Module):
                 f"{cls.__name__}.from_pretrained got {sorted(kwargs)} together with config=; "
                 "set them on the config object instead"
             )
+        else:
+            config = copy.deepcopy(config)  # the model's config records its dtype: not theirs
         if dtype == "auto":
             dtype = _dtype_from_name(config.dtype) if config.dtype is not None else None
             auto_from_weights = dtype is None

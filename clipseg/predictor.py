@@ -320,15 +320,19 @@ class Predictor:
     def _text_features(self, strings: list[str]) -> torch.Tensor:
         """(len(strings), D) projected text features, ``chunk_size`` strings per call.
 
-        No attention mask is passed, and that is exact: the text tower is causal and pads on the
-        right, so the pooled (EOS) state never attends to padding. It also keeps this free of
+        No attention mask is passed, and that is exact: the text tower is causal and the tokens
+        are padded on the right (whatever the tokenizer's own ``padding_side``), so the pooled
+        (EOS) state never attends to padding. It also keeps this free of
         host-device syncs (a mask on the GPU would be read back to see whether it pads at all),
         so on a GPU the text tower is queued behind the vision encoder instead of waiting for it.
         """
         chunks = []
         for start in range(0, len(strings), self.chunk_size):
             tokens = self.processor.tokenizer(
-                strings[start : start + self.chunk_size], padding=True, return_tensors="pt"
+                strings[start : start + self.chunk_size],
+                padding=True,
+                padding_side="right",
+                return_tensors="pt",
             )
             input_ids = tokens["input_ids"].to(self.device, non_blocking=True)
             chunks.append(self.model.clip.get_text_features(input_ids).pooler_output)

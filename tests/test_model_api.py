@@ -129,6 +129,19 @@ def test_dtype_auto_is_the_default_as_in_transformers(pair, tmp_path) -> None:
     assert reread.dtype == torch.float16
 
 
+def test_a_config_passed_in_is_not_changed_by_loading(pair) -> None:
+    _, _, directory = pair
+    config = CLIPSegForImageSegmentation.from_pretrained(directory).config
+    before = config.to_dict()
+    model = CLIPSegForImageSegmentation.from_pretrained(
+        directory, config=config, dtype=torch.bfloat16
+    )
+    assert model.dtype == torch.bfloat16 and config.to_dict() == before
+    # so the next "auto" load with the same config reads the checkpoint's dtype again
+    again = CLIPSegForImageSegmentation.from_pretrained(directory, config=config)
+    assert again.dtype == torch.float32
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

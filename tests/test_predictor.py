@@ -276,6 +276,21 @@ def test_text_embedding_does_not_depend_on_its_batch(parts) -> None:
     torch.testing.assert_close(padded, alone, atol=ATOL, rtol=0)
 
 
+def test_text_embedding_ignores_a_left_padding_tokenizer(parts, tiny_checkpoint) -> None:
+    model, processor = parts
+    left = CLIPSegProcessor.from_pretrained(tiny_checkpoint, padding_side="left")
+    texts = ["red circle", "a photo of a star."]  # different lengths: one is padded
+    ids = {
+        side: CLIPSegProcessor.from_pretrained(tiny_checkpoint, padding_side=side).tokenizer(
+            texts, padding=True
+        )["input_ids"][0]
+        for side in ("left", "right")
+    }
+    assert ids["left"] != ids["right"]  # the tokenizer really pads on the left
+    expected = Predictor(model, processor).embed_text(texts)
+    torch.testing.assert_close(Predictor(model, left).embed_text(texts), expected)
+
+
 def test_tensor_path_reads_nothing_back_to_the_host(parts) -> None:
     """No scalar read-backs between a tensor batch and device-side probabilities: on a GPU each
     one would stall the host until all queued work is done (the text tower then could not be
