@@ -168,9 +168,16 @@ class ExemplarStore:
         if cached is not None and cached[0] == stamp:
             return cached[1]
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:  # permissions, I/O: the file may be fine, never move it aside
+            if for_write:
+                raise
+            logger.error("exemplar store %s cannot be read (%s); using no exemplars", path, exc)
+            return _empty()
+        try:
+            data = json.loads(text)
             problem = _problem(data)
-        except (OSError, ValueError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:
             problem = f"unreadable JSON ({exc})"
         if problem is not None:
             if for_write:

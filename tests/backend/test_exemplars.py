@@ -116,3 +116,26 @@ def test_a_file_that_is_not_a_store_reads_as_empty_and_is_kept_aside(tmp_path, c
     assert store.counts(7) == {"cat": 1}
     [aside] = [p for p in tmp_path.iterdir() if ".unreadable-" in p.name]
     assert aside.read_text() == content  # nothing lost
+
+
+def test_a_store_that_cannot_be_read_is_neither_moved_nor_overwritten(
+    tmp_path, monkeypatch, caplog
+):
+    store = ExemplarStore(tmp_path, max_per_label=3)
+    store.replace_annotation(1, 7, [_ex("cat", 1)])
+    content = (tmp_path / "1.json").read_text()
+    real_read = type(tmp_path).read_text
+
+    def denied(path, *args, **kwargs):
+        if path.name == "1.json":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read(path, *args, **kwargs)
+
+    monkeypatch.setattr(type(tmp_path), "read_text", denied)
+    fresh = ExemplarStore(tmp_path, max_per_label=3)  # no cached copy
+    assert fresh.counts(1) == {} and "cannot be read" in caplog.text  # predictions go on
+    with pytest.raises(PermissionError):  # the webhook fails, loudly
+        fresh.replace_annotation(1, 8, [_ex("dog", 1)])
+    monkeypatch.undo()
+    assert (tmp_path / "1.json").read_text() == content
+    assert not [p for p in tmp_path.iterdir() if ".unreadable-" in p.name]
