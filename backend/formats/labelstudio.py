@@ -309,8 +309,15 @@ def _rectangle_corners(value: Mapping[str, Any], width: int, height: int) -> np.
         return corners @ np.array([[c, s], [-s, c]]) + [x0, y0]  # x' = c x - s y, y' = s x + c y
 
 
+#: The largest original_width x original_height a result may claim: masks are built at that
+#: size, so an untrusted result must not make one allocate gigabytes (268 M pixels: 268 MB as
+#: bool, far above any image Label Studio shows).
+MAX_RESULT_PIXELS = 2**28
+
+
 def original_size(result: Mapping[str, Any]) -> tuple[int, int]:
-    """(original_height, original_width) of a result, checked to be positive integers.
+    """(original_height, original_width) of a result, checked to be positive integers whose
+    product is at most `MAX_RESULT_PIXELS`.
 
     Raises:
         ValueError: naming the missing key, or the bad size.
@@ -323,6 +330,11 @@ def original_size(result: Mapping[str, Any]) -> tuple[int, int]:
         isinstance(v, (int, float)) and v > 0 and float(v).is_integer() for v in (width, height)
     ):
         raise ValueError(f"bad original size {width!r} x {height!r}")
+    if int(width) * int(height) > MAX_RESULT_PIXELS:
+        raise ValueError(
+            f"original size {int(width)} x {int(height)} is over {MAX_RESULT_PIXELS} pixels: "
+            "not an image Label Studio shows"
+        )
     return int(height), int(width)
 
 

@@ -405,3 +405,19 @@ def test_result_to_mask_without_original_size_uses_the_given_size() -> None:
     r = brush_result(m, "cat", from_name="brush", **COMMON)
     del r["original_width"], r["original_height"]
     assert np.array_equal(result_to_mask(r, height=H, width=W), m)
+
+
+def test_a_result_claiming_a_gigantic_original_size_is_refused_before_any_allocation():
+    from backend.formats.labelstudio import MAX_RESULT_PIXELS, original_size, result_to_mask
+
+    side = 1 << 15  # 32768 x 32768 = 2**30 pixels: a 1 GB mask
+    assert side * side > MAX_RESULT_PIXELS
+    brush = {
+        "type": "brushlabels",
+        "original_width": side,
+        "original_height": side,
+        "value": {"format": "rle", "rle": [0] * 8, "brushlabels": ["x"]},
+    }
+    with pytest.raises(ValueError, match="over 268435456 pixels"):
+        result_to_mask(brush)
+    assert original_size({"original_width": 1 << 14, "original_height": 1 << 14}) == (16384, 16384)
