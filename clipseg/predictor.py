@@ -197,9 +197,9 @@ class Predictor:
         activations = vision.hidden_states_upto(pixels, self.model.extract_layers)  # (n, T, C)
         return _EncodedBatch(self.model.decoder.reduce(activations, vision.grid_of(pixels)), sizes)
 
-    def _encode(self, images: Sequence[Any]) -> list[_EncodedBatch]:
-        """PIL path: each image loaded and resized like the reference, chunk_size at a time."""
-        pils = [load_image(image) for image in images]
+    def _encode(self, pils: Sequence[Image.Image]) -> list[_EncodedBatch]:
+        """PIL path: RGB images (from `load_image`) resized like the reference, chunk_size at a
+        time."""
         batches = []
         for start in range(0, len(pils), self.chunk_size):
             chunk = pils[start : start + self.chunk_size]
@@ -258,7 +258,7 @@ class Predictor:
         else:
             if isinstance(images, (str, bytes, Image.Image, np.ndarray)):
                 raise TypeError("set_images takes a list of images; use set_image for one image")
-            images = list(images)
+            images = [load_image(image) for image in images]
             encode = self._encode
         if len(images) == 0:
             raise ValueError("set_images needs at least one image")
