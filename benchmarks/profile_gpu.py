@@ -20,7 +20,11 @@ weights at the CIDAS/clipseg-rd64-refined shape. This script takes it apart:
    - decode under a CUDA graph (captured once for these shapes, then replayed): the decoder's
      launch overhead (CUDA);
    - the upsampler's non-overlapping transposed convolutions (kernel = stride) as one matrix
-     product each (`patch_unfold`), instead of the generic transposed-convolution kernels.
+     product each (`patch_unfold`), instead of the generic transposed-convolution kernels;
+   - decode with `torch.backends.cudnn.benchmark` (cuDNN times its algorithms for the
+     upsampler's convolutions once per shape and keeps the fastest) (CUDA);
+   - the encoder (blocks 0..9) under a CUDA graph, against the eager encoder: what launching
+     its kernels costs at this batch (CUDA).
 
     python benchmarks/profile_gpu.py                       # CUDA, fp16, B=64, K=5: about a minute
     python benchmarks/profile_gpu.py --compile             # the same with compiled blocks
@@ -217,34 +221,39 @@ def count_host_syncs(pipeline: Pipeline) -> list[str]:
     ]
 
 
-def cuda_graph_decode(pipeline: Pipeline) -> tuple[Callable[[], object], torch.Tensor]:
-    """The decode stage captured as one CUDA graph for these shapes: (replay, its logits)."""
+def cuda_graph(stage: Callable[[], object]) -> tuple[Callable[[], object], object]:
+    """``stage`` captured as one CUDA graph for its current shapes: (replay, its outputs)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side), torch.inference_mode():
         for _ in range(2):  # warm up kernels and the allocator outside the capture
-            pipeline.decode()
+            stage()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.inference_mode(), torch.cuda.graph(graph):
-        logits = pipeline.decode()
+        outputs = stage()
     graph.replay()
-    return graph.replay, logits
+    return graph.replay, outputs
 
 
-def lever_rows(pipeline: Pipeline, args, device: str, eager_decode_ms: float) -> list[list]:
-    """Each lever: its decode ms, the speed-up over eager decode, max |logit difference|.
+def lever_rows(pipeline: Pipeline, args, device: str, stage_ms: dict[str, float]) -> list[list]:
+    """Each lever: the stage it replaces, its ms, the speed-up over that eager stage, and the
+    largest |difference| of its output (logits, or the deepest activation) from the eager one.
 
     A lever that fails gets a row naming the error (logged with its traceback) and the others
     still run: on a short GPU loan one experiment must not cost the rest of the measurements.
     """
     decoder = pipeline.model.decoder
     with torch.inference_mode():
-        eager = pipeline.decode().float()
+        eager = {"decode": pipeline.decode().float(), "encoder": pipeline.encoder()[-1].float()}
 
-    def cuda_graph() -> tuple[float, torch.Tensor]:
-        replay, logits = cuda_graph_decode(pipeline)
+    def decode_graph() -> tuple[float, torch.Tensor]:
+        replay, logits = cuda_graph(pipeline.decode)
         return timed(replay, args, device), logits
+
+    def encoder_graph() -> tuple[float, torch.Tensor]:
+        replay, activations = cuda_graph(pipeline.encoder)
+        return timed(replay, args, device), activations[-1]
 
     def matrix_products() -> tuple[float, torch.Tensor]:
         original = decoder.transposed_convolution
@@ -255,19 +264,33 @@ def lever_rows(pipeline: Pipeline, args, device: str, eager_decode_ms: float) ->
         finally:
             decoder.transposed_convolution = original
 
-    levers = {"upsampler as matrix products": matrix_products}
-    if torch.device(device).type == "cuda":
-        levers = {"decode as a CUDA graph": cuda_graph, **levers}
-    rows = []
-    for name, lever in levers.items():
+    def cudnn_benchmark() -> tuple[float, torch.Tensor]:
+        before = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
         try:
-            ms, logits = lever()
+            with torch.inference_mode():
+                return timed(pipeline.decode, args, device), pipeline.decode()
+        finally:
+            torch.backends.cudnn.benchmark = before
+
+    levers = {"upsampler as matrix products": ("decode", matrix_products)}
+    if torch.device(device).type == "cuda":
+        levers = {
+            "decode as a CUDA graph": ("decode", decode_graph),
+            **levers,
+            "decode with cudnn.benchmark": ("decode", cudnn_benchmark),
+            "encoder as a CUDA graph": ("encoder", encoder_graph),
+        }
+    rows = []
+    for name, (stage, lever) in levers.items():
+        try:
+            ms, output = lever()
         except Exception as exc:  # reported in the table and the log, never silently
             logger.exception("lever %r failed", name)
-            rows.append([name, "error", "", f"{type(exc).__name__}: {exc}"[:60]])
+            rows.append([name, stage, "error", "", f"{type(exc).__name__}: {exc}"[:60]])
             continue
-        diff = float((logits.float() - eager).abs().max())
-        rows.append([name, ms, eager_decode_ms / ms, diff])
+        diff = float((output.float() - eager[stage]).abs().max())
+        rows.append([name, stage, ms, stage_ms[stage] / ms, diff])
     return rows
 
 
@@ -338,9 +361,9 @@ def main(argv: list[str] | None = None) -> None:
         for message in dict.fromkeys(syncs):
             print(f"- {message}")
 
-    print(f"\nLevers, against eager decode ({stage_ms['decode']:.2f} ms)\n")
-    levers = lever_rows(pipeline, args, device, stage_ms["decode"])
-    print(common.markdown_table(["lever", "decode ms", "speed-up", "max |d logit|"], levers))
+    print("\nLevers, each against the eager stage it replaces (the stage table above)\n")
+    levers = lever_rows(pipeline, args, device, stage_ms)
+    print(common.markdown_table(["lever", "stage", "ms", "speed-up", "max |d output|"], levers))
 
 
 if __name__ == "__main__":
