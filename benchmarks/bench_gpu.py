@@ -155,12 +155,6 @@ def main(argv: list[str] | None = None) -> None:
         default=256,
         help="our images per encoder call and (image, prompt) pairs per decoder call",
     )
-    parser.add_argument(
-        "--upsampler",
-        choices=["gpu", "always", "never"],
-        default="gpu",
-        help="our decoder's upsample_with_matmul (gpu: matrix products except on the CPU)",
-    )
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     args = parser.parse_args(argv)
@@ -190,7 +184,6 @@ def main(argv: list[str] | None = None) -> None:
         predictor = Predictor(
             *common.load_ours(path, device, dtype), chunk_size=args.chunk_size, image_cache_size=0
         )
-        predictor.model.decoder.upsample_with_matmul = args.upsampler
         if compile_models:
             logger.info(
                 "torch.compile: %d transformers blocks, %d of ours",
@@ -255,8 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     shape = "small" if args.small else "rd64-refined"
     print(
         f"\nThroughput on {device}, {args.width}x{args.height} images, random {shape} weights, "
-        f"median of {args.repeats} runs{', torch.compile' if args.compile else ''}, "
-        f"upsample_with_matmul={args.upsampler}"
+        f"median of {args.repeats} runs{', torch.compile' if args.compile else ''}"
     )
     print(f"Machine: {common.machine_description()}\n")
     print(

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU measurements quoted in docs/performance.md, on a lent GPU (H100 or H200):
 # profile_gpu.py eager and compiled, then bench_gpu.py eager and compiled at B = 64 and 128, fp16.
-# Each table is also written to OUTDIR (its log beside it). All four steps take about 8 minutes
-# on an H200: where one command may run at most 10 minutes, pass a subset of
-# profile,profile-compile,bench,bench-compile as STEPS and run the rest in a second call.
+# Each table is also written to OUTDIR (its log beside it). All four steps took about 4.5 minutes
+# on an H200 and an H100 (2026-11-27: 16 s, 27 s, 125 s and 97 s, the first run on a fresh
+# machine also building the checkpoint); pass a subset of profile,profile-compile,bench,
+# bench-compile as STEPS to run fewer.
 # A failing step is reported and the next steps still run; the exit code says whether any failed.
 #
 #   bash benchmarks/gpu_suite.sh OUTDIR [STEPS]        # $PYTHON: the interpreter (python3)

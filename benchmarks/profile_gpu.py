@@ -19,9 +19,8 @@ weights at the CIDAS/clipseg-rd64-refined shape. This script takes it apart:
    its logits from the eager ones:
    - decode under a CUDA graph (captured once for these shapes, then replayed): the decoder's
      launch overhead (CUDA);
-   - the upsampler the other way: its kernel = stride transposed convolutions as cuDNN's
-     transposed-convolution kernels when the decoder computes them as matrix products
-     (`clipseg.decoder.patch_expansion`, the default on a GPU), and the reverse (CUDA);
+   - the upsampler's non-overlapping transposed convolutions (kernel = stride) as one matrix
+     product each (`patch_unfold`), instead of cuDNN's transposed-convolution kernels;
    - decode with `torch.backends.cudnn.benchmark` (cuDNN times its algorithms for the
      upsampler's convolutions once per shape and keeps the fastest) (CUDA);
    - the encoder (blocks 0..9) under a CUDA graph, against the eager encoder: what launching
@@ -44,12 +43,52 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_gpu  # noqa: E402
 import common  # noqa: E402
 
 logger = logging.getLogger("profile_gpu")
+
+
+def is_patch_unfold(module: nn.Module) -> bool:
+    """A transposed convolution whose kernel equals its stride (no padding, dilation, groups):
+    each input pixel writes its own kh x kw output block."""
+    return (
+        isinstance(module, nn.ConvTranspose2d)
+        and module.kernel_size == module.stride
+        and module.padding == (0, 0)
+        and module.output_padding == (0, 0)
+        and module.dilation == (1, 1)
+        and module.groups == 1
+    )
+
+
+def patch_unfold(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+    """``conv(x)`` for an `is_patch_unfold` convolution as one matrix product and a reshuffle:
+    (N, C, H, W) -> (N, O, H * kh, W * kw)."""
+    n, c, h, w = x.shape
+    kh, kw = conv.kernel_size
+    o = conv.out_channels
+    weight = conv.weight.reshape(c, o * kh * kw)  # (C, O, kh, kw) -> (C, O * kh * kw)
+    pixels = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # one row per input pixel
+    bias = conv.bias.repeat_interleave(kh * kw)
+    blocks = torch.addmm(bias, pixels, weight).view(n, h, w, o, kh, kw)
+    return blocks.permute(0, 3, 1, 4, 2, 5).reshape(n, o, h * kh, w * kw)
+
+
+class PatchUnfoldUpsampler(nn.Module):
+    """The decoder's upsampler with its `is_patch_unfold` layers computed by `patch_unfold`."""
+
+    def __init__(self, upsampler: nn.Module) -> None:
+        super().__init__()
+        self.steps = list(upsampler) if isinstance(upsampler, nn.Sequential) else [upsampler]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for module in self.steps:
+            x = patch_unfold(x, module) if is_patch_unfold(module) else module(x)
+        return x
 
 
 class Pipeline:
@@ -174,11 +213,12 @@ def count_host_syncs(pipeline: Pipeline) -> list[str]:
         finally:
             torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
-    # the message is always the same; where it was raised is what tells the syncs apart
+    # the message is always the same; where it was raised is what tells the syncs apart. Turning
+    # the debug mode on warns that it is a prototype: that warning is not a sync.
     return [
         f"{w.filename}:{w.lineno}: {str(w.message).splitlines()[0]}"
         for w in caught
-        if "synchroniz" in str(w.message)
+        if "called a synchronizing" in str(w.message)
     ]
 
 
@@ -216,14 +256,14 @@ def lever_rows(pipeline: Pipeline, args, device: str, stage_ms: dict[str, float]
         replay, activations = cuda_graph(pipeline.encoder)
         return timed(replay, args, device), activations[-1]
 
-    def other_upsampler() -> tuple[float, torch.Tensor]:
-        before = decoder.upsample_with_matmul
-        decoder.upsample_with_matmul = "never" if before != "never" else "always"
+    def matrix_products() -> tuple[float, torch.Tensor]:
+        original = decoder.transposed_convolution
+        decoder.transposed_convolution = PatchUnfoldUpsampler(original)
         try:
             with torch.inference_mode():
                 return timed(pipeline.decode, args, device), pipeline.decode()
         finally:
-            decoder.upsample_with_matmul = before
+            decoder.transposed_convolution = original
 
     def cudnn_benchmark() -> tuple[float, torch.Tensor]:
         before = torch.backends.cudnn.benchmark
@@ -234,12 +274,11 @@ def lever_rows(pipeline: Pipeline, args, device: str, stage_ms: dict[str, float]
         finally:
             torch.backends.cudnn.benchmark = before
 
-    levers = {}
+    levers = {"upsampler as matrix products": ("decode", matrix_products)}
     if torch.device(device).type == "cuda":
-        other = "matmuls" if decoder.upsample_with_matmul == "never" else "transposed convs"
         levers = {
             "decode as a CUDA graph": ("decode", decode_graph),
-            f"upsampler as {other}": ("decode", other_upsampler),
+            **levers,
             "decode with cudnn.benchmark": ("decode", cudnn_benchmark),
             "encoder as a CUDA graph": ("encoder", encoder_graph),
         }
@@ -278,9 +317,8 @@ def main(argv: list[str] | None = None) -> None:
     cuda = torch.device(device).type == "cuda"
     if cuda and not torch.cuda.is_available():
         parser.error("no CUDA device here: pass --device cpu (with --small for a quick run)")
-    if cuda:
-        # streams and graphs use the current device; a bare "cuda" names no index
-        torch.cuda.set_device(torch.device(device).index or 0)
+    if cuda and torch.device(device).index is not None:
+        torch.cuda.set_device(device)  # streams and graphs use the current device
     b = args.batch or (2 if args.small else 64)
 
     from clipseg import Predictor
@@ -326,10 +364,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print("\nLevers, each against the eager stage it replaces (the stage table above)\n")
     levers = lever_rows(pipeline, args, device, stage_ms)
-    if levers:
-        print(common.markdown_table(["lever", "stage", "ms", "speed-up", "max |d output|"], levers))
-    else:
-        print("(none on this device: the levers need CUDA)")
+    print(common.markdown_table(["lever", "stage", "ms", "speed-up", "max |d output|"], levers))
 
 
 if __name__ == "__main__":

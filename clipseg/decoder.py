@@ -19,36 +19,7 @@ from clipseg.configuration import CLIPSegConfig
 from clipseg.layers import DecoderLayer
 from clipseg.outputs import CLIPSegDecoderOutput
 
-__all__ = ["CLIPSegDecoder", "ReducedActivations", "is_patch_expansion", "patch_expansion"]
-
-
-def is_patch_expansion(module: nn.Module) -> bool:
-    """Whether ``module`` is a transposed convolution whose kernel equals its stride (no padding,
-    dilation or groups): each input pixel then writes its own, non-overlapping kh x kw block."""
-    return (
-        isinstance(module, nn.ConvTranspose2d)
-        and module.kernel_size == module.stride
-        and module.padding == (0, 0)
-        and module.output_padding == (0, 0)
-        and module.dilation == (1, 1)
-        and module.groups == 1
-    )
-
-
-def patch_expansion(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
-    """``conv(x)`` for an `is_patch_expansion` convolution as one matrix product and a reshuffle:
-    (N, C, H, W) -> (N, O, H * kh, W * kw). Equal to ``conv(x)`` up to rounding."""
-    n, c, h, w = x.shape
-    kh, kw = conv.kernel_size
-    o = conv.out_channels
-    weight = conv.weight.reshape(c, o * kh * kw)  # (C, O, kh, kw) -> (C, O * kh * kw)
-    pixels = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # one row per input pixel
-    if conv.bias is None:
-        blocks = pixels @ weight
-    else:
-        blocks = torch.addmm(conv.bias.repeat_interleave(kh * kw), pixels, weight)
-    blocks = blocks.view(n, h, w, o, kh, kw)
-    return blocks.permute(0, 3, 1, 4, 2, 5).reshape(n, o, h * kh, w * kw)
+__all__ = ["CLIPSegDecoder", "ReducedActivations"]
 
 
 class ReducedActivations:
@@ -87,14 +58,6 @@ class ReducedActivations:
 class CLIPSegDecoder(nn.Module):
     """Parameter names as the reference: film_mul, film_add, reduces.N, layers.N,
     transposed_convolution."""
-
-    # On a GPU the upsampler's kernel = stride transposed convolutions run as `patch_expansion`
-    # matrix products: cuDNN's transposed-convolution (dgrad) kernels and their layout copies took
-    # about 20% of the decoder's time, and decode ran 1.26x faster without them (H100, fp16, 64
-    # images x 5 prompts, `benchmarks/profile_gpu.py`). On the CPU the modules run as they are,
-    # which keeps the results bitwise equal to the reference there. "gpu" (the default): matrix
-    # products on any device but the CPU; "always"; "never": the modules everywhere.
-    upsample_with_matmul: str = "gpu"
 
     def __init__(self, config: CLIPSegConfig) -> None:
         super().__init__()
@@ -178,24 +141,12 @@ class CLIPSegDecoder(nn.Module):
                 attentions.append(weights)
         out = out[:, 1:, :].transpose(1, 2)  # drop CLS: (K, R, rows * cols), not contiguous
         out = out.view(out.shape[0], out.shape[1], *state.grid)  # (K, R, rows, cols)
-        logits = self.upsample(out).squeeze(1)  # (K, H, W)
+        logits = self.transposed_convolution(out).squeeze(1)  # (K, H, W)
         return CLIPSegDecoderOutput(
             logits=logits,
             hidden_states=tuple(hidden) if output_hidden_states else None,
             attentions=tuple(attentions) if output_attentions else None,
         )
-
-    def upsample(self, x: torch.Tensor) -> torch.Tensor:
-        """``transposed_convolution(x)``: (K, R, rows, cols) -> (K, 1, H, W) logits."""
-        mode = self.upsample_with_matmul
-        if mode not in ("gpu", "always", "never"):
-            raise ValueError(f"upsample_with_matmul must be gpu, always or never, not {mode!r}")
-        if mode == "never" or (mode == "gpu" and x.device.type == "cpu"):
-            return self.transposed_convolution(x)
-        upsampler = self.transposed_convolution
-        for module in upsampler if isinstance(upsampler, nn.Sequential) else [upsampler]:
-            x = patch_expansion(x, module) if is_patch_expansion(module) else module(x)
-        return x
 
     def forward(
         self,

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -109,3 +111,32 @@ def test_benchmark_scripts_run_on_the_small_model(args: list[str], tmp_path: Pat
         assert {"encoder", "decode", "resize", "whole call"} <= stages
         assert rows[-1].split("|")[1].strip() == "upsampler as matrix products"
         assert float(rows[-1].split("|")[-2]) < 1e-4  # the lever computes the same logits
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    channels=st.integers(1, 6),
+    out_channels=st.integers(1, 4),
+    rows=st.integers(1, 5),
+    cols=st.integers(1, 5),
+    kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+)
+def test_profile_gpu_upsampler_lever_computes_the_transposed_convolution(
+    n: int, channels: int, out_channels: int, rows: int, cols: int, kernel: tuple[int, int]
+) -> None:
+    """The lever's matrix product must give the module's result, or its timing means nothing."""
+    import profile_gpu
+    import torch
+    from torch import nn
+
+    torch.manual_seed(n * 1000 + channels * 100 + rows * 10 + cols)
+    conv = nn.ConvTranspose2d(channels, out_channels, kernel, stride=kernel).double()
+    x = torch.randn(n, channels, rows, cols, dtype=torch.float64)
+    assert profile_gpu.is_patch_unfold(conv)
+    assert not profile_gpu.is_patch_unfold(nn.ConvTranspose2d(channels, 1, 4, stride=2))
+    with torch.no_grad():
+        expected = conv(x)
+        got = profile_gpu.patch_unfold(x, conv)
+    assert got.shape == expected.shape == (n, out_channels, rows * kernel[0], cols * kernel[1])
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
