@@ -26,11 +26,13 @@ Deliberate differences from `transformers` (each documented where it happens):
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -711,6 +713,26 @@ def _array_to_pil(arr: np.ndarray, what: str) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(arr))
 
 
+@functools.lru_cache(maxsize=16)
+def _level_table(
+    scale: float | None, normalize: tuple[tuple[float, ...], tuple[float, ...]] | None
+) -> np.ndarray:
+    """(3, 256) float32: what rescaling by ``scale`` and normalizing by (mean, std) make of each
+    uint8 level, per channel. The steps are transformers': upcast to float64, scale, down to
+    float32, then (x - mean) / std in float32. Each output value depends only on its level and
+    channel, so applying the same steps to the 256 levels gives a table that is bitwise what the
+    steps give on a whole image, at the cost of one lookup per value (3-4x faster)."""
+    levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)  # (256, 3): HWC-like
+    if scale is not None:
+        values = (levels.astype(np.float64) * scale).astype(np.float32)
+    else:
+        values = levels.astype(np.float32)
+    if normalize is not None:
+        mean, std = (np.asarray(v, dtype=np.float32) for v in normalize)
+        values = (values - mean) / std
+    return np.ascontiguousarray(values.T)
+
+
 def _is_unit_float(obj: Any) -> bool:
     """Whether ``obj`` is a float array or tensor with every value in [0, 1] (intensities)."""
     if isinstance(obj, torch.Tensor):
@@ -955,16 +977,12 @@ class CLIPSegImageProcessor:
         scale = self.rescale_factor if self.do_rescale else None
         if scale is None and _is_unit_float(image):
             scale = 1 / 255  # back to the input's own [0, 1] scale, as transformers returns it
-        if scale is not None:
-            # as transformers: upcast, scale, then down to float32
-            arr = (arr.astype(np.float64) * scale).astype(np.float32)
-        else:
-            arr = arr.astype(np.float32)
-        if self.do_normalize:
-            mean = np.asarray(self.image_mean, dtype=arr.dtype)
-            std = np.asarray(self.image_std, dtype=arr.dtype)
-            arr = (arr - mean) / std
-        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+        normalize = (tuple(self.image_mean), tuple(self.image_std)) if self.do_normalize else None
+        table = _level_table(scale, normalize)  # (3, 256)
+        out = np.empty((3, *arr.shape[:2]), dtype=np.float32)
+        for channel in range(3):
+            np.take(table[channel], arr[..., channel], out=out[channel])
+        return out
 
     def preprocess_tensor(self, images: torch.Tensor) -> torch.Tensor:
         """A (B, 3, H, W) RGB batch (uint8, or float in [0, 1]) -> float32 pixel values
@@ -1028,7 +1046,13 @@ class CLIPSegImageProcessor:
         """
         proc = self.with_settings(**settings)
         batch = _image_batch(images)
-        arrays = [proc.preprocess_one(im) for im in batch]
+        workers = min(len(batch), torch.get_num_threads())
+        if workers > 1:
+            # decoding and resizing release the GIL: a batch uses the cores torch would use
+            with ThreadPoolExecutor(workers, thread_name_prefix="clipseg-preprocess") as pool:
+                arrays = list(pool.map(proc.preprocess_one, batch))
+        else:
+            arrays = [proc.preprocess_one(im) for im in batch]
         if return_tensors is None:
             return BatchEncoding(pixel_values=arrays)
         if len({a.shape for a in arrays}) > 1:

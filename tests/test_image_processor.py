@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 
 import numpy as np
 import pytest
 import torch
 from clip_vocab import clip_vocab_fixture  # noqa: F401  (the session fixture clip_vocab_dir)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from PIL import Image, ImageOps
 
 from clipseg.processing import (
@@ -412,3 +416,46 @@ def test_processor_resolves_names_through_weights(checkpoint_dir, monkeypatch):
     proc = CLIPSegProcessor.from_pretrained("demo")
     assert calls == ["demo"]
     assert proc.tokenizer.encode("a cat")[0] == proc.tokenizer.bos_token_id
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    pixels=hnp.arrays(np.uint8, hnp.array_shapes(min_dims=2, max_dims=2, max_side=9)),
+    rescale=st.sampled_from([{}, {"do_rescale": False}, {"rescale_factor": 1 / 127.5}]),
+    normalize=st.sampled_from(
+        [{}, {"do_normalize": False}, {"image_mean": [0.1, 0.7, 0.3], "image_std": [3.0, 0.2, 1.0]}]
+    ),
+)
+def test_level_table_is_bitwise_the_arithmetic(ours, pixels, rescale, normalize):
+    """Rescale and normalize run as a per-level lookup; it must equal the steps it replaces
+    (transformers' order and precision) bit for bit, for every level and channel."""
+    rgb = np.stack([pixels, 255 - pixels, pixels[::-1]], axis=-1)  # (H, W, 3)
+    proc = ours.with_settings(do_resize=False, **rescale, **normalize)
+    got = proc(rgb, return_tensors="np")["pixel_values"][0]
+    values = rgb.astype(np.float32)
+    if proc.do_rescale:
+        values = (rgb.astype(np.float64) * proc.rescale_factor).astype(np.float32)
+    if proc.do_normalize:
+        mean = np.asarray(proc.image_mean, dtype=np.float32)
+        values = (values - mean) / np.asarray(proc.image_std, dtype=np.float32)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, values.transpose(2, 0, 1))
+
+
+def test_a_batch_preprocessed_on_several_threads_keeps_its_order(ours, monkeypatch):
+    images = [Image.fromarray(_rgba(30 + i, 20 + 3 * i, seed=i)[..., :3]) for i in range(7)]
+    one_by_one = np.stack([ours.preprocess_one(image) for image in images])
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    threads = set()
+    preprocess_one = CLIPSegImageProcessor.preprocess_one
+
+    def recording(self, image):
+        threads.add(threading.current_thread().name)
+        return preprocess_one(self, image)
+
+    monkeypatch.setattr(CLIPSegImageProcessor, "preprocess_one", recording)
+    got = ours(images, return_tensors="np")["pixel_values"]
+    np.testing.assert_array_equal(got, one_by_one)
+    assert threads and all(name.startswith("clipseg-preprocess") for name in threads)
+    with pytest.raises(ValueError, match="image"):
+        ours([images[0], np.zeros((0, 4, 3), np.uint8)])  # a bad image still names itself
