@@ -10,9 +10,10 @@ same random checkpoint at the CIDAS/clipseg-rd64-refined shape (see common.py):
   chunks of that many rows (B=64, K=20 is 1,280 encoder passes: all of its hidden states at once
   do not fit the memory of one GPU).
 - ours (PIL): `predictor.set_images(images)` on the same PIL images (resized with PIL on the
-  host, as the reference), then `predictor.predict(prompts, output="torch")`: the vision encoder
-  once per image and only through the deepest extracted block, the decoder once per (image,
-  prompt) pair, --chunk-size pairs per call.
+  host; transformers 5 uses torchvision instead where it is installed), then
+  `predictor.predict(prompts, output="torch")`: the vision encoder once per image and only
+  through the deepest extracted block, the decoder once per (image, prompt) pair, --chunk-size
+  pairs per call.
 - ours (tensor): the same pixels as a uint8 (B, 3, H, W) batch already on the GPU (what a data
   loader with GPU decoding hands over): `set_images(batch)` resizes and normalizes on the GPU
   (within one gray level of PIL, see `CLIPSegImageProcessor.preprocess_tensor`).
@@ -85,7 +86,7 @@ def reference_batch(model, processor, images, texts, *, max_rows: int) -> list[t
 
 
 def ours_pil(predictor, images, texts) -> list[torch.Tensor]:
-    """Our Predictor on PIL images (resized with PIL on the host, like the reference)."""
+    """Our Predictor on PIL images (preprocessed on the host, like the reference)."""
     if len(images) == 1:
         predictor.set_image(images[0])
         return [predictor.predict(texts, output="torch")]
