@@ -1,7 +1,8 @@
 """The WSGI entry point for gunicorn: `gunicorn --preload -b 0.0.0.0:9090 backend._wsgi:app`.
 
 The model is loaded at import, once per process (with --preload: once, in the master, before
-the workers fork; use --preload on CPU). A model that cannot be loaded stops the process with a
+the workers fork). Use --preload on CPU only: on a GPU the workers could not use the CUDA state
+the master set up before forking them. A model that cannot be loaded stops the process with a
 clear message; inside a gunicorn worker with gunicorn's boot-error status, so gunicorn stops
 instead of respawning workers that cannot start.
 """

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -95,6 +96,12 @@ def resolve_device(name: str, names: SettingNames = SERVER_NAMES) -> str:
         raise ModelLoadError(
             f"{names.setting(names.device, name)} is not a device: use auto, cpu, cuda or cuda:N"
         )
+    if name != "cpu":
+        # `clipseg-backend` resolves the device in gunicorn's master, which then forks the
+        # workers, and CUDA initialised before a fork cannot be used after it: every worker would
+        # fail at its first CUDA call. torch's default availability check initialises CUDA
+        # (cudaGetDeviceCount); with this setting it asks NVML, which does not.
+        os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):

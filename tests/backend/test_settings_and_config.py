@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from backend.label_config import LabelConfigError, parse_label_config
+from backend.model import ModelLoadError
 from backend.settings import DEFAULT_MODEL, Settings, SettingsError
 
 
@@ -71,6 +74,27 @@ def test_a_cuda_device_without_cuda_is_a_load_error_that_says_so(monkeypatch):
     assert resolve_device("cuda:1") == "cuda:1"
     with pytest.raises(ModelLoadError, match="sees 2 CUDA GPU"):
         resolve_device("cuda:2")
+
+
+@pytest.mark.parametrize("device", ["auto", "cuda", "cuda:0"])
+def test_the_device_check_leaves_cuda_usable_after_a_fork(monkeypatch, device):
+    """The server checks the device in gunicorn's master before forking its workers: the check
+    must be torch's NVML-based one, which does not initialise CUDA (which a fork cannot inherit)."""
+    import torch
+
+    from backend.model import resolve_device
+
+    monkeypatch.delenv("PYTORCH_NVML_BASED_CUDA_CHECK", raising=False)
+    seen = []
+    monkeypatch.setattr(
+        torch.cuda, "is_available", lambda: seen.append(os.getenv("PYTORCH_NVML_BASED_CUDA_CHECK"))
+    )
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    try:
+        resolve_device(device)
+    except ModelLoadError:
+        pass  # the stub answers None: no GPU
+    assert seen == ["1"]
 
 
 CONFIG = """
