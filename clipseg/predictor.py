@@ -99,6 +99,11 @@ def _pixels_key(image: Image.Image) -> bytes:
     return digest.digest()
 
 
+def _default_chunk_size(device: torch.device) -> int:
+    """32 on the CPU; 256 on a GPU (a few GB in fp16), where fewer, larger calls keep it busy."""
+    return 32 if device.type == "cpu" else 256
+
+
 def _auto_device(device: str | torch.device | None) -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -109,7 +114,9 @@ class Predictor:
     """Segment one image (or a few) for many prompts with a `CLIPSegForImageSegmentation`.
 
     Args:
-        model: the segmentation model; the predictor follows its device and dtype.
+        model: the segmentation model; the predictor follows its device and dtype, also when
+            it is moved later (``predictor.model.to("cuda")``): what was cached or encoded for
+            the old ones is then dropped, and the image must be set again.
         processor: the matching `CLIPSegProcessor` (tokenizer and image processor).
         chunk_size: images per encoder call and (image, prompt) pairs per decoder call (bounds
             memory for long lists of images or prompts); by default 32 on the CPU and 256 on a
@@ -135,8 +142,9 @@ class Predictor:
             raise TypeError(
                 f"Predictor needs a CLIPSegForImageSegmentation, got {type(model).__name__}"
             )
+        self._auto_chunk_size = chunk_size is None
         if chunk_size is None:
-            chunk_size = 32 if model.device.type == "cpu" else 256
+            chunk_size = _default_chunk_size(model.device)
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.model = model.eval()
@@ -151,6 +159,8 @@ class Predictor:
         self._text_cache_size = int(text_cache_size)
         self._image_cache: OrderedDict[bytes, list[_EncodedBatch]] = OrderedDict()
         self.image_cache_size = int(image_cache_size)
+        self._placement = (model.device, model.dtype)  # what the caches and states were made on
+        self._image_dropped_by_move = False
 
     @classmethod
     def from_pretrained(
@@ -183,7 +193,24 @@ class Predictor:
 
     @property
     def is_image_set(self) -> bool:
-        return self._states is not None
+        with self._lock:
+            self._follow_model()
+            return self._states is not None
+
+    def _follow_model(self) -> None:
+        """Forget what was computed on another device or in another dtype: the model has been
+        moved (``model.to(...)``) since. Called with the lock held, before any cache is read."""
+        placement = (self.model.device, self.model.dtype)
+        if placement == self._placement:
+            return
+        self._placement = placement
+        self._text_cache.clear()
+        self._image_cache.clear()
+        if self._states is not None:
+            self._states = None
+            self._image_dropped_by_move = True
+        if self._auto_chunk_size:
+            self.chunk_size = _default_chunk_size(self.model.device)
 
     # -- images --------------------------------------------------------------------------------
 
@@ -225,7 +252,9 @@ class Predictor:
         An image with the same pixels as one of the last ``image_cache_size`` is not encoded
         again."""
         with self._lock:
+            self._follow_model()
             self._states = None
+            self._image_dropped_by_move = False
             pil = load_image(image)
             key = _pixels_key(pil) if self.image_cache_size > 0 else None
             states = self._image_cache.get(key) if key is not None else None
@@ -264,7 +293,9 @@ class Predictor:
         if len(images) == 0:
             raise ValueError("set_images needs at least one image")
         with self._lock:
+            self._follow_model()
             self._states = None
+            self._image_dropped_by_move = False
             self._states = encode(images)
             self._batched = True
 
@@ -272,6 +303,7 @@ class Predictor:
         """Drop the current image state and the cache of encoded images (frees their memory)."""
         with self._lock:
             self._states = None
+            self._image_dropped_by_move = False
             self._image_cache.clear()
 
     # -- prompt embeddings ---------------------------------------------------------------------
@@ -298,6 +330,7 @@ class Predictor:
             if not key_templates or any("{}" not in t for t in key_templates):
                 raise ValueError("templates must be a non-empty list of strings containing '{}'")
         with self._lock:
+            self._follow_model()
             missing = list(
                 dict.fromkeys(t for t in texts if (t, key_templates) not in self._text_cache)
             )
@@ -412,6 +445,12 @@ class Predictor:
     # -- decoding ------------------------------------------------------------------------------
 
     def _require_image(self) -> list[_EncodedBatch]:
+        self._follow_model()
+        if self._states is None and self._image_dropped_by_move:
+            raise RuntimeError(
+                f"the model was moved to {self.device} / {self.dtype} after the image was set: "
+                "call set_image (or set_images) again"
+            )
         if self._states is None:
             raise RuntimeError(
                 "no image is set: call set_image(image) (or set_images(images)) first, then predict"

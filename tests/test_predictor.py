@@ -3,6 +3,7 @@ forward, itself checked against transformers in test_parity.py), with the encode
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import numpy as np
@@ -204,6 +205,27 @@ def test_an_image_seen_recently_is_not_encoded_again(parts) -> None:
         assert len(encoded) == 8
     finally:
         handle.remove()
+
+
+def test_a_model_moved_after_use_is_followed(parts) -> None:
+    """Moving the model (here to bfloat16; to CUDA alike) drops what was computed for the old
+    dtype: the cached text embeddings, the encoded images and the current image."""
+    model, processor = parts
+    model = copy.deepcopy(model)
+    predictor = Predictor(model, processor)
+    image = make_image(40, 30, seed=23)
+    predictor.set_image(image)
+    predictor.predict(PROMPTS)  # fills the text and image caches in float32
+    model.to(torch.bfloat16)
+    assert not predictor.is_image_set
+    with pytest.raises(RuntimeError, match="moved to cpu / torch.bfloat16 after the image was set"):
+        predictor.predict(PROMPTS)
+    predictor.set_image(image)  # the same pixels: not taken from the float32 cache
+    got = predictor.predict(PROMPTS)
+    fresh = Predictor(model, processor)
+    fresh.set_image(image)
+    np.testing.assert_array_equal(got, fresh.predict(PROMPTS))
+    assert predictor.embed_text(PROMPTS).dtype == torch.bfloat16
 
 
 def test_chunked_decoding_equals_one_chunk(parts) -> None:
