@@ -776,6 +776,12 @@ def _pil_to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor on any device as a numpy array; bfloat16, which numpy lacks, as float32 (exact)."""
+    tensor = tensor.detach().cpu()
+    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+
+
 def load_image(obj: Any) -> Image.Image:
     """Any image-like input -> an RGB PIL image with EXIF orientation applied.
 
@@ -786,7 +792,7 @@ def load_image(obj: Any) -> Image.Image:
     if isinstance(obj, Image.Image):
         image = obj
     elif isinstance(obj, torch.Tensor):
-        image = _array_to_pil(obj.detach().cpu().numpy(), "image tensor")
+        image = _array_to_pil(tensor_to_numpy(obj), "image tensor")
     elif isinstance(obj, np.ndarray):
         image = _array_to_pil(obj, "image array")
     elif isinstance(obj, (bytes, bytearray, memoryview)):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipseg.processing import load_image
+from clipseg.processing import load_image, tensor_to_numpy
 
 __all__ = ["PROMPT_TEMPLATES", "apply_templates", "prepare_visual_prompt"]
 
@@ -40,7 +40,7 @@ def _region_from_mask(mask: Any, shape: tuple[int, int]) -> np.ndarray:
     if isinstance(mask, Image.Image):
         mask = np.asarray(mask.convert("L"))
     elif isinstance(mask, torch.Tensor):
-        mask = mask.detach().cpu().numpy()
+        mask = tensor_to_numpy(mask)
     mask = np.asarray(mask)
     if mask.ndim == 3 and mask.shape[-1] == 1:
         mask = mask[..., 0]

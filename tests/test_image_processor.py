@@ -127,6 +127,12 @@ def test_float_and_tensor_inputs_equal_uint8(ours):
     )
     chw = torch.from_numpy(arr).permute(2, 0, 1)
     np.testing.assert_allclose(ours(chw, return_tensors="np")["pixel_values"], expected, atol=1e-6)
+    # bfloat16 (numpy has none) reads as the float32 of the same values
+    bf16 = torch.from_numpy(as_float).to(torch.bfloat16)
+    np.testing.assert_array_equal(
+        ours(bf16, return_tensors="np")["pixel_values"],
+        ours(bf16.float(), return_tensors="np")["pixel_values"],
+    )
 
 
 def test_batch_and_list_output(ref, ours):

@@ -59,6 +59,9 @@ def test_box_equals_rectangular_mask():
     np.testing.assert_array_equal(from_mask, as_01)
     as_tensor = np.asarray(prepare_visual_prompt(img, mask=torch.from_numpy(mask > 0)))
     np.testing.assert_array_equal(from_mask, as_tensor)
+    # a mask straight from a bfloat16 pipeline (numpy has no bfloat16)
+    as_bf16 = torch.from_numpy(mask > 0).to(torch.bfloat16)
+    np.testing.assert_array_equal(from_mask, np.asarray(prepare_visual_prompt(img, mask=as_bf16)))
 
 
 def test_pad_to_square_is_centred_black():
