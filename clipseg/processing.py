@@ -860,6 +860,8 @@ class CLIPSegImageProcessor:
     """
 
     model_input_names = ["pixel_values"]
+    # `preprocess_tensor` converts at most this many input values to float32 at a time (256 MB)
+    tensor_slice_values = 2**26
     # the settings a call may override (transformers' ImagesKwargs that this processor implements)
     call_settings = (
         "do_resize",
@@ -1003,6 +1005,16 @@ class CLIPSegImageProcessor:
             raise ValueError(f"images must be a (B, 3, H, W) RGB tensor, got {shape}")
         if 0 in images.shape:
             raise ValueError(f"images is empty: shape {tuple(images.shape)}")
+        per_slice = max(1, self.tensor_slice_values // images[0].numel())
+        if len(images) > per_slice:
+            # the float32 copy at the input's resolution is this method's peak: 256 images of
+            # 1920x1080 would take 6.4 GB at once, so large batches are converted in slices
+            return torch.cat(
+                [
+                    self.preprocess_tensor(images[start : start + per_slice])
+                    for start in range(0, len(images), per_slice)
+                ]
+            )
         if images.dtype == torch.uint8:
             x = images.float()
         elif images.is_floating_point():

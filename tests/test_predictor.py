@@ -287,6 +287,20 @@ def test_tensor_batch_is_preprocessed_on_its_device(parts) -> None:
     assert float(gray_levels) <= 1.0 + 1e-3
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         processor.preprocess_tensor(batch[:, :2])
+    # a batch larger than one slice is converted in slices, with the same result
+    sliced = copy.copy(processor)
+    sliced.tensor_slice_values = batch[0].numel() * 2  # slices of 2 images: 2 + 1
+    calls = []
+
+    def recording(images):
+        calls.append(len(images))
+        return type(sliced).preprocess_tensor(sliced, images)
+
+    sliced.preprocess_tensor = recording
+    torch.testing.assert_close(sliced.preprocess_tensor(batch), pixels_tensor, atol=0, rtol=0)
+    assert calls == [3, 2, 1]
+    sliced.tensor_slice_values = 1  # never less than one image per slice
+    torch.testing.assert_close(sliced.preprocess_tensor(batch), pixels_tensor, atol=0, rtol=0)
     with pytest.raises(TypeError, match="set_image for one image"):
         predictor.set_images(batch[0])
 
