@@ -313,6 +313,12 @@ class CLIPSegBackend:
             backend.dtype,
             backend.base_version,
         )
+        if backend.device == "cpu" and backend.dtype in ("float16", "bfloat16"):
+            logger.warning(
+                "%s on the CPU: half precision has no fast kernels there and runs about 5x "
+                "slower than float32 (what CLIPSEG_DTYPE=auto picks on the CPU)",
+                backend.dtype,
+            )
         if is_demo:
             run = "clipseg-backend (see docs/backend.md)" if names.server else ""
             logger.warning(

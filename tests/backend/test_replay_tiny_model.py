@@ -5,6 +5,7 @@ backend: a tiny random CLIPSeg saved with save_pretrained, loaded through CLIPSe
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from backend_helpers import (
@@ -109,3 +110,17 @@ def test_replay_webhook_then_exemplars_change_predictions(served):
     body = load_recorded("predict_ml_predict_test_random.json")["body"]
     [pred] = _post(client, "/predict", body).get_json()["results"]
     assert pred["model_version"] == v1
+
+
+def test_half_precision_on_the_cpu_is_warned_about(tmp_path, checkpoint, caplog):
+    settings = Settings(
+        model=str(checkpoint), device="cpu", dtype="bfloat16", model_dir=str(tmp_path / "m")
+    )
+    with caplog.at_level(logging.WARNING, logger="backend.model"):
+        backend = CLIPSegBackend.load(settings)
+    assert backend.dtype == "bfloat16"
+    assert any("bfloat16 on the CPU" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="backend.model"):
+        CLIPSegBackend.load(Settings(model=str(checkpoint), device="cpu", model_dir=str(tmp_path)))
+    assert not any("on the CPU" in r.getMessage() for r in caplog.records)
