@@ -276,7 +276,8 @@ class Predictor:
         ``images``: a list of images (anything `set_image` takes; resized with PIL, as the
         reference), or one (B, 3, H, W) RGB tensor, uint8 or float in [0, 1], on any device:
         resized and normalized on the model's device (`CLIPSegImageProcessor.preprocess_tensor`,
-        within one gray level of PIL), the path for throughput on a GPU.
+        within one gray level of PIL), the path for throughput on a GPU. A host tensor is copied
+        without waiting: refill a pinned buffer only after the following `predict` returned.
         """
         if isinstance(images, torch.Tensor):
             if images.ndim != 4:
@@ -315,7 +316,8 @@ class Predictor:
         """(K, D) conditional embeddings of ``texts`` (projected EOS states), cached per string.
 
         With ``templates`` (e.g. `DEFAULT_TEMPLATES`, each with one ``{}``) each text's embedding
-        is the mean over the templates filled with it.
+        is the mean over the templates filled with it. Like every embedding the Predictor returns,
+        it is an inference tensor: ``.clone()`` it before using it in a graph that needs gradients.
         """
         if isinstance(texts, str):
             texts = [texts]
