@@ -315,8 +315,8 @@ class CLIPSegBackend:
         )
         if backend.device == "cpu" and backend.dtype in ("float16", "bfloat16"):
             logger.warning(
-                "%s on the CPU: half precision has no fast kernels there and runs about 5x "
-                "slower than float32 (what CLIPSEG_DTYPE=auto picks on the CPU)",
+                "%s on the CPU: without bf16/AMX support in the CPU, half precision runs "
+                "several times slower than float32 (what CLIPSEG_DTYPE=auto picks on the CPU)",
                 backend.dtype,
             )
         if is_demo:

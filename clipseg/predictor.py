@@ -277,7 +277,8 @@ class Predictor:
         reference), or one (B, 3, H, W) RGB tensor, uint8 or float in [0, 1], on any device:
         resized and normalized on the model's device (`CLIPSegImageProcessor.preprocess_tensor`,
         within one gray level of PIL), the path for throughput on a GPU. A host tensor is copied
-        without waiting: refill a pinned buffer only after the following `predict` returned.
+        without waiting, and ``predict(output="torch")`` does not wait either: before refilling
+        a pinned host buffer, synchronise the stream (or an event recorded after the call).
         """
         if isinstance(images, torch.Tensor):
             if images.ndim != 4:

@@ -59,6 +59,7 @@ __all__ = [
     "CLIPSegImageProcessor",
     "CLIPSegProcessor",
     "load_image",
+    "tensor_to_numpy",
     "IMAGENET_DEFAULT_MEAN",
     "IMAGENET_DEFAULT_STD",
 ]
@@ -70,6 +71,8 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
 PREPROCESSOR_CONFIG_FILE = "preprocessor_config.json"
 PROCESSOR_CONFIG_FILE = "processor_config.json"  # transformers 5 nests the image settings here
+# threads that preprocess one batch of images, at most (fewer when torch is given fewer)
+_MAX_PREPROCESS_THREADS = 8
 
 CLIP_CONTEXT_LENGTH = 77
 # CLIP's split pattern, as `transformers` writes it (its special tokens first so they stay whole).
@@ -730,7 +733,9 @@ def _level_table(
     if normalize is not None:
         mean, std = (np.asarray(v, dtype=np.float32) for v in normalize)
         values = (values - mean) / std
-    return np.ascontiguousarray(values.T)
+    table = np.ascontiguousarray(values.T)
+    table.flags.writeable = False  # shared by every call with these settings
+    return table
 
 
 def _is_unit_float(obj: Any) -> bool:
@@ -989,7 +994,9 @@ class CLIPSegImageProcessor:
         table = _level_table(scale, normalize)  # (3, 256)
         out = np.empty((3, *arr.shape[:2]), dtype=np.float32)
         for channel in range(3):
-            np.take(table[channel], arr[..., channel], out=out[channel])
+            # mode="clip" writes straight into `out` ("raise" buffers it); uint8 levels are
+            # always in the table's range, so it clips nothing
+            np.take(table[channel], arr[..., channel], out=out[channel], mode="clip")
         return out
 
     def preprocess_tensor(self, images: torch.Tensor) -> torch.Tensor:
@@ -1064,15 +1071,26 @@ class CLIPSegImageProcessor:
         """
         proc = self.with_settings(**settings)
         batch = _image_batch(images)
-        workers = min(len(batch), torch.get_num_threads())
-        if workers > 1:
+        # each object once: the reference's usage repeats one image per prompt ([image] * K), and
+        # one lazily opened PIL image must not be loaded by several threads at the same time
+        unique = list({id(image): image for image in batch}.values())
+        workers = min(len(unique), torch.get_num_threads(), _MAX_PREPROCESS_THREADS)
+        if workers > 1 and not any(isinstance(image, torch.Tensor) for image in unique):
             # decoding and resizing release the GIL: a batch uses the cores torch would use
             with ThreadPoolExecutor(workers, thread_name_prefix="clipseg-preprocess") as pool:
-                arrays = list(pool.map(proc.preprocess_one, batch))
+                done = list(pool.map(proc.preprocess_one, unique))
         else:
-            arrays = [proc.preprocess_one(im) for im in batch]
+            done = [proc.preprocess_one(image) for image in unique]
+        by_id = {id(image): array for image, array in zip(unique, done, strict=True)}
         if return_tensors is None:
+            seen: set[int] = set()
+            arrays = []
+            for image in batch:  # a repeated image gets its own copy: the list is the caller's
+                array = by_id[id(image)]
+                arrays.append(array.copy() if id(image) in seen else array)
+                seen.add(id(image))
             return BatchEncoding(pixel_values=arrays)
+        arrays = [by_id[id(image)] for image in batch]
         if len({a.shape for a in arrays}) > 1:
             raise ValueError(
                 "Cannot stack images of different sizes into one tensor (do_resize=False keeps "

@@ -84,7 +84,8 @@ def test_the_device_check_leaves_cuda_usable_after_a_fork(monkeypatch, device):
 
     from backend.model import resolve_device
 
-    monkeypatch.delenv("PYTORCH_NVML_BASED_CUDA_CHECK", raising=False)
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "")  # restored after the test
+    monkeypatch.delenv("PYTORCH_NVML_BASED_CUDA_CHECK")
     seen = []
     monkeypatch.setattr(
         torch.cuda, "is_available", lambda: seen.append(os.getenv("PYTORCH_NVML_BASED_CUDA_CHECK"))
