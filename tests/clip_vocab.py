@@ -19,6 +19,21 @@ DEFAULT_BPE_PATH = REPO_ROOT.parent / "shared/fixtures/clip-bpe/bpe_simple_vocab
 N_MERGES = 49152 - 256 - 2  # 48,894 merges, as in OpenAI's SimpleTokenizer
 
 
+# CIDAS/clipseg-rd64-refined's preprocessor_config.json
+CIDAS_PREPROCESSOR_CONFIG = {
+    "do_normalize": True,
+    "do_rescale": True,
+    "do_resize": True,
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_processor_type": "ViTImageProcessor",
+    "image_std": [0.229, 0.224, 0.225],
+    "processor_class": "CLIPSegProcessor",
+    "resample": 2,
+    "rescale_factor": 0.00392156862745098,
+    "size": {"height": 352, "width": 352},
+}
+
+
 def bpe_path() -> Path:
     return Path(os.environ.get("CLIP_BPE_PATH", str(DEFAULT_BPE_PATH)))
 
@@ -86,6 +101,16 @@ try:  # the session fixture, imported by the test modules that need the real voc
                 "bpe_simple_vocab_16e6.txt.gz to run the tokenizer parity tests)"
             )
         return write_clip_vocab(tmp_path_factory.mktemp("clip-vocab"))
+
+    @pytest.fixture(scope="module", name="checkpoint_dir")
+    def processor_checkpoint_fixture(clip_vocab_dir: Path, tmp_path_factory) -> Path:
+        """The real CLIP tokenizer files and CIDAS' preprocessor_config.json: a processor's
+        checkpoint directory, as both libraries read it."""
+        d = tmp_path_factory.mktemp("processor")
+        for f in clip_vocab_dir.iterdir():
+            (d / f.name).write_bytes(f.read_bytes())
+        (d / "preprocessor_config.json").write_text(json.dumps(CIDAS_PREPROCESSOR_CONFIG))
+        return d
 
 except ImportError:  # pragma: no cover - pytest is only needed for the tests
     pass

@@ -9,7 +9,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from clip_vocab import clip_vocab_fixture  # noqa: F401  (the session fixture clip_vocab_dir)
+from clip_vocab import (  # noqa: F401  (the fixtures clip_vocab_dir, checkpoint_dir)
+    CIDAS_PREPROCESSOR_CONFIG,
+    clip_vocab_fixture,
+    processor_checkpoint_fixture,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -26,18 +30,7 @@ transformers = pytest.importorskip("transformers", reason="transformers is the p
 
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
-CIDAS_CONFIG = {
-    "do_normalize": True,
-    "do_rescale": True,
-    "do_resize": True,
-    "image_mean": MEAN,
-    "image_processor_type": "ViTImageProcessor",
-    "image_std": STD,
-    "processor_class": "CLIPSegProcessor",
-    "resample": 2,
-    "rescale_factor": 0.00392156862745098,
-    "size": {"height": 352, "width": 352},
-}
+CIDAS_CONFIG = CIDAS_PREPROCESSOR_CONFIG
 
 
 @pytest.fixture(scope="module")
@@ -347,15 +340,6 @@ def test_config_roundtrip_and_size_forms(tmp_path):
 
 
 # ---- CLIPSegProcessor -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def checkpoint_dir(clip_vocab_dir, tmp_path_factory):
-    d = tmp_path_factory.mktemp("ckpt")
-    for f in clip_vocab_dir.iterdir():
-        (d / f.name).write_bytes(f.read_bytes())
-    (d / "preprocessor_config.json").write_text(json.dumps(CIDAS_CONFIG))
-    return d
 
 
 def test_processor_matches_transformers(checkpoint_dir, ref):

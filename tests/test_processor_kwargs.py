@@ -8,39 +8,21 @@ neither implements raises TypeError instead of being ignored.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
-from clip_vocab import clip_vocab_fixture  # noqa: F401  (the session fixture clip_vocab_dir)
+from clip_vocab import (  # noqa: F401  (the fixtures clip_vocab_dir, checkpoint_dir)
+    CIDAS_PREPROCESSOR_CONFIG,
+    clip_vocab_fixture,
+    processor_checkpoint_fixture,
+)
 
 from clipseg.processing import BatchEncoding, CLIPSegProcessor
 
 transformers = pytest.importorskip("transformers", reason="transformers is the parity reference")
 
-CIDAS_CONFIG = {
-    "do_normalize": True,
-    "do_rescale": True,
-    "do_resize": True,
-    "image_mean": [0.485, 0.456, 0.406],
-    "image_processor_type": "ViTImageProcessor",
-    "image_std": [0.229, 0.224, 0.225],
-    "processor_class": "CLIPSegProcessor",
-    "resample": 2,
-    "rescale_factor": 0.00392156862745098,
-    "size": {"height": 352, "width": 352},
-}
+CIDAS_CONFIG = CIDAS_PREPROCESSOR_CONFIG
 TEXTS = ["a cat", "a photo of a dog", "x"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint_dir(clip_vocab_dir, tmp_path_factory):
-    d = tmp_path_factory.mktemp("processor")
-    for f in clip_vocab_dir.iterdir():
-        (d / f.name).write_bytes(f.read_bytes())
-    (d / "preprocessor_config.json").write_text(json.dumps(CIDAS_CONFIG))
-    return d
 
 
 @pytest.fixture(scope="module")
