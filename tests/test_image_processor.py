@@ -388,23 +388,17 @@ def test_processor_errors_and_roundtrip(checkpoint_dir, tmp_path):
     assert again.image_processor.to_dict() == proc.image_processor.to_dict()
 
 
-def test_processor_resolves_names_through_weights(checkpoint_dir, monkeypatch):
-    """Non-directory names ("demo", hub ids) go through clipseg.weights.resolve_checkpoint."""
-    import sys
-    import types
+def test_processor_resolves_names_through_weights():
+    """Non-directory names resolve as the models' do: "demo" is the shipped checkpoint."""
+    from clipseg.weights import DEMO_CHECKPOINT
 
-    calls = []
-    fake = types.ModuleType("clipseg.weights")
-
-    def resolve_checkpoint(name):
-        calls.append(name)
-        return checkpoint_dir
-
-    fake.resolve_checkpoint = resolve_checkpoint
-    monkeypatch.setitem(sys.modules, "clipseg.weights", fake)
-    proc = CLIPSegProcessor.from_pretrained("demo")
-    assert calls == ["demo"]
-    assert proc.tokenizer.encode("a cat")[0] == proc.tokenizer.bos_token_id
+    by_name = CLIPSegProcessor.from_pretrained("demo")
+    by_path = CLIPSegProcessor.from_pretrained(DEMO_CHECKPOINT)
+    assert by_name.tokenizer.get_vocab() == by_path.tokenizer.get_vocab()
+    assert by_name.image_processor.to_dict() == by_path.image_processor.to_dict()
+    assert by_name.tokenizer.encode("a cat")[0] == by_name.tokenizer.bos_token_id
+    with pytest.raises(FileNotFoundError, match="no checkpoint directory"):
+        CLIPSegProcessor.from_pretrained("./no/such/dir")
 
 
 @settings(max_examples=30, deadline=None)
@@ -458,3 +452,19 @@ def test_one_lazily_opened_image_repeated_in_a_batch(ours, monkeypatch, tmp_path
     listed = ours([Image.open(path)] * 2, return_tensors=None)["pixel_values"]
     listed[0][:] = 0  # the caller's list: a repeated image is not one shared array
     np.testing.assert_array_equal(listed[1], expected)
+
+
+def test_names_stay_importable_from_before_the_split():
+    """processing.py was split into tokenization / image_processing / processing; the names it
+    held are the same objects from every place they were importable."""
+    import clipseg
+    import clipseg.image_processing as image_processing
+    import clipseg.processing as processing
+    import clipseg.tokenization as tokenization
+
+    assert processing.CLIPTokenizer is tokenization.CLIPTokenizer is clipseg.CLIPTokenizer
+    for name in ("CLIPSegImageProcessor", "load_image", "tensor_to_numpy", "IMAGENET_DEFAULT_MEAN"):
+        assert getattr(processing, name) is getattr(image_processing, name)
+    assert clipseg.CLIPSegImageProcessor is image_processing.CLIPSegImageProcessor
+    assert clipseg.CLIPSegProcessor is processing.CLIPSegProcessor
+    assert set(processing.__all__) >= {"BatchEncoding", "CLIPTokenizer", "load_image"}

@@ -13,7 +13,7 @@ from clip_vocab import clip_vocab_fixture  # noqa: F401  (the session fixture cl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clipseg.processing import CLIPTokenizer
+from clipseg.tokenization import CLIPTokenizer
 
 transformers = pytest.importorskip("transformers", reason="transformers is the parity reference")
 
