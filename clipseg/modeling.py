@@ -111,7 +111,9 @@ class CLIPSegPreTrainedModel(nn.Module):
 
         The weights are mapped to this class's keys (`convert_state_dict`: a segmentation
         checkpoint gives `CLIPSegModel` and the towers exactly its ``clip.*`` weights) and loaded
-        strictly. Returns the model in eval mode.
+        strictly. Returns the model in eval mode. Its weights are ordinary tensors also when it
+        is loaded inside ``torch.inference_mode()`` (as transformers' are), so it can later run
+        under ``no_grad`` or be trained.
 
         Args:
             config: a config to use instead of the checkpoint's config.json.
@@ -146,18 +148,22 @@ class CLIPSegPreTrainedModel(nn.Module):
             auto_from_weights = dtype is None
         else:
             auto_from_weights = False
-        # One copy of the weights at the peak: read tensor by tensor into fresh storage, already
-        # in ``dtype`` (read_state_dict), renamed without copying, and made the parameters of a
-        # model built on the meta device (assign=True: no second set of parameters to copy into).
-        state = convert_state_dict(read_state_dict(directory, dtype=dtype), cls.layout)
-        if auto_from_weights:  # the stored dtype; a tensor stored otherwise is converted to it
-            dtype = first_float_dtype(state) or torch.get_default_dtype()
-            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-        with torch.device("meta"):
-            model = cls(config)
-        load_state_dict_strict(model, state, assign=True)
-        del state  # the parameters are the only references left: .to() frees each as it moves
-        model.to(device="cpu" if device is None else device, dtype=dtype)
+        # Ordinary tensors also inside torch.inference_mode(), as transformers loads them:
+        # inference tensors could never take part in autograd nor record in-place changes.
+        with torch.inference_mode(False):
+            # One copy of the weights at the peak: read tensor by tensor into fresh storage,
+            # already in ``dtype`` (read_state_dict), renamed without copying, and made the
+            # parameters of a model built on the meta device (assign=True: no second set of
+            # parameters to copy into).
+            state = convert_state_dict(read_state_dict(directory, dtype=dtype), cls.layout)
+            if auto_from_weights:  # the stored dtype; a tensor stored otherwise is converted
+                dtype = first_float_dtype(state) or torch.get_default_dtype()
+                state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+            with torch.device("meta"):
+                model = cls(config)
+            load_state_dict_strict(model, state, assign=True)
+            del state  # the parameters are the only references left: .to() frees each moved
+            model.to(device="cpu" if device is None else device, dtype=dtype)
         config.dtype = dtype
         logger.info("loaded %s from %s in %s", cls.__name__, directory, dtype)
         return model.eval()
