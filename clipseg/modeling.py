@@ -169,7 +169,7 @@ class CLIPSegPreTrainedModel(nn.Module):
         return model.eval()
 
     def _config_dict(self) -> dict[str, Any]:
-        data = self.config.to_dict()
+        data = self.config.to_diff_dict()  # what transformers writes
         data["architectures"] = [type(self).__name__]
         data["dtype"] = str(self.dtype).removeprefix("torch.")  # what `dtype="auto"` reads
         return data
