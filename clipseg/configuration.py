@@ -297,9 +297,11 @@ class _ConfigBase:
         name_or_path: str | os.PathLike[str],
         *,
         local_files_only: bool = False,
+        subfolder: str = "",
         **kwargs: Any,
     ) -> Any:
-        """Read ``config.json`` from a checkpoint directory, a hub id or ``"demo"``.
+        """Read ``config.json`` from a checkpoint directory, a hub id or ``"demo"`` (in its
+        ``subfolder`` when one is named).
 
         A sub-config (`CLIPSegTextConfig`, `CLIPSegVisionConfig`) reads its part of a full
         CLIPSeg config.json, as transformers does. ``kwargs`` override attributes (see
@@ -307,7 +309,9 @@ class _ConfigBase:
         """
         from clipseg.weights import resolve_checkpoint
 
-        directory = resolve_checkpoint(name_or_path, local_files_only=local_files_only)
+        directory = resolve_checkpoint(
+            name_or_path, local_files_only=local_files_only, subfolder=subfolder
+        )
         return cls.from_dict(cls._read_json_file(directory / CONFIG_NAME), **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:

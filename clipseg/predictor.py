@@ -38,6 +38,10 @@ from clipseg.weights import resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
+# get_*_features returns what the configs ask for (transformers 5 reads the towers' own
+# switches, return_dict the model's): the predictor wants the projected pooled output only.
+_FEATURES_ONLY = {"output_attentions": False, "output_hidden_states": False, "return_dict": True}
+
 __all__ = ["Exemplar", "Mix", "Predictor", "Prompt", "DEFAULT_TEMPLATES"]
 
 DEFAULT_TEMPLATES: tuple[str, ...] = PROMPT_TEMPLATES
@@ -372,7 +376,9 @@ class Predictor:
                 return_tensors="pt",
             )
             input_ids = tokens["input_ids"].to(self.device, non_blocking=True)
-            chunks.append(self.model.clip.get_text_features(input_ids).pooler_output)
+            chunks.append(
+                self.model.clip.get_text_features(input_ids, **_FEATURES_ONLY).pooler_output
+            )
         return torch.cat(chunks)
 
     def _remember(
@@ -393,7 +399,7 @@ class Predictor:
         prepared = prepare_visual_prompt(image, mask=mask, box=box, size=self._exemplar_side())
         with self._lock:
             pixels = self._pixel_values([prepared])
-            return self.model.clip.get_image_features(pixels).pooler_output[0]
+            return self.model.clip.get_image_features(pixels, **_FEATURES_ONLY).pooler_output[0]
 
     def _exemplar_side(self) -> int:
         """Side of a prepared exemplar: the image processor's input size (the larger side of a

@@ -150,13 +150,18 @@ class VisionTower(nn.Module):
     def forward(
         self,
         pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool = True,
+        *,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        interpolate_pos_encoding: bool = True,
         return_dict: bool | None = None,
     ) -> BaseModelOutputWithPooling | tuple:
         """Encode (B, 3, H, W) pixels (H, W multiples of the patch size): last_hidden_state
-        (B, 1 + rows * cols, C) and pooler_output = post_layernorm(CLS) (B, C)."""
+        (B, 1 + rows * cols, C) and pooler_output = post_layernorm(CLS) (B, C).
+
+        The second positional argument is ``interpolate_pos_encoding`` and the output switches
+        are keyword-only, as in transformers 5; None takes this tower's config (its sub-config
+        in a composite model, as transformers 5 reads it)."""
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values")
         # None takes the config's setting, as in transformers

@@ -152,3 +152,277 @@ def test_num_labels_renames_labels_as_transformers() -> None:
     assert clipseg.CLIPSegConfig.from_dict({}, num_labels=3).id2label == (
         transformers.CLIPSegConfig.from_dict({}, num_labels=3).id2label
     )
+
+
+# -- 4. output switches, read from the config transformers 5 reads them from ------------------
+
+MODEL_CLASSES = (
+    "CLIPSegVisionModel",
+    "CLIPSegTextModel",
+    "CLIPSegModel",
+    "CLIPSegForImageSegmentation",
+)
+
+
+def _inputs(name: str) -> dict[str, torch.Tensor]:
+    pixels = _pixels(1)
+    return {
+        "CLIPSegVisionModel": {"pixel_values": pixels},
+        "CLIPSegTextModel": {"input_ids": IDS[:1]},
+    }.get(name, {"input_ids": IDS[:1], "pixel_values": pixels})
+
+
+def _pattern(value):
+    """An output's layout: keys, nested tuples, "T" for a tensor and None where it is None."""
+    if isinstance(value, dict):
+        return {key: _pattern(v) for key, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_pattern(v) for v in value)
+    return None if value is None else "T"
+
+
+def _run(library, name: str, directory, flag: str, where: str):
+    """Load ``name`` and run it with ``flag`` switched on ``where``: "none", "from_pretrained",
+    "config" (the top-level config after loading), "sub_configs" (the towers' configs), "both"
+    or "argument". Returns the output's pattern, or the exception's type."""
+    value = flag != "return_dict"  # return_dict is switched off, the others on
+    load = {"attn_implementation": "eager"}  # transformers returns attentions only then
+    if where == "from_pretrained":
+        load[flag] = value
+    model = getattr(library, name).from_pretrained(directory, **load)
+    call = _inputs(name)
+    if where in ("config", "both"):
+        setattr(model.config, flag, value)
+    if where in ("sub_configs", "both"):
+        for sub in ("vision_config", "text_config"):
+            if hasattr(model.config, sub):
+                setattr(getattr(model.config, sub), flag, value)
+    if where == "argument":
+        call[flag] = value
+    try:
+        with torch.no_grad():
+            return _pattern(model(**call))
+    except AttributeError as exc:  # transformers 5.24 with return_dict=False in the config
+        return type(exc)
+
+
+@pytest.mark.parametrize("name", MODEL_CLASSES)
+@pytest.mark.parametrize("flag", ["output_hidden_states", "output_attentions", "return_dict"])
+@pytest.mark.parametrize(
+    "where", ["none", "from_pretrained", "config", "sub_configs", "both", "argument"]
+)
+def test_output_switches_are_read_where_transformers_reads_them(
+    tiny_checkpoint, name, flag, where
+) -> None:
+    """Every switch, set in every place, gives the outputs transformers gives: the towers read
+    their own (sub-)config, the segmentation model's hidden states follow the argument only,
+    and the nested tuples have transformers 5.24's lengths (hidden states the decoder does not
+    read are None)."""
+    expected = _run(transformers, name, tiny_checkpoint, flag, where)
+    got = _run(clipseg, name, tiny_checkpoint, flag, where)
+    if expected is AttributeError:
+        # transformers 5.24 crashes on a top-level return_dict=False (its towers then return
+        # tuples to code that reads attributes); clipseg returns the tuple asked for
+        assert got == _run(transformers, name, tiny_checkpoint, flag, "argument")
+    else:
+        assert got == expected
+
+
+def test_hidden_states_the_decoder_reads_follow_extract_layers(tmp_path) -> None:
+    """Another choice of extracted layers: the same None pattern as transformers 5.24."""
+    from model_fixtures import build_reference, write_processor_files
+
+    config = {**TINY_CONFIG, "extract_layers": [0, 2, 4]}
+    build_reference(config, tmp_path)
+    write_processor_files(tmp_path, TINY_IMAGE_SIZE)
+    ref = transformers.CLIPSegForImageSegmentation.from_pretrained(tmp_path)
+    ours = clipseg.CLIPSegForImageSegmentation.from_pretrained(tmp_path)
+    for switch in ({}, {"output_hidden_states": True}, {"return_dict": False}):
+        with torch.no_grad():
+            a = ref(input_ids=IDS, pixel_values=_pixels(), **switch)
+            b = ours(input_ids=IDS, pixel_values=_pixels(), **switch)
+        assert _pattern(b) == _pattern(a), switch
+        assert torch.equal(b[0], a[0])
+
+
+# -- 5. transformers 5 loading arguments --------------------------------------------------------
+
+
+@pytest.mark.parametrize("implementation", [None, "sdpa", "eager"])
+def test_attn_implementation_as_transformers(tiny_checkpoint, implementation) -> None:
+    """Both implementations load, are recorded where transformers records them, and give
+    transformers' numbers bitwise (its eager attention weights included)."""
+    kwargs = {} if implementation is None else {"attn_implementation": implementation}
+    ref = transformers.CLIPSegForImageSegmentation.from_pretrained(tiny_checkpoint, **kwargs)
+    ours = clipseg.CLIPSegForImageSegmentation.from_pretrained(tiny_checkpoint, **kwargs)
+    for sub in (None, "text_config", "vision_config"):
+        a = ref.config if sub is None else getattr(ref.config, sub)
+        b = ours.config if sub is None else getattr(ours.config, sub)
+        assert b._attn_implementation == a._attn_implementation
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    inputs = {"input_ids": IDS, "attention_mask": mask, "pixel_values": _pixels()}
+    switch = {"output_attentions": True} if implementation == "eager" else {}
+    with torch.no_grad():
+        a, b = ref(**inputs, **switch), ours(**inputs, **switch)
+        assert torch.equal(b.logits, a.logits)
+        if switch:
+            pairs = zip(
+                a.vision_model_output.attentions + a.decoder_output.attentions,
+                b.vision_model_output.attentions + b.decoder_output.attentions,
+                strict=True,
+            )
+            assert all(torch.equal(x, y) for x, y in pairs)
+            ta = ref.clip.text_model(IDS, mask, output_attentions=True)
+            tb = ours.clip.text_model(IDS, mask, output_attentions=True)
+            assert all(torch.equal(x, y) for x, y in zip(ta.attentions, tb.attentions, strict=True))
+    with pytest.raises(ValueError, match="flash_attention_2"):
+        clipseg.CLIPSegModel.from_pretrained(
+            tiny_checkpoint, attn_implementation="flash_attention_2"
+        )
+
+
+@pytest.mark.parametrize("name", MODEL_CLASSES)
+def test_output_loading_info(tiny_checkpoint, name) -> None:
+    ref, ref_info = getattr(transformers, name).from_pretrained(
+        tiny_checkpoint, output_loading_info=True
+    )
+    ours, info = getattr(clipseg, name).from_pretrained(tiny_checkpoint, output_loading_info=True)
+    assert info.keys() == ref_info.keys()
+    assert {k: type(v) for k, v in info.items()} == {k: type(v) for k, v in ref_info.items()}
+    assert info["missing_keys"] == info["mismatched_keys"] == set() and info["error_msgs"] == []
+    if name in ("CLIPSegModel", "CLIPSegForImageSegmentation"):
+        assert info == ref_info
+    else:
+        # transformers 5.24 cannot map a segmentation checkpoint to a tower: it reports every
+        # tower key missing and every checkpoint key unexpected, and the tower stays random.
+        # clipseg loads the checkpoint's tower and reports the rest of the checkpoint.
+        assert ref_info["missing_keys"] and info["unexpected_keys"] < ref_info["unexpected_keys"]
+        prefix = "clip.text_model." if name == "CLIPSegTextModel" else "clip.vision_model."
+        assert not any(k.startswith(prefix) for k in info["unexpected_keys"])
+        full = transformers.CLIPSegForImageSegmentation.from_pretrained(tiny_checkpoint)
+        tower = full.clip.text_model if name == "CLIPSegTextModel" else full.clip.vision_model
+        for key, value in tower.state_dict().items():
+            if not key.endswith("position_ids"):
+                assert torch.equal(ours.state_dict()[key], value), key
+
+
+def test_subfolder(tiny_reference, tmp_path) -> None:
+    reference, _ = tiny_reference
+    reference.save_pretrained(tmp_path / "weights")
+    ref = transformers.CLIPSegForImageSegmentation.from_pretrained(tmp_path, subfolder="weights")
+    ours = clipseg.CLIPSegForImageSegmentation.from_pretrained(tmp_path, subfolder="weights")
+    config = clipseg.CLIPSegConfig.from_pretrained(tmp_path, subfolder="weights")
+    ref_config = transformers.CLIPSegConfig.from_pretrained(tmp_path, subfolder="weights")
+    assert config.to_diff_dict() == _without_version(ref_config.to_diff_dict())
+    with torch.no_grad():
+        expected = ref(input_ids=IDS, pixel_values=_pixels()).logits
+        assert torch.equal(ours(input_ids=IDS, pixel_values=_pixels()).logits, expected)
+    with pytest.raises(FileNotFoundError, match="no subfolder 'wieghts'"):
+        clipseg.CLIPSegForImageSegmentation.from_pretrained(tmp_path, subfolder="wieghts")
+
+
+def test_from_a_config_and_a_state_dict(tiny_reference) -> None:
+    reference, directory = tiny_reference
+    state = reference.state_dict()
+    ref = transformers.CLIPSegForImageSegmentation.from_pretrained(
+        None, config=reference.config, state_dict=state
+    )
+    config = clipseg.CLIPSegConfig.from_pretrained(directory)
+    ours = clipseg.CLIPSegForImageSegmentation.from_pretrained(
+        None, config=config, state_dict=state
+    )
+    with torch.no_grad():
+        expected = ref(input_ids=IDS, pixel_values=_pixels()).logits
+        assert torch.equal(ours(input_ids=IDS, pixel_values=_pixels()).logits, expected)
+    # the caller's tensors are copied, not taken over
+    weight = ours.decoder.film_mul.weight
+    assert weight.data_ptr() != state["decoder.film_mul.weight"].data_ptr()
+    # one source of weights, as transformers: a checkpoint or a state dict
+    for library in (transformers, clipseg):
+        with pytest.raises(ValueError, match="state_dict"):
+            library.CLIPSegForImageSegmentation.from_pretrained(directory, state_dict=state)
+    with pytest.raises(ValueError, match="needs both config= and state_dict="):
+        clipseg.CLIPSegForImageSegmentation.from_pretrained(None, config=config)
+
+
+@pytest.mark.parametrize("return_dict", [None, True, False])
+@pytest.mark.parametrize("in_config", [False, True])
+def test_features_return_dict(tiny_checkpoint, return_dict, in_config) -> None:
+    """get_text_features / get_image_features take return_dict, and read the model's config
+    when it is not given, as transformers 5."""
+    ref = transformers.CLIPSegModel.from_pretrained(tiny_checkpoint)
+    ours = clipseg.CLIPSegModel.from_pretrained(tiny_checkpoint)
+    if in_config:
+        ref.config.return_dict = ours.config.return_dict = False
+    switch = {} if return_dict is None else {"return_dict": return_dict}
+    with torch.no_grad():
+        for method, argument in (("get_text_features", IDS), ("get_image_features", _pixels())):
+            a = getattr(ref, method)(argument, **switch)
+            b = getattr(ours, method)(argument, **switch)
+            assert _pattern(b) == _pattern(a), method
+            assert torch.equal(b[1], a[1])
+
+
+# -- 8. the generic model API ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MODEL_CLASSES)
+def test_generic_model_attributes(tiny_checkpoint, name) -> None:
+    import inspect
+
+    ref_class, our_class = getattr(transformers, name), getattr(clipseg, name)
+    assert our_class.main_input_name == ref_class.main_input_name
+    assert our_class.base_model_prefix == ref_class.base_model_prefix
+    ref, ours = (
+        ref_class.from_pretrained(tiny_checkpoint),
+        our_class.from_pretrained(tiny_checkpoint),
+    )
+    assert type(ours.base_model).__name__ == type(ref.base_model).__name__
+    for only_trainable in (False, True):
+        for exclude_embeddings in (False, True):
+            kwargs = {"only_trainable": only_trainable, "exclude_embeddings": exclude_embeddings}
+            assert ours.num_parameters(**kwargs) == ref.num_parameters(**kwargs), kwargs
+    ours.requires_grad_(False)
+    ref.requires_grad_(False)
+    assert ours.num_parameters(only_trainable=True) == ref.num_parameters(only_trainable=True)
+    try:
+        expected = ref.get_input_embeddings()
+    except NotImplementedError:
+        with pytest.raises(NotImplementedError):
+            ours.get_input_embeddings()
+    else:
+        got = ours.get_input_embeddings()
+        assert type(got) is type(expected) and got.weight.shape == expected.weight.shape
+        replacement = type(got)(1, 1) if isinstance(got, torch.nn.Embedding) else None
+        if replacement is not None:
+            ours.set_input_embeddings(replacement)
+            assert ours.get_input_embeddings() is replacement
+    # positional arguments bind as transformers binds them (output switches are keyword-only)
+    for method in ("forward", "get_text_features", "get_image_features"):
+        if hasattr(ref_class, method):
+            expected = [
+                p.name
+                for p in inspect.signature(getattr(ref_class, method)).parameters.values()
+                if p.kind is p.POSITIONAL_OR_KEYWORD
+            ]
+            got = [
+                p.name
+                for p in inspect.signature(getattr(our_class, method)).parameters.values()
+                if p.kind is p.POSITIONAL_OR_KEYWORD
+            ]
+            assert got == expected, method
+
+
+def test_vision_model_second_positional_is_interpolate_pos_encoding(
+    tiny_reference, tmp_path
+) -> None:
+    tiny_reference[0].clip.vision_model.save_pretrained(tmp_path)  # a tower checkpoint
+    ref = transformers.CLIPSegVisionModel.from_pretrained(tmp_path)
+    ours = clipseg.CLIPSegVisionModel.from_pretrained(tmp_path)
+    trained = _pixels(side=TRAINED_SIDE)
+    with torch.no_grad():
+        assert torch.equal(ours(trained, False).pooler_output, ref(trained, False).pooler_output)
+        assert torch.equal(ours(_pixels(), True)[1], ref(_pixels(), True)[1])
+        for model in (ref, ours):
+            with pytest.raises(ValueError, match="doesn't match"):
+                model(_pixels(), False)
