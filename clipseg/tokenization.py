@@ -147,6 +147,7 @@ class CLIPTokenizer:
         model_max_length: int = CLIP_CONTEXT_LENGTH,
         added_tokens: Mapping[int | str, str | Mapping] | None = None,
         padding_side: str = "right",
+        clean_up_tokenization_spaces: bool = False,
         **init_kwargs: Any,
     ) -> None:
         if isinstance(vocab, (str, os.PathLike)):
@@ -173,6 +174,8 @@ class CLIPTokenizer:
         self.padding_side = _check_padding_side(padding_side)
         self._added_tokens = {int(k): v for k, v in (added_tokens or {}).items()}
         self.init_kwargs = init_kwargs
+        self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
+        self._warned_clean_up = False
 
         tok = Tokenizer(
             BPE(
@@ -256,6 +259,8 @@ class CLIPTokenizer:
             init["added_tokens"] = config["added_tokens_decoder"]
         if config.get("padding_side") is not None:
             init["padding_side"] = config["padding_side"]
+        if config.get("clean_up_tokenization_spaces") is not None:
+            init["clean_up_tokenization_spaces"] = config["clean_up_tokenization_spaces"]
         init.update(kwargs)
         return cls(vocab, merges, **init)
 
@@ -285,6 +290,7 @@ class CLIPTokenizer:
             **specials,
             "model_max_length": self.model_max_length,
             "padding_side": self.padding_side,
+            "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
             "tokenizer_class": "CLIPTokenizer",
         }
         if self._added_tokens:
@@ -463,14 +469,36 @@ class CLIPTokenizer:
             **kwargs,
         )["input_ids"]
 
-    def decode(self, token_ids: Any, skip_special_tokens: bool = False, **unsupported: Any) -> str:
+    def decode(
+        self,
+        token_ids: Any,
+        skip_special_tokens: bool = False,
+        clean_up_tokenization_spaces: bool | None = None,
+        **unsupported: Any,
+    ) -> str:
         """Ids back to text: ``</w>`` becomes a space, the ends are stripped (as transformers).
-        Other transformers arguments (``clean_up_tokenization_spaces``, ...) raise TypeError."""
+
+        ``clean_up_tokenization_spaces`` (None: the tokenizer's setting) is accepted and, as in
+        transformers 5, not applied to this BPE tokenizer (the clean-up is WordPiece's and
+        would drop real spaces before punctuation), with a warning. Other transformers
+        arguments raise TypeError."""
         if unsupported:
             raise TypeError(
                 unexpected_kwargs_message(
-                    "CLIPTokenizer.decode", unsupported, ["skip_special_tokens"]
+                    "CLIPTokenizer.decode",
+                    unsupported,
+                    ["skip_special_tokens", "clean_up_tokenization_spaces"],
                 )
+            )
+        if clean_up_tokenization_spaces is None:
+            clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
+        if clean_up_tokenization_spaces and not self._warned_clean_up:
+            self._warned_clean_up = True
+            logger.warning(
+                "Ignoring clean_up_tokenization_spaces=True for the BPE CLIPTokenizer (as "
+                "transformers does): the clean-up is designed for WordPiece tokenizers and "
+                "would strip spaces before punctuation. Pass clean_up_tokenization_spaces=False "
+                "to silence this."
             )
         if isinstance(token_ids, torch.Tensor):
             token_ids = token_ids.tolist()

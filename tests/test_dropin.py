@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from clip_vocab import (  # noqa: F401  (the fixtures clip_vocab_dir, checkpoint_dir)
+    clip_vocab_fixture,
+    processor_checkpoint_fixture,
+)
 from model_fixtures import TINY_CONFIG, TINY_IMAGE_SIZE
 
 import clipseg
@@ -426,3 +431,150 @@ def test_vision_model_second_positional_is_interpolate_pos_encoding(
         for model in (ref, ours):
             with pytest.raises(ValueError, match="doesn't match"):
                 model(_pixels(), False)
+
+
+# -- 3. components given to CLIPSegProcessor.from_pretrained ----------------------------------
+
+
+def _images(n: int = 2) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (45, 61, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def _same(got, expected) -> None:
+    assert list(got) == list(expected)
+    for key in expected:
+        a, b = got[key], expected[key]
+        assert type(a) is type(b), key
+        a, b = torch.as_tensor(np.asarray(a)), torch.as_tensor(np.asarray(b))
+        assert a.shape == b.shape and a.dtype == b.dtype, key
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_processor_uses_the_components_it_is_given(checkpoint_dir) -> None:
+    ours_ip = clipseg.CLIPSegImageProcessor(size={"height": 64, "width": 64})
+    ref_ip = transformers.ViTImageProcessorPil(
+        size={"height": 64, "width": 64},
+        image_mean=ours_ip.image_mean,
+        image_std=ours_ip.image_std,
+        do_convert_rgb=True,
+    )
+    ours = clipseg.CLIPSegProcessor.from_pretrained(checkpoint_dir, image_processor=ours_ip)
+    ref = transformers.CLIPSegProcessor.from_pretrained(checkpoint_dir, image_processor=ref_ip)
+    assert ours.image_processor is ours_ip and ref.image_processor is ref_ip
+    _same(ours(images=_images()), ref(images=_images(), return_tensors="pt"))
+
+    ours_tok = clipseg.CLIPTokenizer.from_pretrained(checkpoint_dir, padding_side="left")
+    ref_tok = transformers.CLIPTokenizer.from_pretrained(checkpoint_dir, padding_side="left")
+    ours = clipseg.CLIPSegProcessor.from_pretrained(checkpoint_dir, tokenizer=ours_tok)
+    ref = transformers.CLIPSegProcessor.from_pretrained(checkpoint_dir, tokenizer=ref_tok)
+    assert ours.tokenizer is ours_tok and ref.tokenizer is ref_tok
+    texts = ["a cat", "a photo of a dog"]
+    _same(ours(text=texts, padding=True), ref(text=texts, padding=True, return_tensors="pt"))
+    with pytest.raises(TypeError, match="ViTImageProcessor"):
+        clipseg.CLIPSegProcessor.from_pretrained(checkpoint_dir, image_processor=ref_ip)
+    with pytest.raises(TypeError, match="set them on the tokenizer"):
+        clipseg.CLIPSegProcessor.from_pretrained(
+            checkpoint_dir, tokenizer=ours_tok, padding_side="right"
+        )
+
+
+# -- 6. the processor's API ---------------------------------------------------------------------
+
+SIZE_32 = {"size": {"height": 32, "width": 32}}
+
+
+PT = {"return_tensors": "pt"}  # clipseg's default, given to transformers (default None)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "ref_kwargs"),
+    [
+        (
+            {"text_kwargs": {"padding": "max_length", "max_length": 10}, "images_kwargs": SIZE_32},
+            {"text_kwargs": {"padding": "max_length", "max_length": 10}, "images_kwargs": SIZE_32}
+            | PT,
+        ),
+        ({"padding": True, "common_kwargs": {"return_tensors": "np"}}, None),
+        ({"padding": True, "common_kwargs": {"return_tensors": "np"}, **PT}, None),
+        (
+            {"padding": True, "text_kwargs": {"return_tensors": "np"}},
+            {"padding": True, "text_kwargs": {"return_tensors": "np"}, "images_kwargs": PT},
+        ),
+        (
+            {"padding": True, "images_kwargs": {**SIZE_32, "return_tensors": "np"}},
+            {
+                "padding": True,
+                "images_kwargs": {**SIZE_32, "return_tensors": "np"},
+                "text_kwargs": PT,
+            },
+        ),
+        (
+            {"text_kwargs": {"padding": True, "padding_side": "left"}, "do_normalize": False},
+            {"text_kwargs": {"padding": True, "padding_side": "left"}, "do_normalize": False} | PT,
+        ),
+    ],
+    ids=str,
+)
+def test_processor_takes_grouped_kwargs(checkpoint_dir, kwargs, ref_kwargs) -> None:
+    """text_kwargs / images_kwargs / common_kwargs route as in transformers 5."""
+    ours = clipseg.CLIPSegProcessor.from_pretrained(checkpoint_dir)
+    ref = transformers.CLIPSegProcessor.from_pretrained(checkpoint_dir)
+    ref_kwargs = kwargs if ref_kwargs is None else ref_kwargs
+    texts = ["a cat", "a photo of a dog"]
+    _same(
+        ours(text=texts, images=_images(), **kwargs),
+        ref(text=texts, images=_images(), **ref_kwargs),
+    )
+
+
+def test_processor_refuses_a_setting_given_twice(checkpoint_dir) -> None:
+    ours = clipseg.CLIPSegProcessor.from_pretrained(checkpoint_dir)
+    ref = transformers.CLIPSegProcessor.from_pretrained(checkpoint_dir)
+    for processor in (ours, ref):
+        with pytest.raises(ValueError, match="passed two times"):
+            processor(text=["a"], max_length=10, text_kwargs={"max_length": 12})
+        with pytest.raises(ValueError, match="passed two times"):
+            processor(text=["a"], return_tensors="pt", text_kwargs={"return_tensors": "np"})
+    with pytest.raises(TypeError, match="videos_kwargs"):  # transformers ignores it
+        ours(text=["a"], videos_kwargs={"fps": 1})
+
+
+@pytest.mark.parametrize("clean_up", [None, True, False])
+def test_decode_takes_clean_up_tokenization_spaces(checkpoint_dir, clean_up) -> None:
+    ours = clipseg.CLIPSegProcessor.from_pretrained(checkpoint_dir)
+    ref = transformers.CLIPSegProcessor.from_pretrained(checkpoint_dir)
+    ids = ref.tokenizer("hello , world . don't it's")["input_ids"]
+    kwargs = {} if clean_up is None else {"clean_up_tokenization_spaces": clean_up}
+    assert ours.decode(ids, **kwargs) == ref.decode(ids, **kwargs)
+    for skip in (False, True):
+        assert ours.batch_decode([ids, ids[:3]], skip_special_tokens=skip, **kwargs) == (
+            ref.batch_decode([ids, ids[:3]], skip_special_tokens=skip, **kwargs)
+        )
+
+
+def test_processor_save_to_dict_and_input_names(checkpoint_dir, tmp_path) -> None:
+    from pathlib import Path
+
+    ours = clipseg.CLIPSegProcessor.from_pretrained(checkpoint_dir)
+    ref = transformers.CLIPSegProcessor.from_pretrained(checkpoint_dir)
+    assert ours.model_input_names == ref.model_input_names
+    assert ours.to_dict().keys() == ref.to_dict().keys()
+    assert json.loads(ours.to_json_string()) == json.loads(ref.to_json_string())
+    saved = ours.save_pretrained(tmp_path)
+    ref_saved = ref.save_pretrained(tmp_path / "theirs")
+    assert type(saved) is type(ref_saved) and all(isinstance(p, str) for p in saved)
+    assert all(Path(p).is_file() and Path(p).parent == tmp_path for p in saved)
+    again = transformers.CLIPSegProcessor.from_pretrained(tmp_path)
+    texts = ["a cat", "a photo of a dog"]
+    _same(
+        ours(text=texts, images=_images(), padding=True),
+        again(text=texts, images=_images(), padding=True, return_tensors="pt"),
+    )
+
+
+def test_images_kwargs_apply_to_visual_prompts(checkpoint_dir) -> None:
+    ours = clipseg.CLIPSegProcessor.from_pretrained(checkpoint_dir)
+    ref = transformers.CLIPSegProcessor.from_pretrained(checkpoint_dir)
+    inputs = {"images": _images(1), "visual_prompt": _images(1), "images_kwargs": SIZE_32}
+    _same(ours(**inputs), ref(**inputs, **PT))
