@@ -163,6 +163,10 @@ class _ConfigBase:
             return text
         return self
 
+    def __iter__(self) -> Any:
+        """The attribute names, as iterating over a transformers config gives them."""
+        return iter(key for key in self.to_dict() if key != "model_type")
+
     def default(self, name: str, value: Any) -> Any:
         """``value``, or this config's attribute ``name`` when ``value`` is None (how a forward
         argument such as ``output_hidden_states=None`` takes the config's setting)."""

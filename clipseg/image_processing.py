@@ -268,6 +268,8 @@ class CLIPSegImageProcessor:
     Args:
         do_resize, size, resample: resize to ``size`` (height x width) with this PIL filter
             (2 = bilinear).
+        do_center_crop, crop_size: then cut the centre ``crop_size`` out (padding with black
+            where it is larger), as transformers 5 does; off unless asked for (CIDAS: off).
         do_rescale, rescale_factor: multiply by 1/255.
         do_normalize, image_mean, image_std: (x - mean) / std per channel.
         **kwargs: other keys of preprocessor_config.json, kept and written back.
@@ -289,6 +291,8 @@ class CLIPSegImageProcessor:
         "do_normalize",
         "image_mean",
         "image_std",
+        "do_center_crop",
+        "crop_size",
     )
 
     def __init__(
@@ -318,6 +322,16 @@ class CLIPSegImageProcessor:
         self.image_mean = _three(image_mean if image_mean is not None else IMAGENET_DEFAULT_MEAN)
         self.image_std = _three(image_std if image_std is not None else IMAGENET_DEFAULT_STD)
         kwargs.pop("do_convert_rgb", None)  # always RGB
+        # None (not given) is kept apart from False: to_dict writes what it was given
+        self.do_center_crop = kwargs.pop("do_center_crop", None)
+        crop = kwargs.pop("crop_size", None)
+        self.crop_size = (
+            None
+            if crop is None
+            else dict(zip(("height", "width"), _square_size(crop), strict=True))
+        )
+        if self.do_center_crop and self.crop_size is None:
+            raise ValueError("do_center_crop=True needs a crop_size ({'height': H, 'width': W})")
         self.extra = kwargs
 
     @classmethod
@@ -380,7 +394,17 @@ class CLIPSegImageProcessor:
             "resample": self.resample,
             "rescale_factor": self.rescale_factor,
             "size": dict(self.size),
+            **({} if self.do_center_crop is None else {"do_center_crop": self.do_center_crop}),
+            **({} if self.crop_size is None else {"crop_size": dict(self.crop_size)}),
         }
+
+    def _crop_box(self, height: int, width: int) -> tuple[int, int, int, int] | None:
+        """(top, left, crop height, crop width) of the centre crop of a height x width image,
+        or None without one; top/left are negative where the crop is larger (padding)."""
+        if not self.do_center_crop:
+            return None
+        crop_height, crop_width = self.crop_size["height"], self.crop_size["width"]
+        return (height - crop_height) // 2, (width - crop_width) // 2, crop_height, crop_width
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         d = Path(save_directory)
@@ -398,6 +422,10 @@ class CLIPSegImageProcessor:
         pil = load_image(image)
         if self.do_resize:
             pil = pil.resize((self.width, self.height), resample=self.resample)
+        box = self._crop_box(pil.height, pil.width)
+        if box is not None:  # PIL pads outside the image with black, as transformers pads
+            top, left, crop_height, crop_width = box
+            pil = pil.crop((left, top, left + crop_width, top + crop_height))
         arr = np.asarray(pil)  # (H, W, 3) uint8
         scale = self.rescale_factor if self.do_rescale else None
         if scale is None and _is_unit_float(image):
@@ -454,6 +482,17 @@ class CLIPSegImageProcessor:
                 align_corners=False,
             )
             x = x.round_().clamp_(0, 255)  # PIL hands back uint8
+        box = self._crop_box(x.shape[-2], x.shape[-1])
+        if box is not None:
+            top, left, crop_height, crop_width = box
+            height, width = x.shape[-2:]
+            # black (level 0) where the crop reaches past the image, as PIL's crop pads
+            pad_top, pad_left = max(0, -top), max(0, -left)
+            pad_bottom = max(0, top + crop_height - height)
+            pad_right = max(0, left + crop_width - width)
+            x = F.pad(x, (pad_left, pad_right, pad_top, pad_bottom))
+            top, left = top + pad_top, left + pad_left
+            x = x[..., top : top + crop_height, left : left + crop_width]
         # rescale and normalize as one affine map per channel, x * scale + shift; its two (3,)
         # tensors are built on the host and copied without blocking (a blocking copy to a GPU
         # would wait for all work queued before it)

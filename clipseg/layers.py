@@ -10,6 +10,10 @@ requested, or always once `Attention.implementation` is "eager" (transformers'
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,7 +27,25 @@ __all__ = [
     "EncoderLayer",
     "DecoderLayer",
     "Encoder",
+    "reference_arithmetic",
 ]
+
+# Set while a transformers-API forward runs (see `reference_arithmetic`).
+_REFERENCE_ARITHMETIC = contextvars.ContextVar("clipseg_reference_arithmetic", default=False)
+
+
+@contextlib.contextmanager
+def reference_arithmetic() -> Iterator[None]:
+    """Inside, every operation is the reference's, in its order and at its sizes, so results
+    are bitwise transformers' on CPU: the models' forward runs inside it. Outside (the
+    Predictor's encoder and decoder paths) `MLP` may split large CPU batches into row blocks,
+    which is faster but changes the last bits (a BLAS kernel's rounding depends on the number
+    of rows it is given)."""
+    token = _REFERENCE_ARITHMETIC.set(True)
+    try:
+        yield
+    finally:
+        _REFERENCE_ARITHMETIC.reset(token)
 
 
 class QuickGELU(nn.Module):
@@ -132,10 +154,12 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """Two linear layers with an activation between them."""
 
-    # On the CPU, without gradients, inputs of more rows (tokens) than this run in blocks of this
-    # many: the (rows, hidden) intermediate then stays small enough for the allocator to reuse
-    # (larger blocks are mapped fresh and page-faulted on every call) and for the caches. The
-    # decoder's 2,048-wide feed-forward over 20 prompts x 485 tokens runs ~1.7x faster so.
+    # On the CPU, without gradients and outside `reference_arithmetic`, inputs of more rows
+    # (tokens) than this run in blocks of this many: the (rows, hidden) intermediate then stays
+    # small enough for the allocator to reuse (larger blocks are mapped fresh and page-faulted on
+    # every call) and for the caches. The decoder's 2,048-wide feed-forward over 20 prompts x 485
+    # tokens runs ~1.7x faster so. Blocks change the last bits (up to ~5e-7 on unit-scale values),
+    # so the transformers-API forward, which promises transformers' exact numbers, never blocks.
     cpu_block_rows = 512
 
     def __init__(self, width: int, hidden: int, act: str) -> None:
@@ -151,6 +175,7 @@ class MLP(nn.Module):
             or torch.is_grad_enabled()
             or torch.is_autocast_enabled("cpu")  # blocks would be written back in x's dtype
             or rows <= self.cpu_block_rows
+            or _REFERENCE_ARITHMETIC.get()
         ):
             return self.fc2(self.activation_fn(self.fc1(x)))
         flat = x.reshape(rows, x.shape[-1])

@@ -28,7 +28,7 @@ from clipseg.configuration import (
     CLIPSegVisionConfig,
 )
 from clipseg.decoder import CLIPSegDecoder
-from clipseg.layers import ATTENTION_IMPLEMENTATIONS, MLP, Attention
+from clipseg.layers import ATTENTION_IMPLEMENTATIONS, MLP, Attention, reference_arithmetic
 from clipseg.outputs import (
     BaseModelOutputWithPooling,
     CLIPSegDecoderOutput,
@@ -259,6 +259,11 @@ class CLIPSegPreTrainedModel(nn.Module):
         save_state_dict(self, directory, max_shard_size=max_shard_size)
         return directory
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # the transformers API promises transformers' numbers: the reference's arithmetic
+        with reference_arithmetic():
+            return super().__call__(*args, **kwargs)
+
     # -- transformers' generic model API -------------------------------------------------------
 
     @property
@@ -309,6 +314,49 @@ class CLIPSegPreTrainedModel(nn.Module):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.get_input_embeddings()  # raises for the composite models
         raise NotImplementedError  # pragma: no cover - the towers override both
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        """None: CLIPSeg has no language-model head (as transformers answers)."""
+        return None
+
+    def resize_token_embeddings(
+        self,
+        new_num_tokens: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        mean_resizing: bool = True,
+    ) -> nn.Embedding:
+        """Give the token embedding ``new_num_tokens`` rows (rounded up to a multiple of
+        ``pad_to_multiple_of``), as transformers: the first rows are kept, ``vocab_size``
+        follows. New rows are the mean of the old ones (``mean_resizing``; transformers samples
+        them around that mean with a 1e-9-scaled covariance, i.e. within ~1e-6 of it), else
+        drawn as the text tower initialises them. Only the text model has one table; the
+        composite models raise NotImplementedError, as in transformers."""
+        old = self.get_input_embeddings()
+        if not isinstance(old, nn.Embedding):
+            raise NotImplementedError(
+                f"{type(self).__name__} embeds pixels, not tokens: resize the text model's table"
+            )
+        if new_num_tokens is None and pad_to_multiple_of is None:
+            return old
+        rows = old.num_embeddings if new_num_tokens is None else int(new_num_tokens)
+        if pad_to_multiple_of:
+            rows = -(-rows // pad_to_multiple_of) * pad_to_multiple_of
+        new = nn.Embedding(
+            rows, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype
+        )
+        kept = min(rows, old.num_embeddings)
+        with torch.no_grad():
+            new.weight[:kept] = old.weight[:kept]
+            if rows > kept:
+                if mean_resizing:
+                    new.weight[kept:] = old.weight.mean(dim=0, keepdim=True)
+                else:
+                    std = self.config.initializer_factor * 0.02
+                    nn.init.normal_(new.weight[kept:], std=std)
+        new.weight.requires_grad_(old.weight.requires_grad)
+        self.set_input_embeddings(new)
+        self.config.vocab_size = rows
+        return new
 
     # -- random initialisation (the reference's scheme; only for models built from a config) --
 

@@ -96,10 +96,10 @@ class CLIPSegProcessor:
         return cls(image_processor, tokenizer)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> list[str]:
-        """Write the tokenizer's files and the image processor's preprocessor_config.json;
-        returns their paths (transformers returns a list of paths too)."""
-        files = [str(p) for p in self.tokenizer.save_pretrained(save_directory)]
-        files.append(str(self.image_processor.save_pretrained(save_directory)))
+        """Write the image processor's preprocessor_config.json and the tokenizer's files;
+        returns their paths, the indented JSON settings first (as transformers returns)."""
+        files = [str(self.image_processor.save_pretrained(save_directory))]
+        files += [str(p) for p in self.tokenizer.save_pretrained(save_directory)]
         return files
 
     def to_dict(self) -> dict[str, Any]:
@@ -203,6 +203,11 @@ class CLIPSegProcessor:
                 text_settings.setdefault(key, value)
             if key in image_names:
                 image_settings.setdefault(key, value)
+        # last, call settings the tokenizer was loaded with (``from_pretrained(d,
+        # padding="max_length", max_length=117)``), as transformers' processors use them
+        for key, value in self.tokenizer.init_kwargs.items():
+            if key in TOKENIZER_CALL_KWARGS and key != "return_tensors":
+                text_settings.setdefault(key, value)
         return text_settings, image_settings
 
     def decode(self, *args: Any, **kwargs: Any) -> str:

@@ -182,8 +182,8 @@ def test_per_call_settings_match_transformers(ref, ours, settings):
 
 def test_unknown_call_settings_raise(ours):
     image = np.zeros((8, 8, 3), np.uint8)
-    with pytest.raises(TypeError, match="'do_center_crop', 'foo'"):
-        ours(image, foo=1, do_center_crop=True)
+    with pytest.raises(TypeError, match="'data_format', 'foo'"):
+        ours(image, foo=1, data_format="channels_last")
     with pytest.raises(ValueError, match="do_convert_rgb=False"):
         ours(image, do_convert_rgb=False)
     assert ours(image, do_convert_rgb=True)["pixel_values"].shape == (1, 3, 352, 352)
@@ -350,7 +350,7 @@ def test_config_roundtrip_and_size_forms(tmp_path):
     assert CLIPSegImageProcessor(size={"shortest_edge": 224})(np.zeros((5, 9, 3), np.uint8))[
         "pixel_values"
     ].shape == (1, 3, 224, 224)
-    assert CLIPSegImageProcessor(size=64, crop_size={"height": 1})(np.zeros((5, 9), np.uint8))[
+    assert CLIPSegImageProcessor(size=64, crop_size={"height": 1, "width": 1})(np.zeros((5, 9)))[
         "pixel_values"
     ].shape == (1, 3, 64, 64)
     with pytest.raises(ValueError, match="size"):

@@ -22,3 +22,17 @@ def test_mlp_in_row_blocks_equals_one_pass(act: str) -> None:
     torch.testing.assert_close(blocked, one_pass, atol=1e-6, rtol=1e-5)
     with torch.inference_mode():
         torch.testing.assert_close(mlp(x[:1]), one_pass[:1], atol=1e-6, rtol=1e-5)  # below a block
+
+
+def test_reference_arithmetic_never_blocks() -> None:
+    """Inside `reference_arithmetic` (every transformers-API forward) the feed-forward is one
+    pass, bitwise: blocks change the last bits of a BLAS product."""
+    from clipseg.layers import reference_arithmetic
+
+    torch.manual_seed(0)
+    mlp = MLP(32, 37, "relu")  # widths at which blocks do change the last bits
+    x = torch.randn(3, 226, 32)
+    with torch.no_grad():
+        one_pass = mlp.fc2(mlp.activation_fn(mlp.fc1(x)))
+        with reference_arithmetic():
+            assert torch.equal(mlp(x), one_pass)
