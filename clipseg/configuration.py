@@ -170,7 +170,7 @@ class _ConfigBase:
     def default(self, name: str, value: Any) -> Any:
         """``value``, or this config's attribute ``name`` when ``value`` is None (how a forward
         argument such as ``output_hidden_states=None`` takes the config's setting)."""
-        return getattr(self, name) if value is None else value
+        return getattr(self, name) if value is None else check_switch(name, value)
 
     def updated(self: _T, **changes: Any) -> _T:
         """A copy with ``changes`` applied and validated; TypeError names unknown attributes.
@@ -336,6 +336,18 @@ class _ConfigBase:
 
 
 _NO_DEFAULT = object()
+
+
+def check_switch(name: str, value: Any) -> bool:
+    """An output switch (``output_hidden_states=...``) as a bool; TypeError for anything else,
+    such as transformers 5.24's list of hidden-state indices, which clipseg does not select by
+    (it would otherwise be read as True and return every hidden state)."""
+    if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+        return bool(value)
+    raise TypeError(
+        f"{name} must be True, False or None, got {value!r} (selecting hidden states by index is "
+        "not supported: ask for all with True and index the tuple)"
+    )
 
 
 def _plain(value: Any) -> Any:

@@ -26,6 +26,7 @@ from clipseg.configuration import (
     CLIPSegConfig,
     CLIPSegTextConfig,
     CLIPSegVisionConfig,
+    check_switch,
 )
 from clipseg.decoder import CLIPSegDecoder
 from clipseg.layers import ATTENTION_IMPLEMENTATIONS, MLP, Attention, reference_arithmetic
@@ -800,7 +801,10 @@ class CLIPSegForImageSegmentation(CLIPSegPreTrainedModel):
             raise ValueError("You have to specify pixel_values (the query images)")
         return_dict = self.config.default("return_dict", return_dict)
         decoder_attentions = self.config.default("output_attentions", output_attentions)
-        read = None if output_hidden_states else {i + 1 for i in self.extract_layers}
+        every = output_hidden_states is not None and check_switch(
+            "output_hidden_states", output_hidden_states
+        )
+        read = None if every else {i + 1 for i in self.extract_layers}
         with torch.no_grad():
             vision = self.clip.get_image_features(
                 pixel_values,

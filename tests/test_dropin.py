@@ -578,3 +578,14 @@ def test_images_kwargs_apply_to_visual_prompts(checkpoint_dir) -> None:
     ref = transformers.CLIPSegProcessor.from_pretrained(checkpoint_dir)
     inputs = {"images": _images(1), "visual_prompt": _images(1), "images_kwargs": SIZE_32}
     _same(ours(**inputs), ref(**inputs, **PT))
+
+
+@pytest.mark.parametrize("name", MODEL_CLASSES)
+def test_hidden_state_indices_are_refused_not_misread(tiny_checkpoint, name) -> None:
+    """transformers 5.24 also takes output_hidden_states=[indices] (a selection); clipseg does
+    not select by index, and says so rather than reading the list as True."""
+    model = getattr(clipseg, name).from_pretrained(tiny_checkpoint)
+    with torch.no_grad(), pytest.raises(TypeError, match="by index"):
+        model(**_inputs(name), output_hidden_states=[0, 1])
+    with torch.no_grad():
+        assert model(**_inputs(name), output_hidden_states=1) is not None
