@@ -8,6 +8,8 @@ Deliberate differences from `transformers` (each documented where it happens):
 
 - the image processor applies EXIF orientation (`transformers` ignores it) and always converts to
   RGB (alpha composited onto white, exactly as `transformers`' ``do_convert_rgb=True``).
+- 16-bit grey is shown as Label Studio's browser shows it (`image_to_rgb`: the high byte);
+  `transformers` lets PIL clip it to [0, 255].
 - a float image with values in [0, 1] holds intensities: it is rescaled once, whatever
   ``do_rescale`` says (`transformers` multiplies it by ``rescale_factor`` a second time unless
   ``do_rescale=False``, and warns about "already rescaled images"). Float images are quantized to
