@@ -16,7 +16,6 @@ import resource
 import statistics
 import time
 
-
 from backend.formats import decode_brush_rle
 from backend.label_config import parse_label_config
 from backend.model import CLIPSegBackend
