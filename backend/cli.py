@@ -147,6 +147,22 @@ def _add_predict(sub: Any) -> None:
     p.add_argument("--device", default=env.device, help=f"{_DEVICES}; env CLIPSEG_DEVICE")
     p.add_argument("--batch-size", type=int, default=4, help="images per model batch")
     p.add_argument(
+        "--tile-size",
+        type=int,
+        default=env.tile_size,
+        metavar="PX",
+        help="tiled prediction for small objects in large images: square tiles of PX original "
+        "pixels plus the whole image (0: off; a config's model_tile_size wins); env "
+        "CLIPSEG_TILE_SIZE",
+    )
+    p.add_argument(
+        "--tile-overlap",
+        type=float,
+        default=env.tile_overlap,
+        metavar="F",
+        help="fraction of a tile shared with its neighbours, in [0, 0.9); env CLIPSEG_TILE_OVERLAP",
+    )
+    p.add_argument(
         "--type",
         dest="result_type",
         choices=("brush", "polygon", "rectangle"),
@@ -428,7 +444,13 @@ def _option_names() -> Any:
     """Loading messages name --model and --device, not the server's variables."""
     from backend.model import SettingNames
 
-    return SettingNames(model="--model", device="--device", server=False)
+    return SettingNames(
+        model="--model",
+        device="--device",
+        tile_size="--tile-size",
+        tile_overlap="--tile-overlap",
+        server=False,
+    )
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -438,11 +460,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError("--batch-size must be >= 1")
     if not 0.0 <= args.threshold <= 1.0:
         raise UsageError("--threshold must lie in [0, 1]")
+    if args.tile_size < 0:
+        raise UsageError("--tile-size must be 0 (off) or a number of pixels")
+    if not 0.0 <= args.tile_overlap < 0.9:
+        raise UsageError("--tile-overlap must lie in [0, 0.9)")
     settings = _settings(
         args,
         model=args.model,
         device=args.device,
         threshold=args.threshold,
+        tile_size=args.tile_size,
+        tile_overlap=args.tile_overlap,
         region_mode=args.region_mode,
         min_region_area=args.min_area,
         score_mode=args.score,
@@ -620,6 +648,7 @@ def cmd_exemplars(args: argparse.Namespace) -> int:
         device=args.device,
         model_dir=args.store,
         max_exemplars_per_label=args.max_per_label,
+        tile_size=0,  # building exemplars predicts nothing
         label_studio_url=args.url.rstrip("/") or None,
         label_studio_api_key=args.api_key or None,
     )

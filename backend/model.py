@@ -76,6 +76,8 @@ class SettingNames:
 
     model: str = "CLIPSEG_MODEL"
     device: str = "CLIPSEG_DEVICE"
+    tile_size: str = "CLIPSEG_TILE_SIZE"
+    tile_overlap: str = "CLIPSEG_TILE_OVERLAP"
     server: bool = True  # add the server's advice (docker mounts, `clipseg-backend`)
 
     def setting(self, name: str, value: str) -> str:
@@ -117,6 +119,23 @@ def resolve_device(name: str, names: SettingNames = SERVER_NAMES) -> str:
                 f"{given} but torch sees {count} CUDA GPU(s) (cuda:0 .. cuda:{count - 1})"
             )
     return name
+
+
+def _patch_size(predictor: Any) -> int:
+    return int(predictor.model.config.vision_config.patch_size)
+
+
+def _check_tiling(settings: Settings, predictor: Any, names: SettingNames) -> None:
+    """Refuse at start a tile size the loaded model cannot use (below its patch size)."""
+    from clipseg.tiling import check_tiling
+
+    try:
+        check_tiling(settings.tile_size, settings.tile_overlap, _patch_size(predictor))
+    except ValueError as exc:
+        raise ModelLoadError(
+            f"{names.setting(names.tile_size, str(settings.tile_size))} "
+            f"{names.setting(names.tile_overlap, str(settings.tile_overlap))}: {exc}"
+        ) from exc
 
 
 def _demo_hint(names: SettingNames) -> str:
@@ -294,6 +313,7 @@ class CLIPSegBackend:
                 "(config.json, model.safetensors or pytorch_model.bin, vocab.json, merges.txt, "
                 f"preprocessor_config.json); re-download it if not. {_demo_hint(names)}"
             ) from exc
+        _check_tiling(settings, predictor, names)
         is_demo = _is_demo(settings.model, directory)
         name = _slug(settings.model, directory, is_demo)
         backend = cls(
@@ -397,7 +417,21 @@ class CLIPSegBackend:
 
     # ------------------------------------------------------------------ prediction
     def controls(self, label_config: str) -> list[ControlSpec]:
+        """The controls of `label_config` the backend answers; LabelConfigError for a control
+        whose `model_tile_size` the model cannot use."""
+        from clipseg.tiling import check_tiling
+
         specs = parse_label_config(label_config, self.settings.threshold)
+        for spec in specs:
+            if spec.tile_size is not None:
+                try:
+                    check_tiling(
+                        spec.tile_size, self.settings.tile_overlap, _patch_size(self.predictor)
+                    )
+                except ValueError as exc:
+                    raise LabelConfigError(
+                        f"control {spec.name!r}: model_tile_size={spec.tile_size}: {exc}"
+                    ) from exc
         return [c for c in specs if adapter_for(c, self.adapters) is not None]
 
     def predict(
@@ -527,8 +561,7 @@ class CLIPSegBackend:
             )
             if query is None:
                 return ImagePrediction([], [], 0.0, 0.0)
-            self.predictor.set_image(image)
-            probs_all = self.predictor.predict_embeddings(query.embeddings)  # (K, H, W)
+            probs_all = self._probabilities(image, controls, query)  # (K, H, W)
         return self._prediction(image.shape[:2], controls, query, probs_all)
 
     def predict_images(
@@ -541,6 +574,9 @@ class CLIPSegBackend:
         embedded once and the images go through the vision encoder together."""
         if not images:
             return []
+        if any(self._tile_sizes(controls).values()):
+            # tiles of one image already fill an encoder batch: one image at a time
+            return [self.predict_image(image, controls, stored) for image in images]
         with self._predictor_lock:
             query = self._conditioning(controls, stored, {})
             if query is None:
@@ -551,6 +587,44 @@ class CLIPSegBackend:
             self._prediction(image.shape[:2], controls, query, probs)
             for image, probs in zip(images, probs_per_image, strict=True)
         ]
+
+    def _tile_sizes(self, controls: Sequence[ControlSpec]) -> dict[str, int]:
+        """label -> its tile size: its control's `model_tile_size`, else CLIPSEG_TILE_SIZE (0:
+        the whole image). A label in several controls takes the first one's, as its prompts."""
+        out: dict[str, int] = {}
+        for control in controls:
+            size = self.settings.tile_size if control.tile_size is None else control.tile_size
+            for lab in control.labels:
+                out.setdefault(lab.value, size)
+        return out
+
+    def _probabilities(
+        self, image: np.ndarray, controls: Sequence[ControlSpec], query: _Query
+    ) -> np.ndarray:
+        """(K, H, W) probability maps of the query's rows on one image, each row predicted at
+        its label's tile size (`clipseg.Predictor.segment_tiled`; 0: the whole image only).
+        Holds the predictor lock."""
+        tile_of = self._tile_sizes(controls)
+        rows_by_size: dict[int, list[int]] = {}
+        for i, (label, _) in enumerate(query.rows):
+            rows_by_size.setdefault(tile_of.get(label, self.settings.tile_size), []).append(i)
+        if set(rows_by_size) == {0}:
+            self.predictor.set_image(image)
+            return self.predictor.predict_embeddings(query.embeddings)
+        out = None
+        for size, rows in rows_by_size.items():
+            probs = self.predictor.segment_tiled(
+                image,
+                query.embeddings[rows],
+                tile_size=size,
+                tile_overlap=self.settings.tile_overlap,
+            )
+            if len(rows_by_size) == 1:
+                return probs  # the common case: no second copy of K full-size maps
+            if out is None:
+                out = np.empty((len(query.rows), *probs.shape[1:]), np.float32)
+            out[rows] = probs
+        return out
 
     def _conditioning(
         self,
