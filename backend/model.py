@@ -49,6 +49,7 @@ from backend.label_config import (
     prompt_fields,
 )
 from backend.settings import DEFAULT_MODEL, DEVICE_PATTERN, Settings
+from backend.webhooks import WebhookDataError, validate_webhook
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +64,6 @@ _REGION_TYPES = ("brushlabels", "polygonlabels", "rectanglelabels")
 
 class ModelLoadError(RuntimeError):
     """The CLIPSeg checkpoint cannot be found or loaded; the message says what to do."""
-
-
-class WebhookDataError(ValueError):
-    """A webhook body without what `fit` needs (a project id, an annotation id)."""
 
 
 @dataclass(frozen=True)
@@ -777,11 +774,9 @@ class CLIPSegBackend:
     # ------------------------------------------------------------------ exemplars (fit)
     def fit(self, event: str, data: dict) -> None:
         """Update the project's exemplars from a webhook (run on the background worker)."""
+        validate_webhook(event, data)  # /webhook checked it already; fit is public
         project = data.get("project")
-        try:
-            key = project_key(project)
-        except ValueError as exc:
-            raise WebhookDataError(f"{event}: {exc}") from exc
+        key = project_key(project)
         if event == "ANNOTATIONS_DELETED":
             ids = [a.get("id") if isinstance(a, dict) else a for a in data.get("annotations") or []]
             removed = self.store.remove_annotations(
