@@ -438,21 +438,14 @@ class ImageLoader:
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from the modes PIL decodes; 16-bit and float grey are rescaled."""
-    mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(image, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        grey = arr.astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
-    if mode in ("RGB", "L", "P", "1", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "La"):
-        return np.asarray(image.convert("RGB"))
-    raise ImageError(f"unsupported image mode {mode!r}")
+    """(H, W, 3) uint8 RGB by clipseg's one conversion (16-bit grey as the browser shows it)."""
+    # imported here, as the backend imports clipseg (and so torch) only where it needs it
+    from clipseg.image_processing import image_to_rgb
+
+    try:
+        return np.asarray(image_to_rgb(image))
+    except ValueError as exc:
+        raise ImageError(f"unsupported image: {exc}") from exc
 
 
 def _what_it_is(data: bytes) -> str:

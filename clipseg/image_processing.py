@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CLIPSegImageProcessor",
     "load_image",
+    "image_to_rgb",
     "tensor_to_numpy",
     "IMAGENET_DEFAULT_MEAN",
     "IMAGENET_DEFAULT_STD",
@@ -147,15 +148,48 @@ def _float_to_uint8(arr: np.ndarray, what: str) -> np.ndarray:
     )
 
 
-def _pil_to_rgb(image: Image.Image) -> Image.Image:
-    """PIL -> RGB as transformers' convert_to_rgb: any alpha (or palette transparency) is
-    composited onto white; other modes go through PIL's convert (16-bit and float modes are
-    clipped to [0, 255] by PIL, not rescaled)."""
+# Grey modes with more than 8 bits per pixel that hold 16-bit data (PNG and TIFF decode to
+# I;16*; "I" is PIL's 32-bit container, which older Pillows used for 16-bit PNGs).
+_WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def image_to_rgb(image: Image.Image) -> Image.Image:
+    """A decoded image of any mode -> RGB, as Label Studio's browser shows it: the model sees
+    what the annotator sees. The one conversion clipseg and the backend both use.
+
+    - 16-bit grey: the high byte of each value, ``v >> 8`` (what browsers show for a 16-bit
+      PNG, which they decode to 8 bits; PIL itself keeps the high byte of 16-bit RGB PNGs).
+      Neither clipped to [0, 255] (PIL's convert: a typical 16-bit image turns almost all
+      white) nor stretched from its minimum to its maximum (a display no browser makes).
+      "I" (32-bit) images must hold values in [0, 65535] and are read as 16-bit.
+    - 32-bit float grey ("F"): intensities in [0, 1] times 255, or whole levels in [0, 255];
+      anything else raises ValueError (there is no display to follow).
+    - alpha (and palette or colour-key transparency): composited onto white, exactly as
+      transformers' ``convert_to_rgb``.
+    - any other mode: PIL's conversion; ValueError for a mode PIL cannot convert.
+    """
+    mode = image.mode
+    if mode in _WIDE_GREY_MODES:
+        levels = np.asarray(image)
+        if levels.size and (int(levels.min()) < 0 or int(levels.max()) > 0xFFFF):
+            raise ValueError(
+                f"a {mode} image with values in [{int(levels.min())}, {int(levels.max())}], "
+                "outside 16 bits; save it as 8- or 16-bit grey"
+            )
+        grey = (levels.astype(np.uint32) >> 8).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if mode == "F":
+        return Image.fromarray(_float_to_uint8(np.asarray(image), "a float (F) image")).convert(
+            "RGB"
+        )
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    try:
+        return image.convert("RGB")
+    except ValueError as exc:
+        raise ValueError(f"image mode {mode!r} cannot be converted to RGB ({exc})") from exc
 
 
 def tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -167,7 +201,8 @@ def tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
 def load_image(obj: Any) -> Image.Image:
     """Any image-like input -> an RGB PIL image with EXIF orientation applied.
 
-    Accepts a PIL image (any mode), a numpy array or torch tensor ((H, W), (H, W, 1|3|4) or
+    Accepts a PIL image (any mode; converted by `image_to_rgb`, so 16-bit grey as a browser
+    shows it), a numpy array or torch tensor ((H, W), (H, W, 1|3|4) or
     (C, H, W); uint8, bool, or float in [0, 1]), encoded bytes, or a file path. Alpha is composited
     onto white (what transformers does). Raises ValueError naming the problem otherwise.
     """
@@ -194,7 +229,7 @@ def load_image(obj: Any) -> Image.Image:
     if image.width == 0 or image.height == 0:
         raise ValueError(f"image is empty ({image.width}x{image.height})")
     image = ImageOps.exif_transpose(image)
-    return _pil_to_rgb(image)
+    return image_to_rgb(image)
 
 
 def _open_image(src: Any, what: str) -> Image.Image:

@@ -84,9 +84,6 @@ def _modes(h: int, w: int) -> dict[str, Image.Image]:
         "P": rgb.convert("P"),
         "P+transparency": p_transparent,
         "CMYK": rgb.convert("CMYK"),
-        "I;16": Image.fromarray(arr[..., 0].astype(np.uint16) * 3),
-        "I": Image.fromarray(arr[..., 1].astype(np.int32) - 20),
-        "F": Image.fromarray(arr[..., 2].astype(np.float32) / 2),
         "1": Image.fromarray(arr[..., 0]).convert("1"),
     }
 
@@ -98,6 +95,27 @@ def test_pil_modes_match_transformers(ref, ours, mode, size):
     got = ours(image, return_tensors="pt")["pixel_values"]
     assert got.dtype == torch.float32 and got.shape == (1, 3, 352, 352)
     np.testing.assert_allclose(got.numpy(), _ref_pixels(ref, image), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_wide_grey_differs_from_transformers_deliberately(ref, ours, mode):
+    """More than 8 bits of grey: transformers lets PIL clip to [0, 255]; clipseg shows it as
+    Label Studio's browser does (16 bits: v >> 8; float: intensities in [0, 1]), see
+    tests/test_sixteen_bit.py and docs/transformers.md."""
+    rng = np.random.default_rng(3)
+    levels = rng.integers(0, 65536, (37, 53)) if mode != "F" else rng.random((37, 53))
+    image = {
+        "I;16": lambda: Image.fromarray(levels.astype(np.uint16)),
+        "I": lambda: Image.fromarray(levels.astype(np.int32), mode="I"),
+        "F": lambda: Image.fromarray(levels.astype(np.float32), mode="F"),
+    }[mode]()
+    shown = (levels >> 8) if mode != "F" else np.round(levels.astype(np.float32) * 255.0)
+    shown = Image.fromarray(shown.astype(np.uint8))
+    clipped = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
+    got = ours(image, return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(got, ours(shown, return_tensors="np")["pixel_values"], atol=0)
+    np.testing.assert_allclose(_ref_pixels(ref, image), _ref_pixels(ref, clipped), atol=1e-6)
+    assert not np.allclose(got, _ref_pixels(ref, image), atol=1e-3)
 
 
 @pytest.mark.parametrize("channels", [None, 1, 3, 4])
