@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from backend.loading import Part, Setting, spell
 from backend.settings import Settings, SettingsError
 
 logger = logging.getLogger("clipseg-label")
@@ -424,11 +425,19 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Any:
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def _option_names() -> Any:
-    """Loading messages name --model and --device, not the server's variables."""
-    from backend.model import SettingNames
+#: The option of each setting a loading message names (`backend.loading.Setting`).
+_OPTIONS = {"model": "--model", "device": "--device"}
 
-    return SettingNames(model="--model", device="--device", server=False)
+
+def _option_name(setting: Setting) -> str:
+    option = _OPTIONS[setting.field]
+    return option if setting.value is None else f"{option} {setting.value}"
+
+
+def option_words(parts: Sequence[Part]) -> str:
+    """A loading message in this command's terms (`--model demo`), without the server's
+    advice (docker mounts, `clipseg-backend`)."""
+    return spell(parts, _option_name, server=False)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -466,7 +475,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         overlays=args.overlays,
         quiet=args.quiet,
         exemplars_project=args.exemplars_project,
-        names=_option_names(),
+        words=option_words,
     )
     if not args.quiet:
         print(
@@ -632,7 +641,7 @@ def cmd_exemplars(args: argparse.Namespace) -> int:
             images_root=args.images_root,
             label_config=config,
             quiet=args.quiet,
-            names=_option_names(),
+            words=option_words,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
@@ -677,13 +686,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from backend.batch.push import PushError
     from backend.batch.sources import SourceError
     from backend.label_config import LabelConfigError
-    from backend.model import ModelLoadError
+    from backend.loading import ModelLoadError
     from backend.settings import SettingsError
 
     prefix = f"clipseg-label {args.command}"
     try:
         return _COMMANDS[args.command](args)
-    except (UsageError, SourceError, LabelConfigError, SettingsError, ModelLoadError) as exc:
+    except ModelLoadError as exc:
+        print(f"{prefix}: error: {exc.worded(option_words)}", file=sys.stderr)
+        return EXIT_USAGE
+    except (UsageError, SourceError, LabelConfigError, SettingsError) as exc:
         print(f"{prefix}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except PushError as exc:

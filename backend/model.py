@@ -1,6 +1,7 @@
 """The backend's model: CLIPSeg behind label-studio-ml's setup / predict / fit conventions.
 
-Orchestration only: label config -> prompts (`label_config`), task -> image (`images`), image +
+Orchestration only: checkpoint -> Predictor (`loading`), label config -> prompts (`label_config`),
+task -> image (`images`), image +
 prompts -> probability maps (`clipseg.Predictor`), maps -> regions -> Label Studio results
 (`controls`, `formats`), annotations -> exemplars (`exemplars`).
 
@@ -21,11 +22,7 @@ uncertainty); both are also sent as separate fields.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import re
 import threading
 import time
 from collections.abc import Collection, Sequence
@@ -48,7 +45,15 @@ from backend.label_config import (
     parse_label_config,
     prompt_fields,
 )
-from backend.settings import DEFAULT_MODEL, DEVICE_PATTERN, Settings
+from backend.loading import (  # noqa: F401 (server.py imports these three from here)
+    ModelLoadError,
+    Words,
+    check_checkpoint_or_exit,
+    environment_words,
+    load_model,
+    resolve_device,
+)
+from backend.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -61,137 +66,8 @@ FIT_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED",
 _REGION_TYPES = ("brushlabels", "polygonlabels", "rectanglelabels")
 
 
-class ModelLoadError(RuntimeError):
-    """The CLIPSeg checkpoint cannot be found or loaded; the message says what to do."""
-
-
 class WebhookDataError(ValueError):
     """A webhook body without what `fit` needs (a project id, an annotation id)."""
-
-
-@dataclass(frozen=True)
-class SettingNames:
-    """How loading messages name the model and device settings: the server's environment
-    variables (`SERVER_NAMES`) or a command's options (`clipseg-label`: --model, --device)."""
-
-    model: str = "CLIPSEG_MODEL"
-    device: str = "CLIPSEG_DEVICE"
-    server: bool = True  # add the server's advice (docker mounts, `clipseg-backend`)
-
-    def setting(self, name: str, value: str) -> str:
-        """`CLIPSEG_MODEL=x` for a variable, `--model x` for an option."""
-        return f"{name} {value}" if name.startswith("-") else f"{name}={value}"
-
-
-SERVER_NAMES = SettingNames()
-
-
-def resolve_device(name: str, names: SettingNames = SERVER_NAMES) -> str:
-    """ "auto" -> "cuda" when a GPU is visible, else "cpu"; "cuda" / "cuda:N" checked against
-    what torch sees (ModelLoadError saying so, rather than a failure inside model loading)."""
-    import torch
-
-    name = name.strip().lower()
-    if not DEVICE_PATTERN.fullmatch(name):
-        raise ModelLoadError(
-            f"{names.setting(names.device, name)} is not a device: use auto, cpu, cuda or cuda:N"
-        )
-    if name != "cpu":
-        # `clipseg-backend` resolves the device in gunicorn's master, which then forks the
-        # workers, and CUDA initialised before a fork cannot be used after it: every worker would
-        # fail at its first CUDA call. torch's default availability check initialises CUDA
-        # (cudaGetDeviceCount); with this setting it asks NVML, which does not.
-        os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        given = names.setting(names.device, name)
-        if not torch.cuda.is_available():
-            raise ModelLoadError(
-                f"{given} but this torch ({torch.__version__}) sees no CUDA GPU; use "
-                f"{names.setting(names.device, 'cpu')} (or auto)"
-            )
-        count = torch.cuda.device_count()
-        if int(name.partition(":")[2] or 0) >= count:
-            raise ModelLoadError(
-                f"{given} but torch sees {count} CUDA GPU(s) (cuda:0 .. cuda:{count - 1})"
-            )
-    return name
-
-
-def _demo_hint(names: SettingNames) -> str:
-    return (
-        "To try it without downloading anything, run the bundled demo model: "
-        f"{names.setting(names.model, 'demo')} (a small model trained on synthetic shapes, not "
-        "real photos)."
-    )
-
-
-def _resolve(name: str, names: SettingNames = SERVER_NAMES) -> Path:
-    """The checkpoint directory; ModelLoadError with how to download it and the demo hint."""
-    from clipseg.weights import resolve_checkpoint
-
-    try:
-        return Path(resolve_checkpoint(name))
-    except Exception as exc:  # the message of clipseg.weights says how to download it
-        docker = (
-            " In docker, mount the downloaded directory (see docker/README.md)."
-            if names.server
-            else ""
-        )
-        raise ModelLoadError(
-            f"cannot find the CLIPSeg model {name!r} ({names.model}): {exc}.{docker} "
-            f"{_demo_hint(names)}"
-        ) from exc
-
-
-def check_checkpoint_or_exit(settings: Settings) -> None:
-    """Fail fast before gunicorn forks when the checkpoint cannot even be found."""
-    import sys
-
-    try:
-        _resolve(settings.model)
-    except ModelLoadError as exc:
-        logger.error("cannot start: %s", exc)
-        sys.exit(1)
-
-
-def _weights_hash(directory: Path) -> str:
-    """A short sha256 of the checkpoint's weights file (or of its config when there is none)."""
-    for name in ("model.safetensors", "pytorch_model.bin", "config.json"):
-        path = directory / name
-        if path.is_file():
-            digest = hashlib.sha256()
-            with open(path, "rb") as handle:
-                while chunk := handle.read(1 << 22):
-                    digest.update(chunk)
-            return digest.hexdigest()[:8]
-    return "unknown"
-
-
-def _slug(name: str, directory: Path, is_demo: bool) -> str:
-    if is_demo:
-        return "clipseg-demo"
-    base = name.rstrip("/").split("/")[-1] if not Path(name).exists() else directory.name
-    base = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-") or "clipseg"
-    return base if base.lower().startswith("clipseg") else f"clipseg-{base}"
-
-
-def _is_demo(name: str, directory: Path) -> bool:
-    """The bundled demo checkpoint, by name, by location, or by the marker in its config.json."""
-    from clipseg.weights import DEMO_CHECKPOINT
-
-    if name == "demo" or directory.resolve() == Path(DEMO_CHECKPOINT).resolve():
-        return True
-    try:
-        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    marks = [config.get(k) for k in ("demo", "is_demo", "clipseg_demo")]
-    nested = config.get("clipseg")
-    if isinstance(nested, dict):
-        marks.append(nested.get("demo"))
-    return any(bool(m) for m in marks)
 
 
 def uncertainty_of(probs: np.ndarray, low: float, high: float) -> float:
@@ -275,61 +151,20 @@ class CLIPSegBackend:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, settings: Settings, names: SettingNames = SERVER_NAMES) -> CLIPSegBackend:
-        """Load the checkpoint named by CLIPSEG_MODEL; ModelLoadError says how to fix a failure
-        (naming the settings as `names` does: a command passes its own option names)."""
-        directory = _resolve(settings.model, names)
-        device = resolve_device(settings.device, names)
-        try:
-            import torch
-
-            from clipseg import Predictor
-
-            dtype = None if settings.dtype == "auto" else getattr(torch, settings.dtype)
-            predictor = Predictor.from_pretrained(str(directory), device=device, dtype=dtype)
-        except Exception as exc:
-            raise ModelLoadError(
-                f"cannot load the CLIPSeg model {settings.model!r} from {directory}: "
-                f"{type(exc).__name__}: {exc}. Check that it is a complete CLIPSeg checkpoint "
-                "(config.json, model.safetensors or pytorch_model.bin, vocab.json, merges.txt, "
-                f"preprocessor_config.json); re-download it if not. {_demo_hint(names)}"
-            ) from exc
-        is_demo = _is_demo(settings.model, directory)
-        name = _slug(settings.model, directory, is_demo)
-        backend = cls(
+    def load(cls, settings: Settings, words: Words = environment_words) -> CLIPSegBackend:
+        """Load the checkpoint named by CLIPSEG_MODEL (`backend.loading.load_model`);
+        ModelLoadError says how to fix a failure. `words` words the warnings of loading in the
+        entry point's terms (a command passes its own, naming its options)."""
+        loaded = load_model(settings, words)
+        return cls(
             settings,
-            predictor,
-            model_name=name,
-            weights_hash=_weights_hash(directory),
-            is_demo=is_demo,
-            device=str(getattr(predictor, "device", device)),
-            dtype=str(getattr(predictor, "dtype", "float32")).replace("torch.", ""),
+            loaded.predictor,
+            model_name=loaded.name,
+            weights_hash=loaded.weights_hash,
+            is_demo=loaded.is_demo,
+            device=loaded.device,
+            dtype=loaded.dtype,
         )
-        logger.info(
-            "loaded %s from %s on %s (%s); model_version %s",
-            settings.model,
-            directory,
-            backend.device,
-            backend.dtype,
-            backend.base_version,
-        )
-        if backend.device == "cpu" and backend.dtype in ("float16", "bfloat16"):
-            logger.warning(
-                "%s on the CPU: without bf16/AMX support in the CPU, half precision runs "
-                "several times slower than float32 (what CLIPSEG_DTYPE=auto picks on the CPU)",
-                backend.dtype,
-            )
-        if is_demo:
-            run = "clipseg-backend (see docs/backend.md)" if names.server else ""
-            logger.warning(
-                "%s is the DEMO model: a small CLIPSeg trained on synthetic '<color> <shape>' "
-                "scenes; it will not segment real photos. For real images run the published "
-                "model: %s %s",
-                names.setting(names.model, settings.model),
-                names.setting(names.model, DEFAULT_MODEL),
-                run,
-            )
-        return backend
 
     # ------------------------------------------------------------------ protocol
     def health(self) -> dict[str, Any]:

@@ -24,7 +24,8 @@ from urllib.parse import parse_qs, quote, urlparse
 from backend.batch.predict import Failure, make_progress
 from backend.exemplars import ExemplarStore, project_key
 from backend.images import ImageError
-from backend.model import SERVER_NAMES, CLIPSegBackend, SettingNames
+from backend.loading import Words, environment_words
+from backend.model import CLIPSegBackend
 from backend.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def build_store(
     label_config: str | None = None,
     quiet: bool = False,
     backend: CLIPSegBackend | None = None,
-    names: SettingNames = SERVER_NAMES,
+    words: Words = environment_words,
 ) -> BuildReport:
     """Embed the regions of every (not cancelled) annotation of ``tasks`` into the store of
     ``project`` under ``settings.model_dir``. A task whose image cannot be read is a failure;
@@ -96,7 +97,7 @@ def build_store(
             raise ValueError(f"--images-root {images_root} is not a folder")
         settings = replace(settings, local_files_document_root=str(root.resolve()))
     if backend is None:
-        backend = CLIPSegBackend.load(settings, names)
+        backend = CLIPSegBackend.load(settings, words)
     report = BuildReport(store=backend.store.root)
     progress = make_progress(len(tasks), quiet, desc="exemplars")
     try:

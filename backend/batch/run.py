@@ -26,7 +26,8 @@ from backend.batch.predict import (
 from backend.batch.sources import SourceReader, collect_sources, task_image_value
 from backend.batch.state import fingerprint
 from backend.label_config import ControlSpec, LabelConfigError, parse_label_config
-from backend.model import SERVER_NAMES, CLIPSegBackend, ImagePrediction, SettingNames
+from backend.loading import Words, environment_words
+from backend.model import CLIPSegBackend, ImagePrediction
 from backend.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def predict(
     quiet: bool = False,
     exemplars_project: Any = None,
     backend: CLIPSegBackend | None = None,
-    names: SettingNames = SERVER_NAMES,
+    words: Words = environment_words,
 ) -> RunSummary:
     """Predict every image of ``inputs`` into ``out_dir`` (see `backend.batch.predict`).
 
@@ -125,7 +126,7 @@ def predict(
     for src in sources:
         image_value(src)  # a path outside --image-root is a usage error, found before any work
     if backend is None:
-        backend = CLIPSegBackend.load(settings, names)
+        backend = CLIPSegBackend.load(settings, words)
     controls = [c for c in all_controls if c in backend.controls(config)]
     if not controls:
         raise LabelConfigError(
