@@ -159,7 +159,7 @@ def time_model(clock: StageClock, model: torch.nn.Module) -> None:
 
 def install(clock: StageClock, backend: Any, predictor: Any) -> None:
     """Time every stage of `backend.predict` (see the module docstring)."""
-    import backend.model as backend_model
+    import backend.segmenter as segmenter
     import backend.server as backend_server
 
     clock.wrap(backend.images, "load", "fetch")
@@ -167,8 +167,8 @@ def install(clock: StageClock, backend: Any, predictor: Any) -> None:
     clock.wrap(predictor, "embed_text", "text")
     clock.wrap(predictor, "predict_embeddings", "predict_embeddings")
     time_model(clock, predictor.model)
-    clock.wrap(backend_model, "find_regions", "regions")
-    for adapter in backend.adapters:
+    clock.wrap(segmenter, "find_regions", "regions")
+    for adapter in backend.segmenter.adapters:
         clock.wrap(adapter, "results", adapter_stage(adapter))
     clock.wrap(backend_server, "jsonify", "json")
 
@@ -194,7 +194,7 @@ def median_stages(runs: list[dict[str, float]]) -> dict[str, float]:
 
 def run_direct(backend: Any, task: dict, config: str, clock: StageClock) -> dict[str, float]:
     """The stages as plain calls of the functions the backend calls, in its order."""
-    import backend.model as backend_model
+    import backend.segmenter as segmenter
     from backend.controls import adapter_for
 
     predictor = backend.predictor
@@ -213,18 +213,18 @@ def run_direct(backend: Any, task: dict, config: str, clock: StageClock) -> dict
         probs = predictor.predict_embeddings(conds)
     t.update(clock.flush())
     height, width = image.shape[:2]
-    min_area = backend_model._min_area(backend.settings.min_region_area, height, width)
+    min_area = segmenter.min_area_pixels(backend.settings.min_region_area, height, width)
     results = []
     for control in controls:
         with common.stopwatch(t, "regions"):
             regions = [
                 r
                 for lab, p in zip(labels, probs, strict=True)
-                for r in backend_model.find_regions(
+                for r in segmenter.find_regions(
                     lab, np.asarray(p), control.threshold, backend.settings.region_mode, min_area
                 )
             ]
-        adapter = adapter_for(control, backend.adapters)
+        adapter = adapter_for(control, backend.segmenter.adapters)
         with common.stopwatch(t, adapter_stage(adapter)):
             results += adapter.results(control, regions)
     with common.stopwatch(t, "json"):

@@ -24,8 +24,8 @@ from backend.batch.sources import ImageSource, SourceReader, task_image_value
 from backend.batch.state import StateStore
 from backend.formats.coco import CocoDataset, mask_to_rle, rle_area, rle_bbox, rle_to_mask
 from backend.images import ImageError
-from backend.model import ImagePrediction
 from backend.overlays import label_colors, save_overlay
+from backend.segmenter import ImagePrediction
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,8 @@ from backend.batch.sources import SourceReader, collect_sources, task_image_valu
 from backend.batch.state import fingerprint
 from backend.label_config import ControlSpec, LabelConfigError, parse_label_config
 from backend.loading import Words, environment_words
-from backend.model import CLIPSegBackend, ImagePrediction
+from backend.model import CLIPSegBackend
+from backend.segmenter import ImagePrediction
 from backend.settings import Settings
 
 logger = logging.getLogger(__name__)
