@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from backend.controls import RESULT_OPTIONS
 from backend.loading import Part, Setting, spell
 from backend.settings import Settings, SettingsError
 
@@ -150,7 +151,7 @@ def _add_predict(sub: Any) -> None:
     p.add_argument(
         "--type",
         dest="result_type",
-        choices=("brush", "polygon", "rectangle"),
+        choices=tuple(RESULT_OPTIONS),
         default="brush",
         help="result type with --labels (a label config's controls decide otherwise)",
     )
@@ -582,7 +583,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
 def cmd_export_coco(args: argparse.Namespace) -> int:
     from backend.atomic import write_json_atomic
-    from backend.formats.convert import labelstudio_to_coco
+    from backend.batch.export_coco import labelstudio_to_coco
 
     problems: list[Any] = []
     try:

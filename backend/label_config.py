@@ -2,7 +2,7 @@
 
 Parsed with label-studio-sdk's `LabelInterface`. Every labels control (BrushLabels, PolygonLabels,
 RectangleLabels, ...) pointing at an `<Image>` becomes a `ControlSpec`; which control types get
-results is the adapters' decision (`backend.controls`). Attributes honoured:
+results is the control tags' decision (`backend.controls`). Attributes honoured:
 
 - on `<Label>`: `prompt="a photo of a car"` (the text prompt; default: the label's value, also
   when results carry its `alias`) and

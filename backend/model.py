@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from backend.controls import NOTHING_TO_PREDICT, REGION_TYPES, exemplar_shape
 from backend.exemplars import Exemplar, ExemplarStore, project_key
 from backend.images import ImageError, ImageLoader, LabelStudioClient, label_studio_client
 from backend.interactive import parse_context
@@ -40,7 +41,7 @@ from backend.loading import (  # noqa: F401 (server.py imports these three from 
     load_model,
     resolve_device,
 )
-from backend.segmenter import ImagePrediction, Segmenter, merge_predictions, region_shape
+from backend.segmenter import ImagePrediction, Segmenter, merge_predictions
 from backend.settings import Settings
 
 if TYPE_CHECKING:
@@ -54,9 +55,14 @@ DOWNLOAD_GRACE = 10.0
 
 #: Webhook actions `fit` acts on.
 FIT_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING")
-_REGION_TYPES = ("brushlabels", "polygonlabels", "rectanglelabels")
-# The webhook / learning methods below call the region geometry by this name.
-_region_shape = region_shape
+# The webhook / learning methods below (kept as they are until they move to their own module)
+# name the result types with a region, and their visual prompts, so:
+_REGION_TYPES = REGION_TYPES
+
+
+def _region_shape(item: dict, kind: str, value: dict, height: int, width: int) -> dict | None:
+    """`backend.controls.exemplar_shape` of `item` (whose type is `kind`, value `value`)."""
+    return exemplar_shape(item, height, width)
 
 
 class WebhookDataError(ValueError):
@@ -154,11 +160,7 @@ class CLIPSegBackend:
         if label_config:  # say at connection time what predictions will not be able to do
             try:
                 if not self.controls(label_config):
-                    logger.warning(
-                        "project %s: the label config has no BrushLabels, PolygonLabels or "
-                        "RectangleLabels on an Image: there is nothing to predict",
-                        key,
-                    )
+                    logger.warning("project %s: %s", key, NOTHING_TO_PREDICT)
             except LabelConfigError as exc:
                 logger.warning("project %s: %s", key, exc)
         return self.model_version(key)
@@ -208,11 +210,8 @@ class CLIPSegBackend:
             logger.error("project %s: %s", project, exc)
             return [failed(str(exc)) for _ in tasks]
         if not controls:
-            message = (
-                "the label config has no BrushLabels/PolygonLabels/RectangleLabels on an Image"
-            )
-            logger.error("project %s: %s", project, message)
-            return [failed(message) for _ in tasks]
+            logger.error("project %s: %s", project, NOTHING_TO_PREDICT)
+            return [failed(NOTHING_TO_PREDICT) for _ in tasks]
         try:
             stored = self.store.embeddings(project_key(project))
         except ValueError:

@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from backend.controls import ControlAdapter, adapter_for, make_adapters
-from backend.formats.labelstudio import result_to_mask
+from backend.controls import ControlTag, exemplar_shape, predicted_tags, tag_for
 from backend.formats.regions import Region, probability_to_regions
 from backend.interactive import SmartRegion, labels_named, parse_context
 from backend.label_config import PROMPT_FIELD, ControlSpec
@@ -39,8 +38,6 @@ if TYPE_CHECKING:
     from clipseg.predictor import Predictor
 
 logger = logging.getLogger(__name__)
-
-_REGION_TYPES = ("brushlabels", "polygonlabels", "rectanglelabels")
 
 
 @dataclass
@@ -123,12 +120,12 @@ class Segmenter:
     def __init__(self, predictor: Predictor, settings: Settings) -> None:
         self.predictor = predictor
         self.settings = settings
-        self.adapters: tuple[ControlAdapter, ...] = make_adapters(settings.polygon_tolerance)
+        self.tags: tuple[ControlTag, ...] = predicted_tags(settings)  # the tags it answers
         self.lock = threading.Lock()  # the Predictor holds one image at a time
 
     def answered(self, controls: Sequence[ControlSpec]) -> list[ControlSpec]:
         """The controls that get pre-annotations (the others are left alone)."""
-        return [c for c in controls if adapter_for(c, self.adapters) is not None]
+        return [c for c in controls if tag_for(c, self.tags) is not None]
 
     def predict_image(
         self,
@@ -283,7 +280,7 @@ class Segmenter:
         details: dict[str, dict[str, Any]] = {}
         found: dict[tuple[str, float], list[Region]] = {}
         for control in controls:
-            adapter = adapter_for(control, self.adapters)
+            tag = tag_for(control, self.tags)
             for lab in control.labels:
                 if lab.value not in probs:
                     continue
@@ -297,7 +294,7 @@ class Segmenter:
                         min_area,
                     )
                     all_regions.extend(found[key])
-                results.extend(adapter.results(control, found[key]))
+                results.extend(tag.results(control, found[key]))
         for lab, p in probs.items():
             details[lab] = {
                 "max_probability": float(p.max()),
@@ -319,59 +316,10 @@ class Segmenter:
         out: dict[str, list[torch.Tensor]] = {}
         height, width = image.shape[:2]
         for region in regions:
-            shape = region_shape(region.item, region.kind, region.item["value"], height, width)
+            shape = exemplar_shape(region.item, height, width)
             if shape is None:
                 continue
             emb = self.predictor.embed_exemplar(image, **shape)
             for name in region.labels:
                 out.setdefault(name, []).append(emb)
         return out
-
-
-def region_shape(
-    item: dict, kind: str, value: dict, height: int, width: int
-) -> dict[str, Any] | None:
-    """`mask=` or `box=` (pixels, x0 y0 x1 y1) for `Predictor.embed_exemplar`, at (H, W).
-
-    An unrotated rectangle or a keypoint gives a box; brushes, polygons and rotated rectangles a
-    mask (`backend.formats.result_to_mask`). None for an empty region, and for a malformed one
-    (logged: one bad region must not fail the others).
-    """
-    try:
-        return _shape_of(item, kind, value, height, width)
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
-        logger.warning("region %s (%s) is malformed, skipped: %s", item.get("id"), kind, exc)
-        return None
-
-
-def _shape_of(item: dict, kind: str, value: dict, height: int, width: int) -> dict[str, Any] | None:
-    if kind == "rectanglelabels" and not float(value.get("rotation", 0) or 0) % 360:
-        x, y = float(value.get("x", 0)), float(value.get("y", 0))
-        w, h = float(value.get("width", 0)), float(value.get("height", 0))
-        box = _clip_box(
-            x * width / 100,
-            y * height / 100,
-            (x + w) * width / 100,
-            (y + h) * height / 100,
-            height,
-            width,
-        )
-        return {"box": box} if box is not None else None
-    if kind == "keypointlabels":
-        cx, cy = float(value.get("x", 0)) * width / 100, float(value.get("y", 0)) * height / 100
-        r = max(8.0, 0.05 * min(height, width))  # a small box around the point
-        box = _clip_box(cx - r, cy - r, cx + r, cy + r, height, width)
-        return {"box": box} if box is not None else None
-    if kind in _REGION_TYPES:
-        mask = result_to_mask(item, height=height, width=width)
-        return {"mask": mask} if mask.any() else None
-    return None
-
-
-def _clip_box(
-    x0: float, y0: float, x1: float, y1: float, height: int, width: int
-) -> tuple[int, int, int, int] | None:
-    x0, x1 = sorted((min(max(x0, 0), width), min(max(x1, 0), width)))
-    y0, y1 = sorted((min(max(y0, 0), height), min(max(y1, 0), height)))
-    box = (int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1)))
-    return box if box[2] > box[0] and box[3] > box[1] else None

@@ -9,7 +9,7 @@ Two measurements, both medians of --repeats:
 
 - "in request": POST /predict through Flask's test client on `backend.server.create_app`; the
   backend's own functions are wrapped with timers for the request (image loading, set_image,
-  embed_text, predict_embeddings, find_regions, each control adapter, jsonify) and forward hooks
+  embed_text, predict_embeddings, find_regions, each control tag, jsonify) and forward hooks
   time the vision encoder (from its patch embedding to the last block it runs) and the decoder.
   Preprocessing is set_image minus the encoder; upsampling (logits to 1920x1080, sigmoid) is
   predict_embeddings minus the decoder; "other" is the request minus every stage.
@@ -60,8 +60,8 @@ STAGES = [
     ("decoder", "decoder (FiLM, layers, upsampler convs; K prompts)"),
     ("upsample", "upsample + sigmoid (predict_embeddings minus decoder)"),
     ("regions", "threshold + connected regions (find_regions)"),
-    ("brush", "brush RLE (BrushLabels adapter)"),
-    ("polygon", "polygons (PolygonLabels adapter)"),
+    ("brush", "brush RLE (BrushLabels tag)"),
+    ("polygon", "polygons (PolygonLabels tag)"),
     ("json", "JSON (jsonify / json.dumps)"),
 ]
 
@@ -168,14 +168,14 @@ def install(clock: StageClock, backend: Any, predictor: Any) -> None:
     clock.wrap(predictor, "predict_embeddings", "predict_embeddings")
     time_model(clock, predictor.model)
     clock.wrap(segmenter, "find_regions", "regions")
-    for adapter in backend.segmenter.adapters:
-        clock.wrap(adapter, "results", adapter_stage(adapter))
+    for tag in backend.segmenter.tags:  # on the class: a tag with options is a frozen dataclass
+        clock.wrap(type(tag), "results", tag_stage(tag))
     clock.wrap(backend_server, "jsonify", "json")
 
 
-def adapter_stage(adapter: Any) -> str:
-    """The stage name of a control adapter: brush, polygon or rectangle."""
-    return adapter.kind.removesuffix("labels")
+def tag_stage(tag: Any) -> str:
+    """The stage name of a control tag: brush, polygon or rectangle."""
+    return tag.kind().removesuffix("labels")
 
 
 def derive(seconds: dict[str, float]) -> dict[str, float]:
@@ -195,7 +195,7 @@ def median_stages(runs: list[dict[str, float]]) -> dict[str, float]:
 def run_direct(backend: Any, task: dict, config: str, clock: StageClock) -> dict[str, float]:
     """The stages as plain calls of the functions the backend calls, in its order."""
     import backend.segmenter as segmenter
-    from backend.controls import adapter_for
+    from backend.controls import tag_for
 
     predictor = backend.predictor
     t: dict[str, float] = {}
@@ -224,9 +224,9 @@ def run_direct(backend: Any, task: dict, config: str, clock: StageClock) -> dict
                     lab, np.asarray(p), control.threshold, backend.settings.region_mode, min_area
                 )
             ]
-        adapter = adapter_for(control, backend.segmenter.adapters)
-        with common.stopwatch(t, adapter_stage(adapter)):
-            results += adapter.results(control, regions)
+        tag = tag_for(control, backend.segmenter.tags)
+        with common.stopwatch(t, tag_stage(tag)):
+            results += tag.results(control, regions)
     with common.stopwatch(t, "json"):
         json.dumps({"results": [{"result": results}]})
     out = derive(t)

@@ -25,6 +25,7 @@ from backend.batch.predict import (
 )
 from backend.batch.sources import SourceReader, collect_sources, task_image_value
 from backend.batch.state import fingerprint
+from backend.controls import NOTHING_TO_PREDICT, RESULT_OPTIONS
 from backend.label_config import ControlSpec, LabelConfigError, parse_label_config
 from backend.loading import Words, environment_words
 from backend.model import CLIPSegBackend
@@ -33,20 +34,19 @@ from backend.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-RESULT_TAGS = {"brush": "BrushLabels", "polygon": "PolygonLabels", "rectangle": "RectangleLabels"}
-
 
 def label_config_for(labels: Sequence[str], result_type: str = "brush") -> str:
     """A Label Studio label config with one ``<Image name="image" value="$image"/>`` and one
-    labels control named ``label`` holding ``labels`` (Brush/Polygon/RectangleLabels)."""
+    labels control named ``label`` holding ``labels``, of the tag of ``result_type`` (a
+    `backend.controls.RESULT_OPTIONS` key: brush, polygon, rectangle)."""
     names = [lab.strip() for lab in labels]
     if not names or any(not n for n in names):
         raise LabelConfigError(f"--labels needs non-empty comma-separated names, got {labels!r}")
     if len(set(names)) != len(names):
         raise LabelConfigError(f"--labels has duplicates: {names}")
-    if result_type not in RESULT_TAGS:
-        raise LabelConfigError(f"unknown result type {result_type!r}; use {sorted(RESULT_TAGS)}")
-    tag = RESULT_TAGS[result_type]
+    if result_type not in RESULT_OPTIONS:
+        raise LabelConfigError(f"unknown result type {result_type!r}; use {sorted(RESULT_OPTIONS)}")
+    tag = RESULT_OPTIONS[result_type]
     items = "".join(f"<Label value={quoteattr(n)}/>" for n in names)
     return (
         '<View><Image name="image" value="$image"/>'
@@ -130,10 +130,7 @@ def predict(
         backend = CLIPSegBackend.load(settings, words)
     controls = [c for c in all_controls if c in backend.controls(config)]
     if not controls:
-        raise LabelConfigError(
-            "the label config has no BrushLabels, PolygonLabels or RectangleLabels on an "
-            "<Image> (without model_skip): nothing to predict"
-        )
+        raise LabelConfigError(NOTHING_TO_PREDICT)
     key = image_key or controls[0].value_key
     annotator = BackendAnnotator(backend, controls, exemplars_project)
     out = Path(out_dir)
