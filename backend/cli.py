@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.controls import RESULT_OPTIONS
-from backend.loading import Part, Setting, spell
+from backend.errors import Part, Setting, spell
 from backend.settings import Settings, SettingsError
 
 logger = logging.getLogger("clipseg-label")
@@ -685,9 +685,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     from backend.batch.push import PushError
-    from backend.batch.sources import SourceError
-    from backend.label_config import LabelConfigError
-    from backend.loading import ModelLoadError
+    from backend.errors import LabelConfigError, ModelLoadError, SourceError
     from backend.settings import SettingsError
 
     prefix = f"clipseg-label {args.command}"

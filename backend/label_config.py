@@ -19,13 +19,20 @@ from functools import lru_cache
 
 from label_studio_sdk.label_interface import LabelInterface
 
+from backend.errors import LabelConfigError
+
+__all__ = [
+    "PROMPT_FIELD",
+    "ControlSpec",
+    "LabelConfigError",  # server.py imports it from here
+    "LabelSpec",
+    "parse_label_config",
+    "prompt_fields",
+]
+
 logger = logging.getLogger(__name__)
 
 _TRUE = ("1", "true", "yes", "on")
-
-
-class LabelConfigError(ValueError):
-    """The label config cannot be parsed."""
 
 
 @dataclass(frozen=True)

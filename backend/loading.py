@@ -4,11 +4,9 @@
 into a `clipseg.Predictor` and what the backend reports about it (a model name, a short hash
 of the weights, whether it is the bundled demo model).
 
-Messages name the settings as data, not as text: a `Setting` is a `Settings` field and a value
-of it, and each entry point words it in its own terms. The server reads its settings from the
-environment, so `str()` of a `ModelLoadError` and `environment_words` name environment
-variables (`CLIPSEG_MODEL=demo`) and keep the advice meant for a server run (`ServerNote`);
-`clipseg-label` words them with its options (`--model demo`, see `backend.cli`).
+Its errors (`backend.errors.ModelLoadError`) and warnings name the settings as data, not as
+text (`backend.errors.Setting`), and each entry point words them in its own terms: the server
+names environment variables (`CLIPSEG_MODEL=demo`), `clipseg-label` its options (`--model demo`).
 """
 
 from __future__ import annotations
@@ -19,84 +17,24 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from backend.errors import (
+    ModelLoadError,
+    Part,
+    ServerNote,
+    Setting,
+    Words,
+    environment_words,
+)
 from backend.settings import DEFAULT_MODEL, DEVICE_PATTERN, Settings
 
 if TYPE_CHECKING:
     from clipseg.predictor import Predictor
 
 logger = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------------- message parts
-@dataclass(frozen=True)
-class Setting:
-    """A setting a message names: a `Settings` field ("model", "device") and a value of it,
-    given or suggested (None: the setting itself)."""
-
-    field: str
-    value: str | None = None
-
-
-@dataclass(frozen=True)
-class ServerNote:
-    """Advice that only helps when the server runs (docker mounts, `clipseg-backend`): a
-    command leaves it out."""
-
-    text: str
-
-
-Part = str | Setting | ServerNote
-#: How an entry point turns a message (its parts) into text.
-Words = Callable[[Sequence[Part]], str]
-
-#: The environment variable of each setting a loading message names.
-ENVIRONMENT = {"model": "CLIPSEG_MODEL", "device": "CLIPSEG_DEVICE", "dtype": "CLIPSEG_DTYPE"}
-
-
-def spell(parts: Sequence[Part], name: Callable[[Setting], str], server: bool) -> str:
-    """The text of a message: each `Setting` as `name` words it, each `ServerNote` kept only
-    for a server (`server`)."""
-    out = []
-    for part in parts:
-        if isinstance(part, Setting):
-            out.append(name(part))
-        elif isinstance(part, ServerNote):
-            out.append(part.text if server else "")
-        else:
-            out.append(part)
-    return "".join(out)
-
-
-def _environment_name(setting: Setting) -> str:
-    variable = ENVIRONMENT[setting.field]
-    return variable if setting.value is None else f"{variable}={setting.value}"
-
-
-def environment_words(parts: Sequence[Part]) -> str:
-    """A message in the server's terms: `CLIPSEG_MODEL=demo`, with the server's advice."""
-    return spell(parts, _environment_name, server=True)
-
-
-class ModelLoadError(RuntimeError):
-    """The checkpoint cannot be found or loaded, or the device cannot be used.
-
-    `setting` and `value` are the setting at fault (a `Settings` field) and its value; `parts`
-    the message, to be worded by the entry point (`worded`). `str()` words it for the server.
-    """
-
-    def __init__(self, setting: str, value: str, *parts: Part) -> None:
-        self.setting = setting
-        self.value = value
-        self.parts = tuple(parts)
-        super().__init__(environment_words(self.parts))
-
-    def worded(self, words: Words) -> str:
-        return words(self.parts)
 
 
 # ------------------------------------------------------------------------------------ device

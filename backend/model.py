@@ -23,6 +23,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from backend.controls import NOTHING_TO_PREDICT, REGION_TYPES, exemplar_shape
+from backend.errors import (  # ModelLoadError, WebhookDataError: server.py imports them from here
+    LabelStudioError,
+    ModelLoadError,  # noqa: F401
+    WebhookDataError,
+    Words,
+    environment_words,
+)
 from backend.exemplars import Exemplar, ExemplarStore, project_key
 from backend.images import ImageError, ImageLoader, LabelStudioClient, label_studio_client
 from backend.interactive import parse_context
@@ -33,11 +40,8 @@ from backend.label_config import (
     parse_label_config,
     prompt_fields,
 )
-from backend.loading import (  # noqa: F401 (server.py imports these three from here)
-    ModelLoadError,
-    Words,
+from backend.loading import (  # noqa: F401 (server.py imports these two from here)
     check_checkpoint_or_exit,
-    environment_words,
     load_model,
     resolve_device,
 )
@@ -63,10 +67,6 @@ _REGION_TYPES = REGION_TYPES
 def _region_shape(item: dict, kind: str, value: dict, height: int, width: int) -> dict | None:
     """`backend.controls.exemplar_shape` of `item` (whose type is `kind`, value `value`)."""
     return exemplar_shape(item, height, width)
-
-
-class WebhookDataError(ValueError):
-    """A webhook body without what `fit` needs (a project id, an annotation id)."""
 
 
 class CLIPSegBackend:
@@ -251,7 +251,7 @@ class CLIPSegBackend:
                     }
                 )
             except Exception as exc:  # one bad task must not sink the batch
-                if isinstance(exc, ImageError):
+                if isinstance(exc, (ImageError, LabelStudioError)):
                     logger.error("task %s: %s", task.get("id"), exc)
                 else:
                     logger.exception("task %s: prediction failed", task.get("id"))

@@ -22,9 +22,9 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlparse
 
 from backend.batch.predict import Failure, make_progress
+from backend.errors import LabelStudioError, Words, environment_words
 from backend.exemplars import ExemplarStore, project_key
 from backend.images import ImageError
-from backend.loading import Words, environment_words
 from backend.model import CLIPSegBackend
 from backend.settings import Settings
 
@@ -112,7 +112,7 @@ def build_store(
                     exemplars = backend.exemplars_of(
                         task, annotation.get("result") or [], label_config, key
                     )
-                except ImageError as exc:
+                except (ImageError, LabelStudioError) as exc:
                     ref = _image_reference(original)  # as in the export, not as rewritten
                     report.failures.append(Failure(ref, "export", str(exc), task.get("id")))
                     break  # the task's image is unreadable: its other annotations are too

@@ -26,8 +26,8 @@ from backend.batch.predict import (
 from backend.batch.sources import SourceReader, collect_sources, task_image_value
 from backend.batch.state import fingerprint
 from backend.controls import NOTHING_TO_PREDICT, RESULT_OPTIONS
-from backend.label_config import ControlSpec, LabelConfigError, parse_label_config
-from backend.loading import Words, environment_words
+from backend.errors import LabelConfigError, Words, environment_words
+from backend.label_config import ControlSpec, parse_label_config
 from backend.model import CLIPSegBackend
 from backend.segmenter import ImagePrediction
 from backend.settings import Settings
