@@ -240,16 +240,7 @@ class CLIPSegBackend:
                 pred = self.predict_task(
                     task, controls, stored, context, client, downloads_end, fields
                 )
-                score = pred.uncertainty if self.settings.score_mode == "uncertainty" else None
-                out.append(
-                    {
-                        "result": pred.results,
-                        "score": pred.confidence if score is None else score,
-                        "model_version": version,
-                        "confidence": pred.confidence,
-                        "uncertainty": pred.uncertainty,
-                    }
-                )
+                out.append(pred.answer(version, self.settings.score_mode))
             except Exception as exc:  # one bad task must not sink the batch
                 if isinstance(exc, (ImageError, LabelStudioError)):
                     logger.error("task %s: %s", task.get("id"), exc)

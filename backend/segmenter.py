@@ -55,6 +55,20 @@ class ImagePrediction:
     confidence: float
     labels: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def answer(self, model_version: str, score_mode: str) -> dict[str, Any]:
+        """The prediction as Label Studio takes it (a /predict answer, a task's prediction in
+        clipseg-label's tasks.json): its results, `model_version`, the top-level `score` (the
+        confidence, or with `score_mode` "uncertainty" (CLIPSEG_SCORE) the uncertainty), and
+        both figures as fields of their own."""
+        score = self.uncertainty if score_mode == "uncertainty" else self.confidence
+        return {
+            "result": self.results,
+            "score": float(score),
+            "model_version": model_version,
+            "confidence": float(self.confidence),
+            "uncertainty": float(self.uncertainty),
+        }
+
 
 @dataclass(frozen=True)
 class _Query:

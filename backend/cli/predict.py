@@ -148,7 +148,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from backend.batch import run as batch_run
+    from backend.batch import predict as batch_predict
 
     if args.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         local_files_document_root=args.local_files_root or None,
         model_dir=args.store,
     )
-    summary = batch_run.predict(
+    summary = batch_predict.predict(
         args.inputs,
         settings=settings,
         out_dir=args.out,
