@@ -24,6 +24,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from backend.formats.brush import decode_brush_rle, encode_brush_rle
+from backend.formats.masks import as_mask
 from backend.formats.polygons import (
     DEFAULT_MAX_POINTS,
     DEFAULT_TOLERANCE,
@@ -42,21 +43,16 @@ def new_result_id(length: int = 10) -> str:
 
 
 def _check_mask(mask: np.ndarray, original_width: int, original_height: int) -> np.ndarray:
-    """The mask as bool (H, W): bool, or uint8 whose non-zero pixels are the region (0/1 and
-    0/255 alike, as `backend.formats.coco` and `backend.formats.polygons` take them)."""
-    if not isinstance(mask, np.ndarray):
-        raise ValueError(f"mask must be a numpy array, got {type(mask).__name__}")
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
-    if mask.dtype != np.bool_ and mask.dtype != np.uint8:
-        raise ValueError(f"mask must be bool or uint8 (0 / non-zero), got dtype {mask.dtype}")
+    """The mask as bool (H, W) (`backend.formats.masks.as_mask`), checked to be at the result's
+    original size."""
+    region = as_mask(mask)
     if mask.shape != (int(original_height), int(original_width)):
         raise ValueError(
             f"mask of (height, width) {mask.shape} does not match original_height x "
             f"original_width {original_height} x {original_width}; resize the mask to the "
             "original image first"
         )
-    return mask != 0
+    return region
 
 
 def _result(
