@@ -12,3 +12,5 @@
 
 `backend.cli` only parses arguments and calls these.
 """
+
+from __future__ import annotations

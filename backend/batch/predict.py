@@ -78,7 +78,7 @@ def predict(
     if not sources:
         raise SourceError("no images in the inputs")
 
-    def image_value(src: Any) -> str:
+    def image_value(src: ImageSource) -> str:
         return task_image_value(src, image_root, image_root_url)
 
     for src in sources:
@@ -160,6 +160,14 @@ def load_controls(
 
 
 # ---------------------------------------------------------------------------------- the loop
+class Progress(Protocol):
+    """A progress bar as tqdm's: `update(n)` after n more images, `close()` at the end."""
+
+    def update(self, n: int = 1) -> object: ...
+
+    def close(self) -> None: ...
+
+
 class Annotator(Protocol):
     """The model side of a batch: (H, W, 3) uint8 images in, one `ImagePrediction` each out
     (Label Studio results, regions with exact masks, uncertainty, confidence, per-label details;
@@ -230,13 +238,13 @@ def run_predict(
     overlays: bool = False,
     score_mode: str = "confidence",
     image_key: str = "image",
-    progress: Any = None,
+    progress: Progress | None = None,
 ) -> RunSummary:
     """Predict every source not done yet, store each record, and rebuild the outputs.
 
     ``image_value`` gives each output task's ``data[image_key]`` (see `task_image_value`);
     ``score_mode`` picks the prediction's top-level score ("confidence" or "uncertainty").
-    ``progress`` is a tqdm-like object (``update``, ``close``) or None. Returns the summary;
+    ``progress`` is a tqdm-like bar or None. Returns the summary;
     the caller decides the exit code (failures -> 1).
     """
     if batch_size < 1:
@@ -345,7 +353,7 @@ def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def make_progress(total: int, quiet: bool, desc: str = "predict") -> Any:
+def make_progress(total: int, quiet: bool, desc: str = "predict") -> Progress:
     """A tqdm bar on stderr (rate and ETA), disabled with ``quiet`` or when stderr is no TTY."""
     from tqdm import tqdm
 

@@ -15,10 +15,13 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from backend.cli import exemplars, export_coco, predict, push, rank
 from backend.cli.common import EXIT_PARTIAL, EXIT_USAGE, Formatter, UsageError, option_words
+
+if TYPE_CHECKING:
+    from backend.batch.push import PushReport
 
 __all__ = ["build_parser", "main"]
 
@@ -54,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _report_push_error(done: Any) -> int:
+def _report_push_error(done: PushReport) -> int:
     """Exit 2 when Label Studio could not be reached or refused before anything was written
     (fix the URL, key or project and run again); else say what was written, exit 1."""
     if not done.changed:

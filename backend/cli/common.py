@@ -11,10 +11,18 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backend.errors import Part, Setting, spell
 from backend.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from label_studio_sdk import LabelStudio
+
+    from backend.batch.predict import Failure
+
+#: What `add_parser` of a subcommand adds its parser to.
+Subparsers = argparse._SubParsersAction
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 
@@ -96,7 +104,7 @@ def option_words(parts: Sequence[Part]) -> str:
     return spell(parts, _option_name, server=False)
 
 
-def report_failures(failures: Sequence[Any], where: Path | None) -> int:
+def report_failures(failures: Sequence[Failure], where: Path | None) -> int:
     """List ``failures`` on stderr: the first 20 when they are all in the file ``where``, every
     one when there is no such file."""
     if not failures:
@@ -137,7 +145,7 @@ def read_tasks(path: str) -> list[dict[str, Any]]:
     return tasks
 
 
-def connect(args: argparse.Namespace) -> Any:
+def connect(args: argparse.Namespace) -> LabelStudio:
     from backend.batch import push
 
     try:

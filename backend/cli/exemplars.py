@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
 from backend.cli.common import (
     DEVICES,
     EXIT_OK,
     Formatter,
+    Subparsers,
     UsageError,
     add_ls_connection,
     defaults,
@@ -23,7 +23,7 @@ from backend.cli.common import (
 )
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "exemplars",
         help="build or inspect an exemplar store, offline",

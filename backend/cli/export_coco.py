@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from backend.cli.common import EXIT_OK, EXIT_PARTIAL, Formatter, UsageError, read_tasks
+from backend.cli.common import EXIT_OK, EXIT_PARTIAL, Formatter, Subparsers, UsageError, read_tasks
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "export-coco",
         help="convert a Label Studio JSON export to COCO with exact masks",

@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 from backend.cli.common import (
     DEVICES,
     Formatter,
+    Subparsers,
     UsageError,
     add_ls_connection,
     defaults,
@@ -21,7 +21,7 @@ from backend.cli.common import (
 from backend.controls import RESULT_OPTIONS
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Subparsers) -> None:
     env = defaults()
     p = sub.add_parser(
         "predict",

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
-from backend.cli.common import Formatter, add_ls_connection, connect, read_tasks, report_unmatched
+from backend.cli.common import (
+    Formatter,
+    Subparsers,
+    add_ls_connection,
+    connect,
+    read_tasks,
+    report_unmatched,
+)
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "push",
         help="send predictions (tasks.json) to a Label Studio project",

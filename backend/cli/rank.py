@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from backend.cli.common import (
     EXIT_OK,
     Formatter,
+    Subparsers,
     UsageError,
     add_ls_connection,
     connect,
@@ -17,7 +17,7 @@ from backend.cli.common import (
 )
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "rank",
         help="order tasks by uncertainty: what to label next",

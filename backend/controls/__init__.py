@@ -9,6 +9,8 @@
 Other controls (TextArea, Choices, ...) match no tag and are left alone.
 """
 
+from __future__ import annotations
+
 from backend.controls.base import ControlTag, Shape
 from backend.controls.registry import (
     NOTHING_TO_PREDICT,

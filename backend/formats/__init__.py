@@ -11,6 +11,8 @@ on first use, so that existing callers keep working (an import at the top would 
 (`backend.batch.export_coco`).
 """
 
+from __future__ import annotations
+
 import importlib
 from typing import Any
 
