@@ -2,7 +2,7 @@
 
 Parsed with label-studio-sdk's `LabelInterface`. Every labels control (BrushLabels, PolygonLabels,
 RectangleLabels, ...) pointing at an `<Image>` becomes a `ControlSpec`; which control types get
-results is the adapters' decision (`backend.controls`). Attributes honoured:
+results is the control tags' decision (`backend.controls`). Attributes honoured:
 
 - on `<Label>`: `prompt="a photo of a car"` (the text prompt; default: the label's value, also
   when results carry its `alias`) and
@@ -20,13 +20,20 @@ from functools import lru_cache
 
 from label_studio_sdk.label_interface import LabelInterface
 
+from backend.errors import LabelConfigError
+
+__all__ = [
+    "PROMPT_FIELD",
+    "ControlSpec",
+    "LabelConfigError",  # server.py imports it from here
+    "LabelSpec",
+    "parse_label_config",
+    "prompt_fields",
+]
+
 logger = logging.getLogger(__name__)
 
 _TRUE = ("1", "true", "yes", "on")
-
-
-class LabelConfigError(ValueError):
-    """The label config cannot be parsed."""
 
 
 @dataclass(frozen=True)

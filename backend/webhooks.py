@@ -12,11 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from backend.errors import WebhookDataError
 from backend.exemplars import project_key
-
-
-class WebhookDataError(ValueError):
-    """A webhook body without what `fit` needs (a project id, an annotation id, ...)."""
 
 
 def _is_id(value: Any) -> bool:

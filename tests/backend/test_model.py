@@ -12,7 +12,8 @@ from PIL import Image
 
 from backend.formats import decode_brush_rle
 from backend.formats.labelstudio import brush_result
-from backend.model import _region_shape, find_regions, uncertainty_of
+from backend.model import _region_shape
+from backend.segmenter import find_regions, uncertainty_of
 
 W, H = 96, 64
 

@@ -17,6 +17,7 @@ from label_studio_sdk.converter.utils import convert_annotation_to_yolo_obb
 from label_studio_sdk.label_interface import LabelInterface
 from pycocotools import mask as mask_utils
 
+from backend.controls import region_to_results, result_to_mask
 from backend.formats.brush import decode_brush_rle
 from backend.formats.labelstudio import (
     EXTENT_PERCENT,
@@ -24,8 +25,6 @@ from backend.formats.labelstudio import (
     brush_result,
     polygon_results,
     rectangle_result,
-    region_to_results,
-    result_to_mask,
 )
 from backend.formats.regions import probability_to_regions
 
@@ -408,7 +407,7 @@ def test_result_to_mask_without_original_size_uses_the_given_size() -> None:
 
 
 def test_a_result_claiming_a_gigantic_original_size_is_refused_before_any_allocation():
-    from backend.formats.labelstudio import MAX_RESULT_PIXELS, original_size, result_to_mask
+    from backend.formats.labelstudio import MAX_RESULT_PIXELS, original_size
 
     side = 1 << 15  # 32768 x 32768 = 2**30 pixels: a 1 GB mask
     assert side * side > MAX_RESULT_PIXELS
