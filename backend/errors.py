@@ -45,7 +45,13 @@ Part = str | Setting | ServerNote
 Words = Callable[[Sequence[Part]], str]
 
 #: The environment variable of each setting a message names.
-ENVIRONMENT = {"model": "CLIPSEG_MODEL", "device": "CLIPSEG_DEVICE", "dtype": "CLIPSEG_DTYPE"}
+ENVIRONMENT = {
+    "model": "CLIPSEG_MODEL",
+    "device": "CLIPSEG_DEVICE",
+    "dtype": "CLIPSEG_DTYPE",
+    "tile_size": "CLIPSEG_TILE_SIZE",
+    "tile_overlap": "CLIPSEG_TILE_OVERLAP",
+}
 
 
 def spell(parts: Sequence[Part], name: Callable[[Setting], str], server: bool) -> str:

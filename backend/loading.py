@@ -169,6 +169,28 @@ class LoadedModel:
     dtype: str  # "float32", "float16", "bfloat16"
 
 
+def patch_size(predictor: Predictor) -> int:
+    """The model's patch size in pixels: the smallest tile tiled prediction can use."""
+    return int(predictor.model.config.vision_config.patch_size)
+
+
+def check_tiling_settings(settings: Settings, predictor: Predictor) -> None:
+    """Refuse at start a tile size the loaded model cannot use (below its patch size)."""
+    from clipseg.tiling import check_tiling
+
+    try:
+        check_tiling(settings.tile_size, settings.tile_overlap, patch_size(predictor))
+    except ValueError as exc:
+        raise ModelLoadError(
+            "tile_size",
+            str(settings.tile_size),
+            Setting("tile_size", str(settings.tile_size)),
+            " ",
+            Setting("tile_overlap", str(settings.tile_overlap)),
+            f": {exc}",
+        ) from exc
+
+
 def load_model(settings: Settings, words: Words = environment_words) -> LoadedModel:
     """Load the checkpoint of `settings.model` on `settings.device` in `settings.dtype`.
 
@@ -194,6 +216,7 @@ def load_model(settings: Settings, words: Words = environment_words) -> LoadedMo
             "preprocessor_config.json); re-download it if not. ",
             *_DEMO_HINT,
         ) from exc
+    check_tiling_settings(settings, predictor)
     is_demo = is_demo_checkpoint(settings.model, directory)
     loaded = LoadedModel(
         predictor=predictor,

@@ -47,6 +47,7 @@ from backend.loading import (  # noqa: F401 (server.py imports these two from he
 )
 from backend.segmenter import ImagePrediction, Segmenter, merge_predictions
 from backend.settings import Settings
+from backend.webhooks import validate_webhook
 
 if TYPE_CHECKING:
     from clipseg.predictor import Predictor
@@ -299,11 +300,9 @@ class CLIPSegBackend:
     # ------------------------------------------------------------------ exemplars (fit)
     def fit(self, event: str, data: dict) -> None:
         """Update the project's exemplars from a webhook (run on the background worker)."""
+        validate_webhook(event, data)  # /webhook checked it already; fit is public
         project = data.get("project")
-        try:
-            key = project_key(project)
-        except ValueError as exc:
-            raise WebhookDataError(f"{event}: {exc}") from exc
+        key = project_key(project)
         if event == "ANNOTATIONS_DELETED":
             ids = [a.get("id") if isinstance(a, dict) else a for a in data.get("annotations") or []]
             removed = self.store.remove_annotations(

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from backend.controls import ControlTag, exemplar_shape, predicted_tags, tag_for
+from backend.errors import LabelConfigError
 from backend.formats.regions import Region, probability_to_regions
 from backend.interactive import SmartRegion, labels_named, parse_context
 from backend.label_config import PROMPT_FIELD, ControlSpec
@@ -147,7 +148,22 @@ class Segmenter:
         self.lock = threading.Lock()  # the Predictor holds one image at a time
 
     def answered(self, controls: Sequence[ControlSpec]) -> list[ControlSpec]:
-        """The controls that get pre-annotations (the others are left alone)."""
+        """The controls that get pre-annotations (the others are left alone); LabelConfigError
+        for a control whose `model_tile_size` the model cannot use."""
+        from clipseg.tiling import check_tiling
+
+        for control in controls:
+            if control.tile_size is not None:
+                try:
+                    check_tiling(
+                        control.tile_size,
+                        self.settings.tile_overlap,
+                        int(self.predictor.model.config.vision_config.patch_size),
+                    )
+                except ValueError as exc:
+                    raise LabelConfigError(
+                        f"control {control.name!r}: model_tile_size={control.tile_size}: {exc}"
+                    ) from exc
         return [c for c in controls if tag_for(c, self.tags) is not None]
 
     def predict_image(
@@ -173,8 +189,7 @@ class Segmenter:
             )
             if query is None:
                 return ImagePrediction([], [], 0.0, 0.0)
-            self.predictor.set_image(image)
-            probs_all = self.predictor.predict_embeddings(query.embeddings)  # (K, H, W)
+            probs_all = self._probabilities(image, controls, query)  # (K, H, W)
         return self._prediction(image.shape[:2], controls, query, probs_all)
 
     def predict_images(
@@ -187,6 +202,9 @@ class Segmenter:
         embedded once and the images go through the vision encoder together."""
         if not images:
             return []
+        if any(self._tile_sizes(controls).values()):
+            # the tiles of one image already fill an encoder batch: one image at a time
+            return [self.predict_image(image, controls, stored) for image in images]
         with self.lock:
             query = self._conditioning(controls, stored, {})
             if query is None:
@@ -197,6 +215,44 @@ class Segmenter:
             self._prediction(image.shape[:2], controls, query, probs)
             for image, probs in zip(images, probs_per_image, strict=True)
         ]
+
+    def _tile_sizes(self, controls: Sequence[ControlSpec]) -> dict[str, int]:
+        """label -> its tile size: its control's `model_tile_size`, else CLIPSEG_TILE_SIZE (0:
+        the whole image). A label in several controls takes the first one's, as its prompts."""
+        out: dict[str, int] = {}
+        for control in controls:
+            size = self.settings.tile_size if control.tile_size is None else control.tile_size
+            for lab in control.labels:
+                out.setdefault(lab.value, size)
+        return out
+
+    def _probabilities(
+        self, image: np.ndarray, controls: Sequence[ControlSpec], query: _Query
+    ) -> np.ndarray:
+        """(K, H, W) probability maps of the query's rows on one image, each row predicted at
+        its label's tile size (`clipseg.Predictor.segment_tiled`; 0: the whole image only).
+        Called with the lock held."""
+        tile_of = self._tile_sizes(controls)
+        rows_by_size: dict[int, list[int]] = {}
+        for i, (label, _) in enumerate(query.rows):
+            rows_by_size.setdefault(tile_of.get(label, self.settings.tile_size), []).append(i)
+        if set(rows_by_size) == {0}:
+            self.predictor.set_image(image)
+            return self.predictor.predict_embeddings(query.embeddings)
+        out = None
+        for size, rows in rows_by_size.items():
+            probs = self.predictor.segment_tiled(
+                image,
+                query.embeddings[rows],
+                tile_size=size,
+                tile_overlap=self.settings.tile_overlap,
+            )
+            if len(rows_by_size) == 1:
+                return probs  # the common case: no second copy of K full-size maps
+            if out is None:
+                out = np.empty((len(query.rows), *probs.shape[1:]), np.float32)
+            out[rows] = probs
+        return out
 
     def _conditioning(
         self,

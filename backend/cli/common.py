@@ -90,7 +90,12 @@ def settings_from(**overrides: Any) -> Settings:
 
 
 #: The option of each setting a loading message names (`backend.errors.Setting`).
-_OPTIONS = {"model": "--model", "device": "--device"}
+_OPTIONS = {
+    "model": "--model",
+    "device": "--device",
+    "tile_size": "--tile-size",
+    "tile_overlap": "--tile-overlap",
+}
 
 
 def _option_name(setting: Setting) -> str:

@@ -123,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         model_dir=args.store,
         max_exemplars_per_label=args.max_per_label,
+        tile_size=0,  # building exemplars predicts nothing
         label_studio_url=args.url.rstrip("/") or None,
         label_studio_api_key=args.api_key or None,
     )

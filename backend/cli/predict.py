@@ -55,7 +55,7 @@ def add_parser(sub: Subparsers) -> None:
         "--label-config",
         metavar="FILE",
         help="a Label Studio label config (XML); prompts, predicted_values, "
-        "model_score_threshold and model_skip are honoured as by the backend",
+        "model_score_threshold, model_tile_size and model_skip are honoured as by the backend",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument(
@@ -71,6 +71,22 @@ def add_parser(sub: Subparsers) -> None:
     )
     p.add_argument("--device", default=env.device, help=f"{DEVICES}; env CLIPSEG_DEVICE")
     p.add_argument("--batch-size", type=int, default=4, help="images per model batch")
+    p.add_argument(
+        "--tile-size",
+        type=int,
+        default=env.tile_size,
+        metavar="PX",
+        help="tiled prediction for small objects in large images: square tiles of PX original "
+        "pixels plus the whole image (0: off; a config's model_tile_size wins); env "
+        "CLIPSEG_TILE_SIZE",
+    )
+    p.add_argument(
+        "--tile-overlap",
+        type=float,
+        default=env.tile_overlap,
+        metavar="F",
+        help="fraction of a tile shared with its neighbours, in [0, 0.9); env CLIPSEG_TILE_OVERLAP",
+    )
     p.add_argument(
         "--type",
         dest="result_type",
@@ -154,10 +170,16 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--batch-size must be >= 1")
     if not 0.0 <= args.threshold <= 1.0:
         raise UsageError("--threshold must lie in [0, 1]")
+    if args.tile_size < 0:
+        raise UsageError("--tile-size must be 0 (off) or a number of pixels")
+    if not 0.0 <= args.tile_overlap < 0.9:
+        raise UsageError("--tile-overlap must lie in [0, 0.9)")
     settings = settings_from(
         model=args.model,
         device=args.device,
         threshold=args.threshold,
+        tile_size=args.tile_size,
+        tile_overlap=args.tile_overlap,
         region_mode=args.region_mode,
         min_region_area=args.min_area,
         score_mode=args.score,
