@@ -40,6 +40,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "ImagePrediction",
+    "Segmenter",
+    "find_regions",
+    "merge_predictions",
+    "min_area_pixels",
+    "uncertainty_of",
+]
+
 
 @dataclass
 class ImagePrediction:

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlparse
 
-from backend.batch.predict import Failure, make_progress
+from backend.batch.outputs import Failure
+from backend.batch.predict import make_progress
 from backend.errors import LabelStudioError, Words, environment_words
 from backend.exemplars import ExemplarStore, project_key
 from backend.images import ImageError

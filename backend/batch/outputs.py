@@ -13,8 +13,9 @@ and ``overlays/*.png`` are written by the run itself.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from backend.atomic import write_json_atomic
 from backend.batch.sources import ImageSource
@@ -22,14 +23,21 @@ from backend.batch.state import StateStore
 from backend.formats.coco import CocoDataset, mask_to_rle, rle_area, rle_bbox
 from backend.segmenter import ImagePrediction
 
-if TYPE_CHECKING:
-    from backend.batch.predict import Failure
-
 TASKS_FILE = "tasks.json"
 COCO_FILE = "coco.json"
 FAILURES_FILE = "failures.json"
 OVERLAY_DIR = "overlays"
 LABEL_CONFIG_FILE = "label_config.xml"
+
+
+@dataclass
+class Failure:
+    """An image (or task) that could not be done, and why: a row of failures.json."""
+
+    ref: str
+    origin: str
+    error: str
+    task_id: Any = None
 
 
 def image_record(

@@ -29,6 +29,7 @@ import numpy as np
 from backend.batch.outputs import (
     LABEL_CONFIG_FILE,
     OVERLAY_DIR,
+    Failure,
     image_record,
     overlay_name,
     write_outputs,
@@ -199,16 +200,6 @@ class BackendAnnotator:
 
     def annotate(self, images: Sequence[np.ndarray]) -> list[ImagePrediction]:
         return self.backend.predict_images(images, self.controls, self.stored)
-
-
-@dataclass
-class Failure:
-    """An image that could not be done, and why."""
-
-    ref: str
-    origin: str
-    error: str
-    task_id: Any = None
 
 
 @dataclass

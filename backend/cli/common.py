@@ -19,7 +19,7 @@ from backend.settings import Settings, SettingsError
 if TYPE_CHECKING:
     from label_studio_sdk import LabelStudio
 
-    from backend.batch.predict import Failure
+    from backend.batch.outputs import Failure
 
 #: What `add_parser` of a subcommand adds its parser to.
 Subparsers = argparse._SubParsersAction

@@ -247,7 +247,7 @@ def polygon_result_mask(
     if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 3 or not np.isfinite(pts).all():
         raise ValueError("polygonlabels 'points' must be 3 or more [x%, y%] pairs")
     _check_extent(pts, f"{_what(result, 'polygonlabels')} has a point")
-    return _polygon_mask(pts * (np.array([width, height]) / 100.0), height, width)
+    return rasterize_polygon(pts * (np.array([width, height]) / 100.0), height, width)
 
 
 def rectangle_result_mask(
@@ -261,7 +261,7 @@ def rectangle_result_mask(
     ow, oh = (original[1], original[0]) if original is not None else (width, height)
     pts = _rectangle_corners(value, ow, oh) * (100.0 / np.array([ow, oh]))  # (4, 2) percent
     _check_extent(pts, f"{_what(result, 'rectanglelabels')} has a corner")
-    return _polygon_mask(pts * (np.array([width, height]) / 100.0), height, width)
+    return rasterize_polygon(pts * (np.array([width, height]) / 100.0), height, width)
 
 
 def _rectangle_corners(value: Mapping[str, Any], width: int, height: int) -> np.ndarray:
@@ -323,7 +323,7 @@ def original_size(result: Mapping[str, Any]) -> tuple[int, int]:
 # a 4000 x 3000 image took 360 MB).
 EXTENT_PERCENT = (-100.0, 200.0)
 # The outline length (pixels: the sum over edges of max(|dx|, |dy|)) given to pycocotools in one
-# call, at most about 30 MB of its memory; longer outlines go in pieces (`_polygon_mask`).
+# call, at most about 30 MB of its memory; longer outlines go in pieces (`rasterize_polygon`).
 _OUTLINE_PIXELS_PER_CALL = 1 << 18
 
 
@@ -340,7 +340,7 @@ def _check_extent(points: np.ndarray, what: str) -> None:
         )
 
 
-def _polygon_mask(
+def rasterize_polygon(
     points: np.ndarray, height: int, width: int, piece_pixels: int = _OUTLINE_PIXELS_PER_CALL
 ) -> np.ndarray:
     """bool (H, W) of a polygon of (N, 2) x, y pixel-edge coordinates, rasterised by pycocotools.

@@ -21,9 +21,9 @@ from backend.controls import region_to_results, result_to_mask
 from backend.formats.brush import decode_brush_rle
 from backend.formats.labelstudio import (
     EXTENT_PERCENT,
-    _polygon_mask,
     brush_result,
     polygon_results,
+    rasterize_polygon,
     rectangle_result,
 )
 from backend.formats.regions import probability_to_regions
@@ -272,7 +272,7 @@ def test_polygons_partly_outside_rasterise_as_pycocotools(
     pixels = np.array(points) * [width / 100, height / 100]
     expected = coco_polygon(pixels, height, width)
     assert np.array_equal(result_to_mask(r), expected)
-    assert np.array_equal(_polygon_mask(pixels, height, width, piece_pixels), expected)
+    assert np.array_equal(rasterize_polygon(pixels, height, width, piece_pixels), expected)
 
 
 def test_coordinates_beyond_one_image_size_are_refused_at_the_bound() -> None:
