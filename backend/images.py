@@ -24,7 +24,9 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import os
 import re
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -337,22 +339,46 @@ class ImageLoader:
         relative = values[-1]
         if not relative:
             raise ImageError(f"{ref}: local-files URL without ?d=")
+        if "\x00" in relative:
+            raise DisallowedSourceError("a local-files path with a null byte in it")
         candidate = (self.local_root / relative.lstrip("/")).resolve()
         if candidate != self.local_root and self.local_root not in candidate.parents:
             raise DisallowedSourceError(f"{relative!r} is outside LOCAL_FILES_DOCUMENT_ROOT")
         return candidate
 
+    def _shown(self, path: Path) -> str:
+        """A local file as messages name it: relative to LOCAL_FILES_DOCUMENT_ROOT (answers go
+        back to clients, who need not learn the server's directories)."""
+        if self.local_root is not None and self.local_root in path.parents:
+            return str(path.relative_to(self.local_root))
+        return path.name
+
     def _read_file(self, path: Path) -> bytes:
+        """A regular file's bytes, within CLIPSEG_MAX_DOWNLOAD_BYTES.
+
+        Opened without blocking and checked on the open descriptor (no race with a rename): a
+        FIFO, device or socket is refused instead of blocking a prediction slot forever."""
+        shown = self._shown(path)
+        cap = self.settings.max_download_bytes
         try:
-            size = path.stat().st_size
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
-            raise ImageError(f"cannot read local file {path}: {exc}") from exc
-        if size > self.settings.max_download_bytes:
-            raise ImageError(f"{path} is {size} bytes, over CLIPSEG_MAX_DOWNLOAD_BYTES")
-        try:
-            return path.read_bytes()
-        except OSError as exc:
-            raise ImageError(f"cannot read local file {path}: {exc}") from exc
+            raise ImageError(f"cannot read local file {shown}: {exc.strerror}") from exc
+        with os.fdopen(fd, "rb", buffering=0) as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise DisallowedSourceError(f"local file {shown} is not a regular file")
+            if info.st_size > cap:
+                raise ImageError(
+                    f"{shown} is {info.st_size} bytes, over CLIPSEG_MAX_DOWNLOAD_BYTES={cap}"
+                )
+            try:
+                data = file.read(cap + 1)
+            except OSError as exc:
+                raise ImageError(f"cannot read local file {shown}: {exc.strerror}") from exc
+        if data is None or len(data) > cap:
+            raise ImageError(f"{shown} grew over CLIPSEG_MAX_DOWNLOAD_BYTES={cap} while read")
+        return data
 
     # ---- downloads
     def _download(
