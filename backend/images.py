@@ -232,6 +232,7 @@ class ImageLoader:
         if self.local_root is not None and self.local_root == Path(self.local_root.anchor):
             raise ValueError("LOCAL_FILES_DOCUMENT_ROOT must not be the filesystem root")
         self._session = requests.Session()
+        self.reveal_paths = False  # messages name local files relative to the root (`_shown`)
 
     # ---- host policy
     def host_allowed(self, url: str, ls: LabelStudioClient | None) -> bool:
@@ -347,8 +348,11 @@ class ImageLoader:
         return candidate
 
     def _shown(self, path: Path) -> str:
-        """A local file as messages name it: relative to LOCAL_FILES_DOCUMENT_ROOT (answers go
-        back to clients, who need not learn the server's directories)."""
+        """A local file as messages name it: relative to LOCAL_FILES_DOCUMENT_ROOT, since the
+        server's answers go back to clients, who need not learn its directories; in full when
+        `reveal_paths` (a command run by the operator, whose own files they are)."""
+        if self.reveal_paths:
+            return str(path)
         if self.local_root is not None and self.local_root in path.parents:
             return str(path.relative_to(self.local_root))
         return path.name

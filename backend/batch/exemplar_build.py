@@ -99,6 +99,9 @@ def build_store(
         settings = replace(settings, local_files_document_root=str(root.resolve()))
     if backend is None:
         backend = CLIPSegBackend.load(settings, words)
+        backend.images.reveal_paths = (
+            True  # the operator's own run: say where files were looked for
+        )
     report = BuildReport(store=backend.store.root)
     progress = make_progress(len(tasks), quiet, desc="exemplars")
     try:

@@ -239,6 +239,7 @@ class SourceReader:
             settings, allowed_hosts=tuple(sorted(set(settings.allowed_hosts) | hosts))
         )
         self.loader = ImageLoader(self.settings)
+        self.loader.reveal_paths = True  # the operator's own run: say where files were looked for
         self.ls: LabelStudioClient | None = None
         if self.settings.label_studio_url:
             self.ls = LabelStudioClient(
