@@ -297,12 +297,15 @@ class ExemplarStore:
         return counts
 
     def version(self, project: Any) -> str:
-        """`ex0` for none, else `ex<count>-<hash>`: changes whenever the project's set changes."""
+        """`ex0` for none, else `ex<count>-<hash>` of the store's content (labels, annotations,
+        embeddings; not the order they were stored in): the same webhook delivered twice leaves
+        it as it was, so Label Studio is not told to predict every task again."""
         items = self._read(project)["exemplars"]
         if not items:
             return "ex0"
         digest = hashlib.sha1()
-        for item in sorted(items, key=lambda it: it["seq"]):
-            digest.update(f"{item['label']}\x1f{item['annotation']}\x1f{item['seq']}\x1e".encode())
-            digest.update(item["embedding"].encode("ascii"))
+        for line in sorted(
+            f"{it['label']}\x1f{it['annotation']}\x1f{it['embedding']}" for it in items
+        ):
+            digest.update(line.encode() + b"\x1e")
         return f"ex{len(items)}-{digest.hexdigest()[:8]}"

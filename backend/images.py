@@ -24,6 +24,9 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import os
+import re
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -74,10 +77,68 @@ class LoadedImage:
         return int(self.array.shape[1])
 
 
-def _host_port(url: str) -> tuple[str, int | None]:
+#: What a host may be: a DNS name or IPv4 address, or an IPv6 address in brackets. Anything
+#: else (percent escapes, backslashes, userinfo, whitespace) is refused rather than interpreted,
+#: because URL parsers disagree on it: `urlparse` read `http://a:1\@b:2/` as host b while the
+#: HTTP client connected to a.
+_HOST = re.compile(r"[a-z0-9._-]+|\[[0-9a-f:.]+\]")
+
+
+@dataclass(frozen=True)
+class HttpUrl:
+    """An http(s) URL parsed once: the (scheme, host, port) that is checked is the one that is
+    connected to, because requests are made to `url`, rebuilt from these parts."""
+
+    scheme: str
+    host: str  # lower case; an IPv6 address keeps its brackets
+    port: int
+    target: str  # path, and "?query" when there is one ("/" at least)
+
+    @property
+    def origin(self) -> tuple[str, str, int]:
+        return (self.scheme, self.host, self.port)
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}{self.target}"
+
+
+def parse_http_url(url: str) -> HttpUrl:
+    """Parse an absolute http(s) URL strictly; DisallowedSourceError names what is wrong.
+
+    Refused: other schemes, userinfo (`user@`), backslashes, control characters and spaces,
+    and hosts that are not plain names or addresses (see `_HOST`)."""
+    if not isinstance(url, str):
+        raise DisallowedSourceError(f"a URL must be a string, got {type(url).__name__}")
+    if "\\" in url or any(ord(c) < 33 or ord(c) == 127 for c in url):
+        raise DisallowedSourceError(
+            f"refusing a URL with backslashes or control characters: {url[:200]!r}"
+        )
     parsed = urlparse(url)
-    port = parsed.port or {"http": 80, "https": 443}.get(parsed.scheme)
-    return (parsed.hostname or "").lower(), port
+    scheme = parsed.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise DisallowedSourceError(f"not an http(s) URL: {url[:200]!r}")
+    netloc = parsed.netloc
+    if "@" in netloc:
+        raise DisallowedSourceError(f"refusing a URL with credentials in it: {url[:200]!r}")
+    try:
+        port = parsed.port
+    except ValueError as exc:
+        raise DisallowedSourceError(f"bad port in {url[:200]!r}") from exc
+    host = netloc.lower()
+    if port is not None or host.endswith(":"):
+        host = host.rpartition(":")[0]
+    if not _HOST.fullmatch(host):
+        raise DisallowedSourceError(f"refusing the host of {url[:200]!r}")
+    target = parsed.path or "/"
+    if parsed.query:
+        target += "?" + parsed.query
+    return HttpUrl(scheme, host, port or {"http": 80, "https": 443}[scheme], target)
+
+
+def _host_port(url: str) -> tuple[str, int | None]:
+    parsed = parse_http_url(url)
+    return parsed.host.strip("[]"), parsed.port
 
 
 class LabelStudioClient:
@@ -95,8 +156,12 @@ class LabelStudioClient:
         self.session = requests.Session()
 
     def owns(self, url: str) -> bool:
-        """Whether `url` points at this Label Studio (same host and port)."""
-        return _host_port(url) == _host_port(self.base_url)
+        """Whether `url` points at this Label Studio (same scheme, host and port, parsed by
+        `parse_http_url`; a URL it refuses is not Label Studio's)."""
+        try:
+            return parse_http_url(url).origin == parse_http_url(self.base_url).origin
+        except DisallowedSourceError:
+            return False
 
     def absolute(self, url: str) -> str:
         return urljoin(self.base_url + "/", url.lstrip("/")) if url.startswith("/") else url
@@ -133,6 +198,7 @@ class LabelStudioClient:
         url = self.absolute(url)
         if not self.owns(url):
             raise DisallowedSourceError(f"not a Label Studio URL: {url}")
+        url = parse_http_url(url).url  # connect to exactly what was checked
         kwargs.setdefault("timeout", self.timeout)
         response = self.session.get(url, headers=self.auth_headers(), **kwargs)
         if response.status_code == 401 and self.is_personal_token:
@@ -166,15 +232,17 @@ class ImageLoader:
         if self.local_root is not None and self.local_root == Path(self.local_root.anchor):
             raise ValueError("LOCAL_FILES_DOCUMENT_ROOT must not be the filesystem root")
         self._session = requests.Session()
+        self.reveal_paths = False  # messages name local files relative to the root (`_shown`)
 
     # ---- host policy
     def host_allowed(self, url: str, ls: LabelStudioClient | None) -> bool:
         """Whether an image may be downloaded from `url`'s host."""
-        if urlparse(url).scheme not in ("http", "https"):
+        try:
+            host, port = _host_port(url)
+        except DisallowedSourceError:
             return False
         if ls is not None and ls.owns(url):
             return True
-        host, port = _host_port(url)
         for entry in self.settings.allowed_hosts:
             name, _, want_port = entry.partition(":")
             if want_port and str(port) != want_port:
@@ -272,22 +340,49 @@ class ImageLoader:
         relative = values[-1]
         if not relative:
             raise ImageError(f"{ref}: local-files URL without ?d=")
+        if "\x00" in relative:
+            raise DisallowedSourceError("a local-files path with a null byte in it")
         candidate = (self.local_root / relative.lstrip("/")).resolve()
         if candidate != self.local_root and self.local_root not in candidate.parents:
             raise DisallowedSourceError(f"{relative!r} is outside LOCAL_FILES_DOCUMENT_ROOT")
         return candidate
 
+    def _shown(self, path: Path) -> str:
+        """A local file as messages name it: relative to LOCAL_FILES_DOCUMENT_ROOT, since the
+        server's answers go back to clients, who need not learn its directories; in full when
+        `reveal_paths` (a command run by the operator, whose own files they are)."""
+        if self.reveal_paths:
+            return str(path)
+        if self.local_root is not None and self.local_root in path.parents:
+            return str(path.relative_to(self.local_root))
+        return path.name
+
     def _read_file(self, path: Path) -> bytes:
+        """A regular file's bytes, within CLIPSEG_MAX_DOWNLOAD_BYTES.
+
+        Opened without blocking and checked on the open descriptor (no race with a rename): a
+        FIFO, device or socket is refused instead of blocking a prediction slot forever."""
+        shown = self._shown(path)
+        cap = self.settings.max_download_bytes
         try:
-            size = path.stat().st_size
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
-            raise ImageError(f"cannot read local file {path}: {exc}") from exc
-        if size > self.settings.max_download_bytes:
-            raise ImageError(f"{path} is {size} bytes, over CLIPSEG_MAX_DOWNLOAD_BYTES")
-        try:
-            return path.read_bytes()
-        except OSError as exc:
-            raise ImageError(f"cannot read local file {path}: {exc}") from exc
+            raise ImageError(f"cannot read local file {shown}: {exc.strerror}") from exc
+        with os.fdopen(fd, "rb", buffering=0) as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise DisallowedSourceError(f"local file {shown} is not a regular file")
+            if info.st_size > cap:
+                raise ImageError(
+                    f"{shown} is {info.st_size} bytes, over CLIPSEG_MAX_DOWNLOAD_BYTES={cap}"
+                )
+            try:
+                data = file.read(cap + 1)
+            except OSError as exc:
+                raise ImageError(f"cannot read local file {shown}: {exc.strerror}") from exc
+        if data is None or len(data) > cap:
+            raise ImageError(f"{shown} grew over CLIPSEG_MAX_DOWNLOAD_BYTES={cap} while read")
+        return data
 
     # ---- downloads
     def _download(
@@ -315,10 +410,12 @@ class ImageLoader:
             timeout = end - time.monotonic()
             if timeout <= 0:
                 raise ImageError(f"download of {url}: out of time ({limit:.3g} s)")
+            checked = parse_http_url(url)  # every hop, redirects included, parsed once
+            url = checked.url  # and connected to as checked
             on_ls = ls is not None and ls.owns(url)
-            if not on_ls and not (presigned and urlparse(url).scheme in ("http", "https")):
+            if not on_ls and not presigned:
                 if not self.host_allowed(url, ls):
-                    host = urlparse(url).netloc
+                    host = f"{checked.host}:{checked.port}"
                     raise DisallowedSourceError(
                         f"refusing to download from {host!r}: not the Label Studio host and not "
                         "in CLIPSEG_ALLOWED_HOSTS"
@@ -424,8 +521,21 @@ def label_studio_client(
     settings: Settings, hostname: str | None, access_token: str | None
 ) -> LabelStudioClient | None:
     """The client for LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY, else for what /setup sent."""
-    url = settings.label_studio_url or (hostname or "").rstrip("/")
-    key = settings.label_studio_api_key or (access_token or "")
+    if settings.label_studio_url:
+        # /setup's hostname is never used instead: LABEL_STUDIO_URL is where the key may go
+        url, key = settings.label_studio_url, settings.label_studio_api_key or (access_token or "")
+    elif settings.label_studio_api_key:
+        # the configured key goes only to a configured host, never to one a request chose
+        if hostname:
+            logger.warning(
+                "/setup sent hostname %r, which is not used: LABEL_STUDIO_API_KEY is set without "
+                "LABEL_STUDIO_URL; set LABEL_STUDIO_URL to where the key belongs",
+                hostname[:200],
+            )
+        return None
+    else:
+        # Label Studio's own behaviour: the host and the token it sent together in /setup
+        url, key = (hostname or "").rstrip("/"), access_token or ""
     if not url:
         return None
     try:

@@ -30,6 +30,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from backend.images import ImageError
 from backend.label_config import LabelConfigError
 from backend.settings import Settings, SettingsError
+from backend.webhooks import WebhookDataError, validate_webhook
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +130,6 @@ def create_app(backend: Any, settings: Settings) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
     app.json.sort_keys = False
     app.json.ensure_ascii = False
-    from backend.model import WebhookDataError
 
     expected = (ImageError, WebhookDataError, LabelConfigError)
     worker = WebhookWorker(backend.fit, settings.webhook_queue_size, expected)
@@ -237,8 +237,14 @@ def create_app(backend: Any, settings: Settings) -> Flask:
             raise _BadBody("webhook body has no 'action'")
         if not backend.handles(event):
             return jsonify({"status": "ignored", "action": event})
+        try:
+            validate_webhook(event, body)
+        except WebhookDataError as exc:
+            return _error(400, str(exc))
         if not worker.submit(event, body):
-            return _error(503, "webhook queue is full; try again later")
+            response = _error(503, "webhook queue is full; try again later")
+            response.headers["Retry-After"] = "5"
+            return response
         return jsonify({"status": "queued", "action": event})
 
     return app
