@@ -42,6 +42,14 @@ from label_studio_sdk._extensions.label_studio_tools.core.utils.io import (
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from backend.settings import Settings
+from backend.url_policy import (
+    Target,
+    UrlRefused,
+    host_allowed,
+    parse_url,
+    redirect_target,
+    send,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,18 +82,17 @@ class LoadedImage:
         return int(self.array.shape[1])
 
 
-def _host_port(url: str) -> tuple[str, int | None]:
-    parsed = urlparse(url)
-    port = parsed.port or {"http": 80, "https": 443}.get(parsed.scheme)
-    return (parsed.hostname or "").lower(), port
-
-
 class LabelStudioClient:
-    """Authenticated GETs against one Label Studio (legacy token or personal access token)."""
+    """Authenticated requests to one Label Studio (legacy token or personal access token).
+
+    Credentials only ever go to `origin`, the scheme, host and port of `base_url`
+    (`backend.url_policy`)."""
 
     def __init__(self, base_url: str, api_key: str, timeout: float) -> None:
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"Label Studio URL must start with http:// or https://: {base_url!r}")
+        try:
+            self.origin = parse_url(base_url).origin
+        except UrlRefused as exc:
+            raise ValueError(f"Label Studio URL {base_url!r} is not usable: {exc}") from exc
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key or ""
         self.timeout = timeout
@@ -94,16 +101,23 @@ class LabelStudioClient:
         self._lock = threading.Lock()
         self.session = requests.Session()
 
-    def owns(self, url: str) -> bool:
-        """Whether `url` points at this Label Studio (same host and port)."""
-        return _host_port(url) == _host_port(self.base_url)
+    def owns(self, url: str | Target) -> bool:
+        """Whether `url` points at this Label Studio (same scheme, host and port)."""
+        try:
+            target = url if isinstance(url, Target) else parse_url(self.absolute(url))
+        except UrlRefused:
+            return False
+        return target.origin == self.origin
 
     def absolute(self, url: str) -> str:
         return urljoin(self.base_url + "/", url.lstrip("/")) if url.startswith("/") else url
 
     def _exchange(self) -> str:
-        response = self.session.post(
-            f"{self.base_url}/api/token/refresh/",
+        target = parse_url(f"{self.base_url}/api/token/refresh/")
+        response = send(
+            self.session,
+            "POST",
+            target,
             json={"refresh": self.api_key},
             timeout=self.timeout,
         )
@@ -128,16 +142,33 @@ class LabelStudioClient:
                 self._access = self._exchange()
             return {"Authorization": f"Bearer {self._access}"}
 
-    def get(self, url: str, **kwargs: Any) -> requests.Response:
-        """GET `url` (relative to Label Studio or on it) with credentials; retried once on a 401."""
-        url = self.absolute(url)
-        if not self.owns(url):
-            raise DisallowedSourceError(f"not a Label Studio URL: {url}")
-        kwargs.setdefault("timeout", self.timeout)
-        response = self.session.get(url, headers=self.auth_headers(), **kwargs)
+    def get(
+        self,
+        url: str | Target,
+        *,
+        timeout: float | None = None,
+        stream: bool = False,
+        params: dict[str, Any] | None = None,
+    ) -> requests.Response:
+        """GET `url` (relative to Label Studio or on it) with credentials, never following a
+        redirect; retried once on a 401 with a personal access token."""
+        try:
+            target = url if isinstance(url, Target) else parse_url(self.absolute(url))
+        except UrlRefused as exc:
+            raise DisallowedSourceError(str(exc)) from exc
+        if target.origin != self.origin:
+            raise DisallowedSourceError(f"not a Label Studio URL: {target.url[:200]}")
+        kwargs: dict[str, Any] = {
+            "timeout": self.timeout if timeout is None else timeout,
+            "stream": stream,
+            "params": params,
+            "credentials": True,
+        }
+        response = send(self.session, "GET", target, headers=self.auth_headers(), **kwargs)
         if response.status_code == 401 and self.is_personal_token:
             response.close()
-            response = self.session.get(url, headers=self.auth_headers(refresh=True), **kwargs)
+            headers = self.auth_headers(refresh=True)
+            response = send(self.session, "GET", target, headers=headers, **kwargs)
         if response.status_code == 401:
             hint = (
                 " (Label Studio 1.23 rejects legacy tokens unless the organization enables them:"
@@ -146,7 +177,7 @@ class LabelStudioClient:
                 else ""
             )
             response.close()
-            raise ImageError(f"Label Studio answered 401 for {url}{hint}")
+            raise ImageError(f"Label Studio answered 401 for {target.url[:200]}{hint}")
         return response
 
     def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
@@ -168,20 +199,16 @@ class ImageLoader:
         self._session = requests.Session()
 
     # ---- host policy
-    def host_allowed(self, url: str, ls: LabelStudioClient | None) -> bool:
-        """Whether an image may be downloaded from `url`'s host."""
-        if urlparse(url).scheme not in ("http", "https"):
+    def host_allowed(self, url: str | Target, ls: LabelStudioClient | None) -> bool:
+        """Whether an image may be downloaded from `url` (Label Studio's origin, or a host in
+        CLIPSEG_ALLOWED_HOSTS); False for any URL `backend.url_policy` refuses."""
+        try:
+            target = url if isinstance(url, Target) else parse_url(url)
+        except UrlRefused:
             return False
-        if ls is not None and ls.owns(url):
+        if ls is not None and target.origin == ls.origin:
             return True
-        host, port = _host_port(url)
-        for entry in self.settings.allowed_hosts:
-            name, _, want_port = entry.partition(":")
-            if want_port and str(port) != want_port:
-                continue
-            if name == host or (name.startswith("*.") and host.endswith(name[1:])):
-                return True
-        return False
+        return host_allowed(target.origin, self.settings.allowed_hosts)
 
     # ---- entry point
     def load(
@@ -303,10 +330,15 @@ class ImageLoader:
         CLIPSEG_HTTP_TIMEOUT from now, or `deadline` when that comes first. Each request waits
         at most the time left.
 
-        Redirects are followed by hand (at most 3): to allowed hosts, or anywhere http(s) when
-        Label Studio's presign endpoint sends them; credentials only ever go to Label Studio.
+        Each hop is parsed and checked by `backend.url_policy` and connects to exactly what was
+        checked. Redirects are followed by hand (at most 3): to allowed hosts, or anywhere
+        http(s) when Label Studio's presign endpoint sends them; credentials only ever go to
+        Label Studio's origin.
         """
-        url = ls.absolute(url) if ls is not None else url
+        try:
+            target = parse_url(ls.absolute(url) if ls is not None else url)
+        except UrlRefused as exc:
+            raise DisallowedSourceError(f"refusing to download {url[:200]!r}: {exc}") from exc
         limit = self.settings.http_timeout
         end = time.monotonic() + limit
         if deadline is not None and deadline < end:
@@ -314,34 +346,34 @@ class ImageLoader:
         for _ in range(_MAX_REDIRECTS + 1):
             timeout = end - time.monotonic()
             if timeout <= 0:
-                raise ImageError(f"download of {url}: out of time ({limit:.3g} s)")
-            on_ls = ls is not None and ls.owns(url)
-            if not on_ls and not (presigned and urlparse(url).scheme in ("http", "https")):
-                if not self.host_allowed(url, ls):
-                    host = urlparse(url).netloc
-                    raise DisallowedSourceError(
-                        f"refusing to download from {host!r}: not the Label Studio host and not "
-                        "in CLIPSEG_ALLOWED_HOSTS"
-                    )
+                raise ImageError(f"download of {target.url[:200]}: out of time ({limit:.3g} s)")
+            on_ls = ls is not None and target.origin == ls.origin
+            if not on_ls and not presigned and not self.host_allowed(target, ls):
+                raise DisallowedSourceError(
+                    f"refusing to download from {target.origin}: not the Label Studio origin "
+                    "and not in CLIPSEG_ALLOWED_HOSTS"
+                )
             try:
                 if on_ls:
-                    response = ls.get(url, stream=True, allow_redirects=False, timeout=timeout)
+                    response = ls.get(target, stream=True, timeout=timeout)
                 else:
-                    response = self._session.get(
-                        url, stream=True, allow_redirects=False, timeout=timeout
-                    )
+                    response = send(self._session, "GET", target, stream=True, timeout=timeout)
+            except UrlRefused as exc:
+                raise DisallowedSourceError(f"refusing to download: {exc}") from exc
             except requests.RequestException as exc:
-                raise ImageError(f"cannot download {url}: {exc}") from exc
+                raise ImageError(f"cannot download {target.url[:200]}: {exc}") from exc
             with response:
                 if response.is_redirect:
-                    location = response.headers.get("Location", "")
                     presigned = presigned and on_ls  # only Label Studio's own redirect is trusted
-                    url = urljoin(url, location)
+                    try:
+                        target = redirect_target(target, response.headers.get("Location"))
+                    except UrlRefused as exc:
+                        raise DisallowedSourceError(f"refusing to follow: {exc}") from exc
                     continue
                 if response.status_code != 200:
-                    raise ImageError(f"HTTP {response.status_code} for {url}")
-                return self._read_capped(response, url, end, limit)
-        raise ImageError(f"too many redirects for {url}")
+                    raise ImageError(f"HTTP {response.status_code} for {target.url[:200]}")
+                return self._read_capped(response, target.url[:200], end, limit)
+        raise ImageError(f"too many redirects for {url[:200]}")
 
     def _read_capped(
         self, response: requests.Response, url: str, deadline: float, limit: float

@@ -86,7 +86,18 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
 
 
 def _hosts(raw: str) -> tuple[str, ...]:
-    return tuple(h.strip().lower() for h in raw.split(",") if h.strip())
+    from backend.url_policy import UrlRefused, parse_allowed_host
+
+    hosts = tuple(h.strip().lower() for h in raw.split(",") if h.strip())
+    for entry in hosts:
+        try:
+            parse_allowed_host(entry)
+        except UrlRefused as exc:
+            raise SettingsError(
+                f"CLIPSEG_ALLOWED_HOSTS entry {entry!r}: {exc}; use host, host:port, *.domain "
+                "or [IPv6]:port"
+            ) from exc
+    return hosts
 
 
 @dataclass(frozen=True)

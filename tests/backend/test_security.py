@@ -1,0 +1,214 @@
+"""Where the API key goes: the URL policy against two real HTTP servers on 127.0.0.1 and
+127.0.0.2, each reproduction of issue 16 (the allowlist bypass, /setup's hostname) as a test."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from backend_helpers import CONFIG, FakeLabelStudio, fake_backend, png_bytes
+
+from backend.images import DisallowedSourceError, ImageLoader, LabelStudioClient
+from backend.server import create_app
+from backend.settings import Settings, SettingsError
+from backend.url_policy import UrlRefused, host_allowed, parse_url, redirect_target
+
+KEY = "legacy-key"
+
+
+class OtherHost:
+    """An HTTP server on 127.0.0.2 (not Label Studio) that records every request it gets and
+    serves a PNG for any path (so a request that reaches it would succeed)."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        image = png_bytes(16, 16)
+        other = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):  # noqa: N802
+                other.requests.append((self.path, dict(self.headers)))
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(image)))
+                self.end_headers()
+                self.wfile.write(image)
+
+        self.server = ThreadingHTTPServer(("127.0.0.2", 0), Handler)
+        self.port = self.server.server_port
+        self.url = f"http://127.0.0.2:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def keys_received(self) -> list[str]:
+        return [h["Authorization"] for _, h in self.requests if "Authorization" in h]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def other():
+    server = OtherHost()
+    yield server
+    server.close()
+
+
+def _ls_port(fake_ls: FakeLabelStudio) -> int:
+    return fake_ls.server.server_port
+
+
+def _load(loader: ImageLoader, ref: str, ls: LabelStudioClient | None):
+    return loader.load({"id": 1, "data": {"image": ref}}, "image", ls)
+
+
+# ---- the parser
+
+
+@pytest.mark.parametrize(
+    "url, reason",
+    [
+        ("http://127.0.0.2:18082\\@127.0.0.1:18081/img.png", "backslash"),
+        ("http://127.0.0.2:18082/\\@127.0.0.1:18081/img.png", "backslash"),
+        ("http://user:pw@127.0.0.1/img.png", "credentials"),
+        ("http://127.0.0.2@127.0.0.1/img.png", "credentials"),
+        ("http://127.0.0.1\t/img.png", "control character"),
+        ("http://127.0.0.1/img.png\r\nHost: evil", "control character"),
+        ("http://127.0.0.1%00.evil/img.png", "not a host"),
+        ("http://127.0.0.1%2e/img.png", "not a host"),
+        ("http://ex\u00e4mple.com/img.png", "not a host"),
+        ("http:///img.png", "no host"),
+        ("http://127.0.0.1:0/img.png", "out of range"),
+        ("http://127.0.0.1:99999/img.png", "out of range"),
+        ("http://127.0.0.1:+80/img.png", "not a port"),
+        ("http://127.0.0.1:80:81/img.png", "not a port"),
+        ("http://[::1%25lo]/img.png", "IPv6"),
+        ("file:///etc/passwd", "only http"),
+        ("ftp://127.0.0.1/img.png", "only http"),
+        ("gopher://127.0.0.1:6379/_FLUSHALL", "only http"),
+        ("//127.0.0.1/img.png", "only http"),
+    ],
+)
+def test_ambiguous_or_foreign_urls_are_refused(url, reason):
+    with pytest.raises(UrlRefused, match=reason):
+        parse_url(url)
+
+
+def test_a_parsed_url_is_rebuilt_from_its_parts():
+    t = parse_url("HTTP://Label-Studio:8080/data/upload/1/a%20b.png?x=1&y=%2F#frag")
+    assert (t.origin.scheme, t.origin.host, t.origin.port) == ("http", "label-studio", 8080)
+    assert t.url == "http://label-studio:8080/data/upload/1/a%20b.png?x=1&y=%2F"
+    assert parse_url("https://s3.example.com/b/k?X-Amz-Signature=ab").origin.port == 443
+    v6 = parse_url("http://[::1]:9/x")
+    assert (v6.origin.host, v6.url) == ("::1", "http://[::1]:9/x")
+    assert redirect_target(t, "/other?q").url == "http://label-studio:8080/other?q"
+    with pytest.raises(UrlRefused, match="ambiguous"):
+        redirect_target(t, "http://127.0.0.2:1\\@label-studio:8080/")
+
+
+def test_allowed_host_entries():
+    origin = parse_url("http://img.example.com:8000/x").origin
+    assert host_allowed(origin, ["img.example.com"])
+    assert host_allowed(origin, ["img.example.com:8000"])
+    assert not host_allowed(origin, ["img.example.com:8001"])
+    assert host_allowed(origin, ["*.example.com"])
+    assert not host_allowed(parse_url("http://example.com/").origin, ["*.example.com"])
+    assert not host_allowed(parse_url("http://badexample.com/").origin, ["*.example.com"])
+    assert host_allowed(parse_url("http://[::1]:9/").origin, ["[::1]:9"])
+    with pytest.raises(SettingsError, match="CLIPSEG_ALLOWED_HOSTS entry"):
+        Settings.from_env({"CLIPSEG_ALLOWED_HOSTS": "good.example.com, user@evil"})
+
+
+# ---- the reproductions: the other host never receives the key (nor any request)
+
+
+def test_backslash_userinfo_bypass_of_the_label_studio_origin(fake_ls, other):
+    """Issue 16, 1: the URL passed the check as Label Studio's host and connected to the other,
+    which received `Authorization: Token <key>`."""
+    ls = LabelStudioClient(fake_ls.url, KEY, 5)
+    url = f"{other.url}\\@127.0.0.1:{_ls_port(fake_ls)}/img.png"
+    with pytest.raises(DisallowedSourceError, match="backslash"):
+        _load(ImageLoader(Settings()), url, ls)
+    assert other.requests == [] and fake_ls.requests == []
+
+
+def test_backslash_userinfo_bypass_of_the_allowlist(fake_ls, other):
+    loader = ImageLoader(Settings(allowed_hosts=(f"127.0.0.1:{_ls_port(fake_ls)}",)))
+    url = f"{other.url}\\@127.0.0.1:{_ls_port(fake_ls)}/img.png"
+    with pytest.raises(DisallowedSourceError):
+        _load(loader, url, LabelStudioClient(fake_ls.url, KEY, 5))
+    assert other.requests == []
+
+
+@pytest.mark.parametrize("allow_other", [False, True])
+def test_redirect_from_label_studio_is_rechecked_and_carries_no_key(fake_ls, other, allow_other):
+    ls = LabelStudioClient(fake_ls.url, KEY, 5)
+    fake_ls.redirects["/data/upload/1/a.png"] = f"{other.url}/img.png"
+    fake_ls.redirects["/data/upload/1/b.png"] = f"{other.url}\\@{fake_ls.url[7:]}/img.png"
+    allowed = (f"127.0.0.2:{other.port}",) if allow_other else ()
+    loader = ImageLoader(Settings(allowed_hosts=allowed))
+    if allow_other:  # followed to an allowed host, without the key
+        assert _load(loader, "/data/upload/1/a.png", ls).width == 16
+        assert [p for p, _ in other.requests] == ["/img.png"]
+    else:
+        with pytest.raises(DisallowedSourceError, match="CLIPSEG_ALLOWED_HOSTS"):
+            _load(loader, "/data/upload/1/a.png", ls)
+        assert other.requests == []
+    with pytest.raises(DisallowedSourceError, match="ambiguous"):
+        _load(loader, "/data/upload/1/b.png", ls)
+    assert other.keys_received() == []
+    assert len(other.requests) == (1 if allow_other else 0)
+
+
+def test_redirect_loop_is_bounded(fake_ls):
+    fake_ls.redirects["/data/upload/loop.png"] = "/data/upload/loop.png"
+    with pytest.raises(Exception, match="too many redirects"):
+        _load(
+            ImageLoader(Settings()), "/data/upload/loop.png", LabelStudioClient(fake_ls.url, KEY, 5)
+        )
+    assert len(fake_ls.requests) == 4  # the first request and 3 redirects
+
+
+def test_the_key_goes_only_to_the_label_studio_origin(fake_ls, other):
+    """Same host and port but another scheme is another origin: no key (and not allowed)."""
+    ls = LabelStudioClient(fake_ls.url, KEY, 5)
+    assert ls.owns(f"{fake_ls.url}/data/upload/x.png")
+    assert not ls.owns(fake_ls.url.replace("http://", "https://") + "/data/upload/x.png")
+    assert not ls.owns(f"{other.url}/x.png")
+    with pytest.raises(DisallowedSourceError):
+        ls.get(f"{other.url}/x.png")
+    loader = ImageLoader(Settings(allowed_hosts=(f"127.0.0.2:{other.port}",)))
+    assert _load(loader, f"{other.url}/x.png", ls).width == 16
+    assert other.keys_received() == []
+
+
+def test_predict_never_sends_the_key_to_the_other_host(tmp_path, fake_ls, other):
+    """Through /predict: every variant answers the task without a result, and the other host
+    is never contacted."""
+    fake_ls.redirects["/data/upload/r.png"] = f"{other.url}/img.png"
+    backend = fake_backend(
+        tmp_path,
+        label_studio_url=fake_ls.url,
+        label_studio_api_key=KEY,
+        allowed_hosts=(f"127.0.0.1:{_ls_port(fake_ls)}",),
+    )
+    client = create_app(backend, backend.settings).test_client()
+    refs = [
+        f"{other.url}\\@127.0.0.1:{_ls_port(fake_ls)}/img.png",
+        f"{other.url}/\\@127.0.0.1:{_ls_port(fake_ls)}/img.png",
+        "/data/upload/r.png",
+    ]
+    body = {
+        "tasks": [{"id": i, "data": {"image": ref}} for i, ref in enumerate(refs)],
+        "label_config": CONFIG,
+        "project": "1.1",
+    }
+    r = client.post("/predict", data=json.dumps(body), content_type="application/json")
+    assert r.status_code == 200
+    assert ["result" in p for p in r.get_json()["results"]] == [False, False, False]
+    assert other.requests == []
