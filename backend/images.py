@@ -462,9 +462,46 @@ def decode_image(data: bytes, settings: Settings, source: str = "") -> LoadedIma
 def label_studio_client(
     settings: Settings, hostname: str | None, access_token: str | None
 ) -> LabelStudioClient | None:
-    """The client for LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY, else for what /setup sent."""
-    url = settings.label_studio_url or (hostname or "").rstrip("/")
-    key = settings.label_studio_api_key or (access_token or "")
+    """The Label Studio a project's images and annotations come from, with its key.
+
+    `hostname` and `access_token` are what a /setup sent, and anyone who can reach the backend
+    can send one, so a request never chooses where the configured key goes:
+
+    - LABEL_STUDIO_URL set: always that URL. The key is LABEL_STUDIO_API_KEY; without one, the
+      `access_token` of a /setup whose `hostname` has LABEL_STUDIO_URL's origin (scheme, host,
+      port). A `hostname` with another origin is ignored (logged).
+    - LABEL_STUDIO_API_KEY set without LABEL_STUDIO_URL: no Label Studio; the key is never sent
+      to a `hostname` a request named (relative image URLs then fail, saying to set the URL).
+    - neither: `hostname` with the `access_token` of the same /setup, Label Studio's own
+      behaviour (a request's token goes to that request's host, never another); a `hostname`
+      without a token is not used.
+    """
+    hostname = (hostname or "").strip().rstrip("/")
+    token = (access_token or "").strip()
+    configured_url, configured_key = settings.label_studio_url, settings.label_studio_api_key
+    url, key = "", ""
+    if configured_url:
+        url, key = configured_url, configured_key
+        same = hostname and _same_origin(hostname, configured_url)
+        if hostname and not same:
+            logger.warning(
+                "/setup sent hostname %r, not LABEL_STUDIO_URL's origin: ignored, using %s",
+                hostname[:200],
+                configured_url,
+            )
+        if not key and token and same:
+            key = token
+    elif configured_key:
+        if hostname:
+            logger.warning(
+                "/setup sent hostname %r, but LABEL_STUDIO_API_KEY is only ever sent to "
+                "LABEL_STUDIO_URL, which is not set: set LABEL_STUDIO_URL to download from "
+                "Label Studio",
+                hostname[:200],
+            )
+        return None
+    elif hostname and token:
+        url, key = hostname, token
     if not url:
         return None
     try:
@@ -472,6 +509,13 @@ def label_studio_client(
     except ValueError as exc:
         logger.error("%s", exc)
         return None
+
+
+def _same_origin(a: str, b: str) -> bool:
+    try:
+        return parse_url(a).origin == parse_url(b).origin
+    except UrlRefused:
+        return False
 
 
 __all__ = [

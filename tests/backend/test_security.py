@@ -212,3 +212,62 @@ def test_predict_never_sends_the_key_to_the_other_host(tmp_path, fake_ls, other)
     assert r.status_code == 200
     assert ["result" in p for p in r.get_json()["results"]] == [False, False, False]
     assert other.requests == []
+
+
+# ---- /setup's hostname (issue 16, 2)
+
+
+def _setup_then_predict(client, hostname: str, token: str | None, ref: str) -> dict:
+    setup = {"project": "5.1", "schema": CONFIG, "hostname": hostname}
+    if token is not None:
+        setup["access_token"] = token
+    r = client.post("/setup", data=json.dumps(setup), content_type="application/json")
+    assert r.status_code == 200
+    body = {"tasks": [{"id": 1, "data": {"image": ref}}], "label_config": CONFIG, "project": "5.1"}
+    r = client.post("/predict", data=json.dumps(body), content_type="application/json")
+    assert r.status_code == 200
+    return r.get_json()["results"][0]
+
+
+def test_setup_cannot_point_the_configured_key_at_another_host(tmp_path, other):
+    """The reproduction: a key, no LABEL_STUDIO_URL, no basic auth; /setup names the other
+    host; /predict of an upload. The other host must not receive the key (nor any request)."""
+    backend = fake_backend(tmp_path, label_studio_api_key=KEY)
+    client = create_app(backend, backend.settings).test_client()
+    pred = _setup_then_predict(client, other.url, None, "/data/upload/5/img.png")
+    assert "result" not in pred and "LABEL_STUDIO_URL" in pred["error"]
+    pred = _setup_then_predict(client, other.url, "its-own-token", "/data/upload/5/img.png")
+    assert "result" not in pred
+    pred = _setup_then_predict(client, other.url, "x", f"{other.url}/img.png")
+    assert "result" not in pred
+    assert other.requests == []
+
+
+def test_setup_hostname_other_than_label_studio_url_is_ignored(tmp_path, fake_ls, other):
+    fake_ls.files["/data/upload/5/img.png"] = png_bytes(32, 32)
+    backend = fake_backend(tmp_path, label_studio_url=fake_ls.url, label_studio_api_key=KEY)
+    client = create_app(backend, backend.settings).test_client()
+    pred = _setup_then_predict(client, other.url, "its-own-token", "/data/upload/5/img.png")
+    assert "result" in pred  # from LABEL_STUDIO_URL, with the configured key
+    assert fake_ls.requests[-1] == ("GET", "/data/upload/5/img.png", f"Token {KEY}")
+    assert other.requests == []
+
+
+def test_setup_token_is_used_only_with_its_own_hostname(tmp_path, fake_ls, other):
+    """No key configured: /setup's token goes to /setup's hostname when it is LABEL_STUDIO_URL's
+    origin, or when no URL is configured; never to another host."""
+    fake_ls.files["/data/upload/5/img.png"] = png_bytes(32, 32)
+    backend = fake_backend(tmp_path, label_studio_url=fake_ls.url)
+    client = create_app(backend, backend.settings).test_client()
+    assert "result" in _setup_then_predict(client, fake_ls.url, KEY, "/data/upload/5/img.png")
+    assert fake_ls.requests[-1][2] == f"Token {KEY}"
+    # a token that came with another hostname is not sent to LABEL_STUDIO_URL either
+    _setup_then_predict(client, other.url, "stolen-elsewhere", "/data/upload/5/img.png")
+    assert fake_ls.requests[-1][2] is None and other.requests == []
+
+    backend = fake_backend(tmp_path / "b")  # nothing configured: Label Studio's own behaviour
+    client = create_app(backend, backend.settings).test_client()
+    assert "result" in _setup_then_predict(client, fake_ls.url, KEY, "/data/upload/5/img.png")
+    assert fake_ls.requests[-1] == ("GET", "/data/upload/5/img.png", f"Token {KEY}")
+    pred = _setup_then_predict(client, other.url, None, "/data/upload/5/img.png")
+    assert "result" not in pred and other.requests == []  # a hostname without a token: unused
