@@ -24,6 +24,8 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -251,7 +253,7 @@ class ImageLoader:
         if parsed.path.startswith("/data/local-files") and not parsed.netloc:
             path = self.local_file(ref)
             if path is not None:
-                return self._read_file(path)
+                return self._read_file(path, _local_files_path(ref), deadline)
         if is_cloud_storage_uri(ref) or ref.startswith("gcs:"):
             if ls is None:
                 raise ImageError(f"{ref}: cloud storage needs LABEL_STUDIO_URL (or /setup)")
@@ -291,30 +293,65 @@ class ImageLoader:
 
         None when the root is not set (then Label Studio serves the file). Raises
         DisallowedSourceError for a path that resolves outside the root (`..`, absolute paths,
-        symlinks out).
+        symlinks out) or holds a null byte. Messages name the `d=` path, never the server's.
         """
         if self.local_root is None:
             return None
-        values = parse_qs(urlparse(ref).query, keep_blank_values=True).get("d") or [""]
-        relative = values[-1]
-        if not relative:
-            raise ImageError(f"{ref}: local-files URL without ?d=")
-        candidate = (self.local_root / relative.lstrip("/")).resolve()
+        relative = _local_files_path(ref)
+        try:
+            candidate = (self.local_root / relative.lstrip("/")).resolve()
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+            raise ImageError(f"local file {relative[:200]!r} cannot be resolved: {exc}") from exc
         if candidate != self.local_root and self.local_root not in candidate.parents:
             raise DisallowedSourceError(f"{relative!r} is outside LOCAL_FILES_DOCUMENT_ROOT")
         return candidate
 
-    def _read_file(self, path: Path) -> bytes:
+    def _read_file(self, path: Path, shown: str, deadline: float | None = None) -> bytes:
+        """A regular file's bytes within CLIPSEG_MAX_DOWNLOAD_BYTES and the time limit.
+
+        A FIFO, device or socket is refused before it is opened (a FIFO's open and reads block
+        until someone writes to it). The file is opened non-blocking and without following a
+        symlink, and checked again on the open descriptor (it may have been replaced since the
+        path was checked); reads are in chunks, each started only before the deadline
+        (CLIPSEG_HTTP_TIMEOUT from now, or `deadline` when sooner). `shown`: the path as the
+        task gave it, for messages (no server path goes back to the client)."""
+        cap = self.settings.max_download_bytes
+        limit = self.settings.http_timeout
+        end = time.monotonic() + limit
+        if deadline is not None and deadline < end:
+            end, limit = deadline, max(deadline - time.monotonic(), 0.0)
+        name = repr(shown[:200])
         try:
-            size = path.stat().st_size
+            _require_regular(os.stat(path).st_mode, name)
+            flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+            fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
-            raise ImageError(f"cannot read local file {path}: {exc}") from exc
-        if size > self.settings.max_download_bytes:
-            raise ImageError(f"{path} is {size} bytes, over CLIPSEG_MAX_DOWNLOAD_BYTES")
+            raise ImageError(f"cannot read local file {name}: {exc.strerror or exc}") from exc
         try:
-            return path.read_bytes()
+            info = os.fstat(fd)
+            _require_regular(info.st_mode, name)
+            if info.st_size > cap:
+                raise ImageError(
+                    f"local file {name} is {info.st_size} bytes, over "
+                    f"CLIPSEG_MAX_DOWNLOAD_BYTES={cap}"
+                )
+            chunks, total = [], 0
+            while True:
+                if time.monotonic() > end:
+                    raise ImageError(
+                        f"reading local file {name} took over {limit:.3g} s ({total} bytes read)"
+                    )
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    return b"".join(chunks)
+                total += len(chunk)
+                if total > cap:  # it grew since fstat
+                    raise ImageError(f"local file {name} is over CLIPSEG_MAX_DOWNLOAD_BYTES={cap}")
+                chunks.append(chunk)
         except OSError as exc:
-            raise ImageError(f"cannot read local file {path}: {exc}") from exc
+            raise ImageError(f"cannot read local file {name}: {exc.strerror or exc}") from exc
+        finally:
+            os.close(fd)
 
     # ---- downloads
     def _download(
@@ -400,6 +437,34 @@ class ImageLoader:
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise ImageError(f"download of {url} failed: {exc}") from exc
         return buf.getvalue()
+
+
+def _local_files_path(ref: str) -> str:
+    """The `d=` path of a `/data/local-files/?d=...` URL (ImageError without one)."""
+    values = parse_qs(urlparse(ref).query, keep_blank_values=True).get("d") or [""]
+    relative = values[-1]
+    if not relative:
+        raise ImageError(f"{ref[:200]}: local-files URL without ?d=")
+    if "\x00" in relative:
+        raise DisallowedSourceError(f"local-files path {relative[:200]!r} holds a null byte")
+    return relative
+
+
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+def _require_regular(mode: int, name: str) -> None:
+    """DisallowedSourceError unless `mode` is a regular file's."""
+    if stat.S_ISREG(mode):
+        return
+    kind = next((what for test, what in _FILE_KINDS if test(mode)), "not a regular file")
+    raise DisallowedSourceError(f"local file {name} is {kind}, not a regular file")
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:

@@ -473,9 +473,10 @@ class CLIPSegBackend:
             except Exception as exc:  # one bad task must not sink the batch
                 if isinstance(exc, ImageError):
                     logger.error("task %s: %s", task.get("id"), exc)
-                else:
+                    out.append(failed(f"{type(exc).__name__}: {exc}"))
+                else:  # its text may hold server paths: it stays in the log
                     logger.exception("task %s: prediction failed", task.get("id"))
-                out.append(failed(f"{type(exc).__name__}: {exc}"))
+                    out.append(failed(f"{type(exc).__name__}: internal error, see the log"))
         return out
 
     def predict_task(

@@ -177,7 +177,8 @@ def create_app(backend: Any, settings: Settings) -> Flask:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         logger.exception("unhandled error on %s %s", request.method, request.path)
-        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+        # the exception's text may hold server paths: it stays in the log
+        return _error(500, f"internal error ({type(exc).__name__}); see the backend's log")
 
     @app.get("/")
     @app.get("/health")

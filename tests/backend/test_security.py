@@ -271,3 +271,111 @@ def test_setup_token_is_used_only_with_its_own_hostname(tmp_path, fake_ls, other
     assert fake_ls.requests[-1] == ("GET", "/data/upload/5/img.png", f"Token {KEY}")
     pred = _setup_then_predict(client, other.url, None, "/data/upload/5/img.png")
     assert "result" not in pred and other.requests == []  # a hostname without a token: unused
+
+
+# ---- local files that are not regular files, null bytes, server paths (issue 16, 4 and 8)
+
+
+@pytest.fixture
+def root(tmp_path):
+    root = tmp_path / "root"
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "ok.png").write_bytes(png_bytes(24, 16))
+    return root
+
+
+def _local(loader: ImageLoader, relative: str, deadline: float | None = None):
+    task = {"id": 1, "data": {"image": f"/data/local-files/?d={relative}"}}
+    return loader.load(task, "image", None, deadline)
+
+
+def test_a_fifo_is_refused_before_it_is_opened(root):
+    import os
+    import time
+
+    os.mkfifo(root / "images" / "pipe.png")
+    loader = ImageLoader(Settings(local_files_document_root=str(root)))
+    start = time.monotonic()
+    with pytest.raises(DisallowedSourceError, match="'images/pipe.png' is a FIFO"):
+        _local(loader, "images/pipe.png")
+    assert time.monotonic() - start < 1.0  # did not wait for a writer
+
+
+def test_sockets_devices_and_directories_are_refused(root):
+    import os
+    import socket
+    import stat
+
+    loader = ImageLoader(Settings(local_files_document_root=str(root)))
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(root / "images" / "sock.png"))
+        with pytest.raises(DisallowedSourceError, match="is a socket"):
+            _local(loader, "images/sock.png")
+    with pytest.raises(DisallowedSourceError, match="is a directory"):
+        _local(loader, "images")
+    try:
+        os.mknod(root / "images" / "null.png", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    except PermissionError:
+        return  # creating a device node needs privileges; the check is the same as above
+    with pytest.raises(DisallowedSourceError, match="is a character device"):
+        _local(loader, "images/null.png")
+
+
+def test_a_local_read_has_a_deadline(root):
+    import time
+
+    loader = ImageLoader(Settings(local_files_document_root=str(root)))
+    assert _local(loader, "images/ok.png").width == 24
+    with pytest.raises(Exception, match="took over"):
+        _local(loader, "images/ok.png", deadline=time.monotonic() - 1)
+
+
+def test_null_byte_in_a_path_is_a_clear_error_without_traceback(tmp_path, root, caplog):
+    loader = ImageLoader(Settings(local_files_document_root=str(root)))
+    with pytest.raises(DisallowedSourceError, match="null byte"):
+        _local(loader, "images/ok.png%00.jpg")
+    backend = fake_backend(tmp_path, local_files_document_root=str(root))
+    client = create_app(backend, backend.settings).test_client()
+    body = {
+        "tasks": [
+            {"id": 1, "data": {"image": "/data/local-files/?d=images/ok.png%00.jpg"}},
+            {"id": 2, "data": {"image": "/data/local-files/?d=images/ok.png"}},
+        ],
+        "label_config": CONFIG,
+    }
+    with caplog.at_level("INFO"):
+        r = client.post("/predict", data=json.dumps(body), content_type="application/json")
+    assert r.status_code == 200
+    first, second = r.get_json()["results"]
+    assert "null byte" in first["error"] and "result" in second
+    assert not [rec for rec in caplog.records if rec.exc_info]
+
+
+def test_client_facing_errors_carry_no_server_paths(tmp_path, root, monkeypatch):
+    import os
+
+    os.mkfifo(root / "images" / "pipe.png")
+    (root / "images" / "big.png").write_bytes(b"\0" * 2000)
+    backend = fake_backend(tmp_path, local_files_document_root=str(root), max_download_bytes=1000)
+    client = create_app(backend, backend.settings).test_client()
+    refs = ["missing.png", "images", "images/pipe.png", "images/big.png", "../outside.png"]
+    body = {
+        "tasks": [
+            {"id": i, "data": {"image": f"/data/local-files/?d={ref}"}}
+            for i, ref in enumerate(refs)
+        ],
+        "label_config": CONFIG,
+    }
+    r = client.post("/predict", data=json.dumps(body), content_type="application/json")
+    errors = [p["error"] for p in r.get_json()["results"]]
+    assert len(errors) == len(refs) and all(errors)
+    assert not [e for e in errors if str(tmp_path) in e], errors
+
+    def boom(*args, **kwargs):
+        raise ValueError(f"cannot map {tmp_path}/model-dir/weights")
+
+    monkeypatch.setattr(backend.predictor, "set_image", boom)
+    body["tasks"] = [{"id": 9, "data": {"image": "/data/local-files/?d=images/ok.png"}}]
+    r = client.post("/predict", data=json.dumps(body), content_type="application/json")
+    [pred] = r.get_json()["results"]
+    assert "ValueError" in pred["error"] and str(tmp_path) not in pred["error"]
