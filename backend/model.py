@@ -733,6 +733,13 @@ class CLIPSegBackend:
         ann_id = annotation.get("id")
         if ann_id is None:
             raise WebhookDataError("annotation without an id")
+        updated_at = annotation.get("updated_at")
+        if updated_at is not None and self.store.known_annotation(key, ann_id, updated_at):
+            # applied once already (a webhook delivered again, or replayed from the journal)
+            logger.info(
+                "project %s: annotation %s at %s is stored already", key, ann_id, updated_at
+            )
+            return 0
         if annotation.get("was_cancelled"):
             self.store.remove_annotations(key, [ann_id])
             return 0

@@ -137,6 +137,9 @@ class Settings:
     basic_auth_pass: str = field(default="", repr=False)  # BASIC_AUTH_PASS
     max_content_length: int = 64 * 1024 * 1024  # MAX_CONTENT_LENGTH: request body limit, bytes
     webhook_queue_size: int = 1000  # CLIPSEG_WEBHOOK_QUEUE_SIZE
+    webhook_journal_bytes: int = (
+        256 * 1024 * 1024
+    )  # CLIPSEG_WEBHOOK_JOURNAL_BYTES: pending, on disk
     workers: int = 1  # WORKERS: gunicorn worker processes
     threads: int = 4  # THREADS: gunicorn threads per worker
     timeout: int = 300  # GUNICORN_TIMEOUT: seconds before gunicorn restarts a silent worker
@@ -191,6 +194,9 @@ class Settings:
             basic_auth_pass=password,
             max_content_length=_int(env, "MAX_CONTENT_LENGTH", cls.max_content_length, 1),
             webhook_queue_size=_int(env, "CLIPSEG_WEBHOOK_QUEUE_SIZE", cls.webhook_queue_size, 1),
+            webhook_journal_bytes=_int(
+                env, "CLIPSEG_WEBHOOK_JOURNAL_BYTES", cls.webhook_journal_bytes, 65536
+            ),
             workers=_int(env, "WORKERS", cls.workers, 1),
             threads=_int(env, "THREADS", cls.threads, 1),
             timeout=_int(env, "GUNICORN_TIMEOUT", cls.timeout, 1),
