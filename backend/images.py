@@ -26,9 +26,11 @@ import io
 import logging
 import os
 import stat
+import struct
 import threading
 import time
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urljoin, urlparse
@@ -43,6 +45,7 @@ from label_studio_sdk._extensions.label_studio_tools.core.utils.io import (
 )
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from backend.pixel_budget import PixelBudget, PixelBudgetExceeded, Reservation
 from backend.settings import Settings
 from backend.url_policy import (
     Target,
@@ -58,6 +61,8 @@ logger = logging.getLogger(__name__)
 #: Raster formats the backend decodes (PIL names); anything else is refused.
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM", "TGA")
 _MAX_REDIRECTS = 3
+#: Seconds an image waits for room in the pixel budget by default (a /predict; then 503).
+PIXEL_BUDGET_WAIT = 5.0
 
 
 class ImageError(Exception):
@@ -70,10 +75,19 @@ class DisallowedSourceError(ImageError):
 
 @dataclass(frozen=True)
 class LoadedImage:
-    """A decoded task image: (H, W, 3) uint8 RGB after EXIF orientation."""
+    """A decoded task image: (H, W, 3) uint8 RGB after EXIF orientation.
+
+    An image from `ImageLoader.load` holds its pixels in the process's pixel budget
+    (CLIPSEG_PIXEL_BUDGET) until `release()` (or the end of a `with` block; at the latest when
+    it is garbage collected)."""
 
     array: np.ndarray
     source: str
+    reservation: Reservation | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.reservation is not None:  # a forgotten release cannot leak the budget
+            weakref.finalize(self, self.reservation.release)
 
     @property
     def height(self) -> int:
@@ -82,6 +96,21 @@ class LoadedImage:
     @property
     def width(self) -> int:
         return int(self.array.shape[1])
+
+    def release(self) -> None:
+        """Give the image's pixels back to the budget (the array stays usable)."""
+        if self.reservation is not None:
+            self.reservation.release()
+
+    def __enter__(self) -> LoadedImage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class ImagesBusy(ImageError):
+    """The pixel budget has no room for the image now; the request may be retried later."""
 
 
 class LabelStudioClient:
@@ -199,6 +228,9 @@ class ImageLoader:
         if self.local_root is not None and self.local_root == Path(self.local_root.anchor):
             raise ValueError("LOCAL_FILES_DOCUMENT_ROOT must not be the filesystem root")
         self._session = requests.Session()
+        # per process; never smaller than one image of the largest size allowed
+        self.budget = PixelBudget(max(settings.pixel_budget, settings.max_image_pixels))
+        self.budget_wait = PIXEL_BUDGET_WAIT
 
     # ---- host policy
     def host_allowed(self, url: str | Target, ls: LabelStudioClient | None) -> bool:
@@ -219,11 +251,15 @@ class ImageLoader:
         value_key: str,
         ls: LabelStudioClient | None,
         deadline: float | None = None,
+        budget_wait: float | None = None,
     ) -> LoadedImage:
         """The image of `task["data"][value_key]`; raises ImageError when it cannot be had.
 
         `deadline` (a `time.monotonic()` value): a download must be over by then, on top of
-        CLIPSEG_HTTP_TIMEOUT (the caller's time budget)."""
+        CLIPSEG_HTTP_TIMEOUT (the caller's time budget). The image holds its pixels in the
+        process's budget (CLIPSEG_PIXEL_BUDGET) until it is released: use it in a `with`
+        block. ImagesBusy when the budget has no room within `budget_wait` seconds
+        (`self.budget_wait`, PIXEL_BUDGET_WAIT, by default)."""
         data = task.get("data")
         if not isinstance(data, dict):
             raise ImageError(f"the task's data is not an object: {data!r:.80}")
@@ -241,7 +277,8 @@ class ImageLoader:
         ref = ref.strip()
         source = ref if not ref.startswith("data:") else f"{ref[:40]}... ({len(ref)} characters)"
         data = self.read_bytes(ref, task.get("id"), ls, deadline)
-        return decode_image(data, self.settings, source)
+        wait = self.budget_wait if budget_wait is None else budget_wait
+        return decode_image(data, self.settings, source, self.budget, wait)
 
     def read_bytes(
         self, ref: str, task_id: Any, ls: LabelStudioClient | None, deadline: float | None = None
@@ -498,30 +535,72 @@ def _what_it_is(data: bytes) -> str:
     return f"not a supported image ({len(data)} bytes starting {data[:16]!r}; decoded: {formats})"
 
 
-def decode_image(data: bytes, settings: Settings, source: str = "") -> LoadedImage:
-    """Decode image bytes: format and pixel-count checks first, then EXIF orientation and RGB."""
+def open_header(data: bytes) -> Image.Image:
+    """`PIL.Image.open` of IMAGE_FORMATS without PIL's own decompression-bomb check.
+
+    Opening reads the header only (format, mode, size), no pixel: the caller checks the size
+    against CLIPSEG_MAX_IMAGE_PIXELS before decoding. (PIL's check refuses above twice its
+    MAX_IMAGE_PIXELS, about 179 Mpx, whatever CLIPSEG_MAX_IMAGE_PIXELS says, and with a message
+    that names neither.) The plugins are tried in IMAGE_FORMATS order, as `Image.open` does.
+    UnidentifiedImageError when none accepts the data."""
+    Image.init()
+    prefix = data[:16]
+    fp = io.BytesIO(data)
+    for fmt in IMAGE_FORMATS:
+        factory, accept = Image.OPEN[fmt]
+        accepted = accept(prefix) if accept is not None else True
+        if not accepted or isinstance(accepted, str):  # a str: "looks like it, unsupported"
+            continue
+        fp.seek(0)
+        try:
+            return factory(fp, "")
+        except (SyntaxError, IndexError, TypeError, struct.error):
+            continue  # not this format after all (what Image.open does too)
+    raise UnidentifiedImageError("cannot identify image data")
+
+
+def decode_image(
+    data: bytes,
+    settings: Settings,
+    source: str = "",
+    budget: PixelBudget | None = None,
+    wait: float = 0.0,
+) -> LoadedImage:
+    """Decode image bytes: format and pixel-count checks first, then EXIF orientation and RGB.
+
+    `budget`: the image's pixels are reserved in it (waiting at most `wait` seconds; ImagesBusy
+    when there is no room) before decoding, and held by the returned image."""
+    name = source or "image"
     try:
-        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+        image = open_header(data)
     except UnidentifiedImageError as exc:
-        raise ImageError(f"{source or 'image'}: {_what_it_is(data)}") from exc
-    except (Image.DecompressionBombError, OSError, ValueError) as exc:
-        raise ImageError(f"{source or 'image'}: not a supported image ({exc})") from exc
+        raise ImageError(f"{name}: {_what_it_is(data)}") from exc
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"{name}: not a supported image ({exc})") from exc
     with image:
         width, height = image.size
         if width * height > settings.max_image_pixels:
             raise ImageError(
-                f"{source or 'image'} is {width}x{height} = {width * height} pixels, over "
+                f"{name} is {width}x{height} = {width * height} pixels, over "
                 f"CLIPSEG_MAX_IMAGE_PIXELS={settings.max_image_pixels}"
             )
+        reservation = None
+        if budget is not None:
+            try:
+                reservation = budget.reserve(width * height, wait)
+            except PixelBudgetExceeded as exc:
+                raise ImagesBusy(f"{name}: {exc}; try again later") from exc
         try:
             image.load()
             oriented = ImageOps.exif_transpose(image)
-            array = _to_rgb(oriented)
-        except ImageError:
+            array = np.ascontiguousarray(_to_rgb(oriented))
+        except BaseException as exc:
+            if reservation is not None:
+                reservation.release()
+            if isinstance(exc, (OSError, ValueError, SyntaxError)):
+                raise ImageError(f"{name}: corrupt image ({exc})") from exc
             raise
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise ImageError(f"{source or 'image'}: corrupt image ({exc})") from exc
-    return LoadedImage(array=np.ascontiguousarray(array), source=source)
+    return LoadedImage(array=array, source=source, reservation=reservation)
 
 
 def label_studio_client(
@@ -588,8 +667,10 @@ __all__ = [
     "DisallowedSourceError",
     "ImageError",
     "ImageLoader",
+    "ImagesBusy",
     "LabelStudioClient",
     "LoadedImage",
     "decode_image",
+    "open_header",
     "label_studio_client",
 ]

@@ -26,7 +26,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from backend.images import ImageError
+from backend.images import ImageError, ImagesBusy
 from backend.journal import WebhookJournal
 from backend.label_config import LabelConfigError
 from backend.settings import Settings, SettingsError
@@ -35,6 +35,8 @@ from backend.webhooks import WebhookBusy, WebhookWorker, webhook_problem
 logger = logging.getLogger(__name__)
 
 
+#: Seconds a client is told to wait (Retry-After) when the predict slots or pixels are taken.
+PREDICT_RETRY_AFTER = 5
 #: Seconds a client is told to wait (Retry-After) when the webhook queue or journal is full.
 WEBHOOK_RETRY_AFTER = 10
 
@@ -48,6 +50,12 @@ def _error(status: int, message: str) -> Response:
 def _json_body() -> dict[str, Any]:
     """The request's JSON object; raises _BadBody with a message saying what is wrong."""
     raw = request.get_data(cache=True)
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(raw) >= limit:
+        # a body without Content-Length (chunked) is cut at the limit without an error
+        # (werkzeug reads up to it and stops): it is over the limit if anything is left
+        if request.environ["wsgi.input"].read(1):
+            raise RequestEntityTooLarge()
     if not raw.strip():
         raise _BadBody("empty request body: send a JSON object")
     try:
@@ -162,7 +170,7 @@ def create_app(backend: Any, settings: Settings) -> Flask:
             response = _error(
                 503, f"busy: {predict_slots} /predict request(s) already running; try again"
             )
-            response.headers["Retry-After"] = "5"
+            response.headers["Retry-After"] = str(PREDICT_RETRY_AFTER)
             return response
         started = time.monotonic()
         try:
@@ -172,6 +180,10 @@ def create_app(backend: Any, settings: Settings) -> Flask:
                 project=body.get("project"),
                 label_config=label_config,
             )
+        except ImagesBusy as exc:  # the pixel budget had no room for the first image
+            response = _error(503, f"busy: {exc}")
+            response.headers["Retry-After"] = str(PREDICT_RETRY_AFTER)
+            return response
         finally:
             predicting.release()
         if len(results) != len(tasks):  # Label Studio would silently store nothing

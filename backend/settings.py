@@ -128,6 +128,7 @@ class Settings:
     local_files_document_root: str = ""  # LOCAL_FILES_DOCUMENT_ROOT
     allowed_hosts: tuple[str, ...] = ()  # CLIPSEG_ALLOWED_HOSTS: extra hosts images may come from
     max_image_pixels: int = 50_000_000  # CLIPSEG_MAX_IMAGE_PIXELS
+    pixel_budget: int = 100_000_000  # CLIPSEG_PIXEL_BUDGET: decoded pixels in flight, per worker
     max_download_bytes: int = 64 * 1024 * 1024  # CLIPSEG_MAX_DOWNLOAD_BYTES
     http_timeout: float = 30.0  # CLIPSEG_HTTP_TIMEOUT: seconds per request, whole download
     predict_budget: float = 70.0  # CLIPSEG_PREDICT_BUDGET: seconds per /predict (0: no limit)
@@ -162,6 +163,13 @@ class Settings:
         high = _float(env, "CLIPSEG_UNCERTAIN_HIGH", cls.uncertain_high, 0.0, 1.0)
         if low >= high:
             raise SettingsError("CLIPSEG_UNCERTAIN_LOW must be below CLIPSEG_UNCERTAIN_HIGH")
+        max_pixels = _int(env, "CLIPSEG_MAX_IMAGE_PIXELS", cls.max_image_pixels, 1)
+        pixel_budget = _int(env, "CLIPSEG_PIXEL_BUDGET", max(cls.pixel_budget, max_pixels), 1)
+        if pixel_budget < max_pixels:
+            raise SettingsError(
+                f"CLIPSEG_PIXEL_BUDGET={pixel_budget} is below CLIPSEG_MAX_IMAGE_PIXELS="
+                f"{max_pixels}: an image of the largest size allowed could never be decoded"
+            )
         user = _get(env, "BASIC_AUTH_USER", "")
         password = _get(env, "BASIC_AUTH_PASS", "")
         if bool(user) != bool(password):
@@ -185,7 +193,8 @@ class Settings:
             label_studio_api_key=_get(env, "LABEL_STUDIO_API_KEY", ""),
             local_files_document_root=_get(env, "LOCAL_FILES_DOCUMENT_ROOT", ""),
             allowed_hosts=_hosts(_get(env, "CLIPSEG_ALLOWED_HOSTS", "")),
-            max_image_pixels=_int(env, "CLIPSEG_MAX_IMAGE_PIXELS", cls.max_image_pixels, 1),
+            max_image_pixels=max_pixels,
+            pixel_budget=pixel_budget,
             max_download_bytes=_int(env, "CLIPSEG_MAX_DOWNLOAD_BYTES", cls.max_download_bytes, 1),
             http_timeout=_float(env, "CLIPSEG_HTTP_TIMEOUT", cls.http_timeout, 0.1),
             predict_budget=_float(env, "CLIPSEG_PREDICT_BUDGET", cls.predict_budget, 0.0),
