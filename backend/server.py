@@ -254,12 +254,17 @@ def _start_webhook_worker(worker: Any) -> None:
 def _gunicorn(app_factory: Callable[[], Flask], settings: Settings, bind: str, preload: bool):
     from gunicorn.app.base import BaseApplication
 
+    from backend.http_worker import worker_class
+
     class _Server(BaseApplication):
         def load_config(self) -> None:
             self.cfg.set("bind", bind)
             self.cfg.set("workers", settings.workers)
             self.cfg.set("threads", settings.threads)
-            self.cfg.set("worker_class", "gthread")
+            # gthread whose main loop reads each request whole before a thread gets it: slow
+            # clients cannot take the threads (backend/http_worker.py says why this way)
+            self.cfg.set("worker_class", worker_class(settings))
+            self.cfg.set("keepalive", 0)
             self.cfg.set("timeout", settings.timeout)
             self.cfg.set("preload_app", preload)
             self.cfg.set("loglevel", settings.log_level.lower())

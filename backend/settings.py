@@ -144,6 +144,8 @@ class Settings:
     workers: int = 1  # WORKERS: gunicorn worker processes
     threads: int = 4  # THREADS: gunicorn threads per worker
     timeout: int = 300  # GUNICORN_TIMEOUT: seconds before gunicorn restarts a silent worker
+    header_timeout: float = 10.0  # CLIPSEG_HEADER_TIMEOUT: seconds to send the request header
+    body_timeout: float = 60.0  # CLIPSEG_BODY_TIMEOUT: seconds to send the whole request
     log_level: str = "INFO"  # LOG_LEVEL
 
     def __repr__(self) -> str:  # never print the API key or the password
@@ -170,6 +172,10 @@ class Settings:
                 f"CLIPSEG_PIXEL_BUDGET={pixel_budget} is below CLIPSEG_MAX_IMAGE_PIXELS="
                 f"{max_pixels}: an image of the largest size allowed could never be decoded"
             )
+        header_timeout = _float(env, "CLIPSEG_HEADER_TIMEOUT", cls.header_timeout, 0.1)
+        body_timeout = _float(env, "CLIPSEG_BODY_TIMEOUT", cls.body_timeout, 0.1)
+        if body_timeout < header_timeout:
+            raise SettingsError("CLIPSEG_BODY_TIMEOUT must not be below CLIPSEG_HEADER_TIMEOUT")
         user = _get(env, "BASIC_AUTH_USER", "")
         password = _get(env, "BASIC_AUTH_PASS", "")
         if bool(user) != bool(password):
@@ -209,6 +215,8 @@ class Settings:
             workers=_int(env, "WORKERS", cls.workers, 1),
             threads=_int(env, "THREADS", cls.threads, 1),
             timeout=_int(env, "GUNICORN_TIMEOUT", cls.timeout, 1),
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
             log_level=_choice(
                 env, "LOG_LEVEL", cls.log_level.lower(), ("debug", "info", "warning", "error")
             ).upper(),
