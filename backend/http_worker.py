@@ -42,7 +42,6 @@ import re
 import selectors
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -370,7 +369,7 @@ class BufferingWorker(ThreadWorker):
                 self._refuse(reading, Refusal(408, message + " (CLIPSEG_BODY_TIMEOUT)"))
 
 
-def worker_class(settings: Settings) -> Callable[..., BufferingWorker]:
+def worker_class(settings: Settings) -> type[BufferingWorker]:
     """BufferingWorker bound to `settings` (gunicorn's `worker_class` takes a class)."""
     return type("BufferingWorker", (BufferingWorker,), {"settings": settings})
 

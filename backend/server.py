@@ -1,9 +1,10 @@
 """The HTTP protocol Label Studio 1.23 speaks to ML backends, on Flask 3 (+ gunicorn).
 
 Routes: GET / and /health, POST /setup, POST /predict, POST /webhook. This module only does
-HTTP: auth, size limits, JSON in and out, and the webhook queue; the CLIPSeg work is the
-backend object's (`backend.model.CLIPSegBackend`: `health()`, `setup(...)`, `predict(...)`,
-`fit(event, data)`, `handles(event)`).
+HTTP: auth, size limits, JSON in and out, answering busy (503 with Retry-After); webhooks are
+checked and handed to `backend.webhooks` (journaled, then applied in the background); the
+CLIPSeg work is the backend object's (`backend.model.CLIPSegBackend`: `health()`,
+`setup(...)`, `predict(...)`, `fit(event, data)`, `handles(event)`).
 
 `clipseg-backend [--host H] [--port P] [--debug]` loads the model first and exits non-zero with
 a clear message when it cannot, then serves with gunicorn (WORKERS processes x THREADS threads)

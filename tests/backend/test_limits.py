@@ -139,3 +139,21 @@ def test_predict_answers_503_with_retry_after_when_the_budget_is_spent(tmp_path)
     r = client.post("/predict", data=json.dumps(body), content_type="application/json")
     first, second = r.get_json()["results"]
     assert "result" in first and "result" not in second and "busy" in second["error"]
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"CLIPSEG_HEADER_TIMEOUT": "30", "CLIPSEG_BODY_TIMEOUT": "5"}, "CLIPSEG_BODY_TIMEOUT"),
+        ({"CLIPSEG_HEADER_TIMEOUT": "0"}, "CLIPSEG_HEADER_TIMEOUT"),
+        ({"CLIPSEG_WEBHOOK_JOURNAL_BYTES": "100"}, "CLIPSEG_WEBHOOK_JOURNAL_BYTES"),
+        ({"CLIPSEG_MAX_IMAGE_PIXELS": "200000000"}, None),  # the budget follows a larger cap
+    ],
+)
+def test_limit_settings(env, message):
+    if message is None:
+        settings = Settings.from_env(env)
+        assert settings.pixel_budget == settings.max_image_pixels == 200_000_000
+        return
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)
