@@ -231,6 +231,9 @@ class ImageLoader:
         # per process; never smaller than one image of the largest size allowed
         self.budget = PixelBudget(max(settings.pixel_budget, settings.max_image_pixels))
         self.budget_wait = PIXEL_BUDGET_WAIT
+        # messages go back to HTTP clients: they name the task's path, not the server's; a
+        # command run by the operator (clipseg-label) turns this on to say where it looked
+        self.name_server_paths = False
 
     # ---- host policy
     def host_allowed(self, url: str | Target, ls: LabelStudioClient | None) -> bool:
@@ -357,7 +360,7 @@ class ImageLoader:
         end = time.monotonic() + limit
         if deadline is not None and deadline < end:
             end, limit = deadline, max(deadline - time.monotonic(), 0.0)
-        name = repr(shown[:200])
+        name = repr(shown[:200]) + (f" (at {path})" if self.name_server_paths else "")
         try:
             _require_regular(os.stat(path).st_mode, name)
             flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)

@@ -97,6 +97,7 @@ def build_store(
         settings = replace(settings, local_files_document_root=str(root.resolve()))
     if backend is None:
         backend = CLIPSegBackend.load(settings, names)
+    backend.images.name_server_paths = True  # the operator's command: say where it looked
     report = BuildReport(store=backend.store.root)
     progress = make_progress(len(tasks), quiet, desc="exemplars")
     try:

@@ -242,6 +242,7 @@ class SourceReader:
             settings, allowed_hosts=tuple(sorted(set(settings.allowed_hosts) | hosts))
         )
         self.loader = ImageLoader(self.settings)
+        self.loader.name_server_paths = True  # the operator's command: say where it looked
         self.ls: LabelStudioClient | None = None
         if self.settings.label_studio_url:
             self.ls = LabelStudioClient(
