@@ -1,1 +1,3 @@
 """Label Studio ML backend, formats and CLI built on `clipseg`."""
+
+from __future__ import annotations

@@ -320,14 +320,15 @@ class ExemplarStore:
         return counts
 
     def version(self, project: Any) -> str:
-        """`ex0` for none, else `ex<count>-<hash>` of the exemplars' content (labels,
-        annotations, regions, embeddings; not the order they came in): it changes when, and
-        only when, the project's exemplar set does, so a webhook delivered twice does not make
-        Label Studio ask for new predictions of every task."""
+        """`ex0` for none, else `ex<count>-<hash>` of the store's content (labels, annotations,
+        embeddings; not the order they were stored in): the same webhook delivered twice leaves
+        it as it was, so Label Studio is not told to predict every task again."""
         items = self._read(project)["exemplars"]
         if not items:
             return "ex0"
         digest = hashlib.sha1()
-        for content in sorted(map(_content, items)):
-            digest.update("\x1f".join(content).encode("utf-8") + b"\x1e")
+        for line in sorted(
+            f"{it['label']}\x1f{it['annotation']}\x1f{it['embedding']}" for it in items
+        ):
+            digest.update(line.encode() + b"\x1e")
         return f"ex{len(items)}-{digest.hexdigest()[:8]}"

@@ -25,6 +25,7 @@ import base64
 import io
 import logging
 import os
+import re
 import stat
 import struct
 import threading
@@ -47,14 +48,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from backend.pixel_budget import PixelBudget, PixelBudgetExceeded, Reservation
 from backend.settings import Settings
-from backend.url_policy import (
-    Target,
-    UrlRefused,
-    host_allowed,
-    parse_url,
-    redirect_target,
-    send,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -113,17 +106,76 @@ class ImagesBusy(ImageError):
     """The pixel budget has no room for the image now; the request may be retried later."""
 
 
-class LabelStudioClient:
-    """Authenticated requests to one Label Studio (legacy token or personal access token).
+#: What a host may be: a DNS name or IPv4 address, or an IPv6 address in brackets. Anything
+#: else (percent escapes, backslashes, userinfo, whitespace) is refused rather than interpreted,
+#: because URL parsers disagree on it: `urlparse` read `http://a:1\@b:2/` as host b while the
+#: HTTP client connected to a.
+_HOST = re.compile(r"[a-z0-9._-]+|\[[0-9a-f:.]+\]")
 
-    Credentials only ever go to `origin`, the scheme, host and port of `base_url`
-    (`backend.url_policy`)."""
+
+@dataclass(frozen=True)
+class HttpUrl:
+    """An http(s) URL parsed once: the (scheme, host, port) that is checked is the one that is
+    connected to, because requests are made to `url`, rebuilt from these parts."""
+
+    scheme: str
+    host: str  # lower case; an IPv6 address keeps its brackets
+    port: int
+    target: str  # path, and "?query" when there is one ("/" at least)
+
+    @property
+    def origin(self) -> tuple[str, str, int]:
+        return (self.scheme, self.host, self.port)
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}{self.target}"
+
+
+def parse_http_url(url: str) -> HttpUrl:
+    """Parse an absolute http(s) URL strictly; DisallowedSourceError names what is wrong.
+
+    Refused: other schemes, userinfo (`user@`), backslashes, control characters and spaces,
+    and hosts that are not plain names or addresses (see `_HOST`)."""
+    if not isinstance(url, str):
+        raise DisallowedSourceError(f"a URL must be a string, got {type(url).__name__}")
+    if "\\" in url or any(ord(c) < 33 or ord(c) == 127 for c in url):
+        raise DisallowedSourceError(
+            f"refusing a URL with backslashes or control characters: {url[:200]!r}"
+        )
+    parsed = urlparse(url)
+    scheme = parsed.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise DisallowedSourceError(f"not an http(s) URL: {url[:200]!r}")
+    netloc = parsed.netloc
+    if "@" in netloc:
+        raise DisallowedSourceError(f"refusing a URL with credentials in it: {url[:200]!r}")
+    try:
+        port = parsed.port
+    except ValueError as exc:
+        raise DisallowedSourceError(f"bad port in {url[:200]!r}") from exc
+    host = netloc.lower()
+    if port is not None or host.endswith(":"):
+        host = host.rpartition(":")[0]
+    if not _HOST.fullmatch(host):
+        raise DisallowedSourceError(f"refusing the host of {url[:200]!r}")
+    target = parsed.path or "/"
+    if parsed.query:
+        target += "?" + parsed.query
+    return HttpUrl(scheme, host, port or {"http": 80, "https": 443}[scheme], target)
+
+
+def _host_port(url: str) -> tuple[str, int | None]:
+    parsed = parse_http_url(url)
+    return parsed.host.strip("[]"), parsed.port
+
+
+class LabelStudioClient:
+    """Authenticated GETs against one Label Studio (legacy token or personal access token)."""
 
     def __init__(self, base_url: str, api_key: str, timeout: float) -> None:
-        try:
-            self.origin = parse_url(base_url).origin
-        except UrlRefused as exc:
-            raise ValueError(f"Label Studio URL {base_url!r} is not usable: {exc}") from exc
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"Label Studio URL must start with http:// or https://: {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key or ""
         self.timeout = timeout
@@ -132,23 +184,20 @@ class LabelStudioClient:
         self._lock = threading.Lock()
         self.session = requests.Session()
 
-    def owns(self, url: str | Target) -> bool:
-        """Whether `url` points at this Label Studio (same scheme, host and port)."""
+    def owns(self, url: str) -> bool:
+        """Whether `url` points at this Label Studio (same scheme, host and port, parsed by
+        `parse_http_url`; a URL it refuses is not Label Studio's)."""
         try:
-            target = url if isinstance(url, Target) else parse_url(self.absolute(url))
-        except UrlRefused:
+            return parse_http_url(url).origin == parse_http_url(self.base_url).origin
+        except DisallowedSourceError:
             return False
-        return target.origin == self.origin
 
     def absolute(self, url: str) -> str:
         return urljoin(self.base_url + "/", url.lstrip("/")) if url.startswith("/") else url
 
     def _exchange(self) -> str:
-        target = parse_url(f"{self.base_url}/api/token/refresh/")
-        response = send(
-            self.session,
-            "POST",
-            target,
+        response = self.session.post(
+            f"{self.base_url}/api/token/refresh/",
             json={"refresh": self.api_key},
             timeout=self.timeout,
         )
@@ -173,33 +222,17 @@ class LabelStudioClient:
                 self._access = self._exchange()
             return {"Authorization": f"Bearer {self._access}"}
 
-    def get(
-        self,
-        url: str | Target,
-        *,
-        timeout: float | None = None,
-        stream: bool = False,
-        params: dict[str, Any] | None = None,
-    ) -> requests.Response:
-        """GET `url` (relative to Label Studio or on it) with credentials, never following a
-        redirect; retried once on a 401 with a personal access token."""
-        try:
-            target = url if isinstance(url, Target) else parse_url(self.absolute(url))
-        except UrlRefused as exc:
-            raise DisallowedSourceError(str(exc)) from exc
-        if target.origin != self.origin:
-            raise DisallowedSourceError(f"not a Label Studio URL: {target.url[:200]}")
-        kwargs: dict[str, Any] = {
-            "timeout": self.timeout if timeout is None else timeout,
-            "stream": stream,
-            "params": params,
-            "credentials": True,
-        }
-        response = send(self.session, "GET", target, headers=self.auth_headers(), **kwargs)
+    def get(self, url: str, **kwargs: Any) -> requests.Response:
+        """GET `url` (relative to Label Studio or on it) with credentials; retried once on a 401."""
+        url = self.absolute(url)
+        if not self.owns(url):
+            raise DisallowedSourceError(f"not a Label Studio URL: {url}")
+        url = parse_http_url(url).url  # connect to exactly what was checked
+        kwargs.setdefault("timeout", self.timeout)
+        response = self.session.get(url, headers=self.auth_headers(), **kwargs)
         if response.status_code == 401 and self.is_personal_token:
             response.close()
-            headers = self.auth_headers(refresh=True)
-            response = send(self.session, "GET", target, headers=headers, **kwargs)
+            response = self.session.get(url, headers=self.auth_headers(refresh=True), **kwargs)
         if response.status_code == 401:
             hint = (
                 " (Label Studio 1.23 rejects legacy tokens unless the organization enables them:"
@@ -208,7 +241,7 @@ class LabelStudioClient:
                 else ""
             )
             response.close()
-            raise ImageError(f"Label Studio answered 401 for {target.url[:200]}{hint}")
+            raise ImageError(f"Label Studio answered 401 for {url}{hint}")
         return response
 
     def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
@@ -228,24 +261,27 @@ class ImageLoader:
         if self.local_root is not None and self.local_root == Path(self.local_root.anchor):
             raise ValueError("LOCAL_FILES_DOCUMENT_ROOT must not be the filesystem root")
         self._session = requests.Session()
+        self.reveal_paths = False  # messages name local files relative to the root (`_shown`)
         # per process; never smaller than one image of the largest size allowed
         self.budget = PixelBudget(max(settings.pixel_budget, settings.max_image_pixels))
         self.budget_wait = PIXEL_BUDGET_WAIT
-        # messages go back to HTTP clients: they name the task's path, not the server's; a
-        # command run by the operator (clipseg-label) turns this on to say where it looked
-        self.name_server_paths = False
 
     # ---- host policy
-    def host_allowed(self, url: str | Target, ls: LabelStudioClient | None) -> bool:
-        """Whether an image may be downloaded from `url` (Label Studio's origin, or a host in
-        CLIPSEG_ALLOWED_HOSTS); False for any URL `backend.url_policy` refuses."""
+    def host_allowed(self, url: str, ls: LabelStudioClient | None) -> bool:
+        """Whether an image may be downloaded from `url`'s host."""
         try:
-            target = url if isinstance(url, Target) else parse_url(url)
-        except UrlRefused:
+            host, port = _host_port(url)
+        except DisallowedSourceError:
             return False
-        if ls is not None and target.origin == ls.origin:
+        if ls is not None and ls.owns(url):
             return True
-        return host_allowed(target.origin, self.settings.allowed_hosts)
+        for entry in self.settings.allowed_hosts:
+            name, _, want_port = entry.partition(":")
+            if want_port and str(port) != want_port:
+                continue
+            if name == host or (name.startswith("*.") and host.endswith(name[1:])):
+                return True
+        return False
 
     # ---- entry point
     def load(
@@ -293,7 +329,7 @@ class ImageLoader:
         if parsed.path.startswith("/data/local-files") and not parsed.netloc:
             path = self.local_file(ref)
             if path is not None:
-                return self._read_file(path, _local_files_path(ref), deadline)
+                return self._read_file(path, deadline)
         if is_cloud_storage_uri(ref) or ref.startswith("gcs:"):
             if ls is None:
                 raise ImageError(f"{ref}: cloud storage needs LABEL_STUDIO_URL (or /setup)")
@@ -333,11 +369,16 @@ class ImageLoader:
 
         None when the root is not set (then Label Studio serves the file). Raises
         DisallowedSourceError for a path that resolves outside the root (`..`, absolute paths,
-        symlinks out) or holds a null byte. Messages name the `d=` path, never the server's.
+        symlinks out).
         """
         if self.local_root is None:
             return None
-        relative = _local_files_path(ref)
+        values = parse_qs(urlparse(ref).query, keep_blank_values=True).get("d") or [""]
+        relative = values[-1]
+        if not relative:
+            raise ImageError(f"{ref}: local-files URL without ?d=")
+        if "\x00" in relative:
+            raise DisallowedSourceError("a local-files path with a null byte in it")
         try:
             candidate = (self.local_root / relative.lstrip("/")).resolve()
         except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
@@ -346,50 +387,59 @@ class ImageLoader:
             raise DisallowedSourceError(f"{relative!r} is outside LOCAL_FILES_DOCUMENT_ROOT")
         return candidate
 
-    def _read_file(self, path: Path, shown: str, deadline: float | None = None) -> bytes:
+    def _shown(self, path: Path) -> str:
+        """A local file as messages name it: relative to LOCAL_FILES_DOCUMENT_ROOT, since the
+        server's answers go back to clients, who need not learn its directories; in full when
+        `reveal_paths` (a command run by the operator, whose own files they are)."""
+        if self.reveal_paths:
+            return str(path)
+        if self.local_root is not None and self.local_root in path.parents:
+            return str(path.relative_to(self.local_root))
+        return path.name
+
+    def _read_file(self, path: Path, deadline: float | None = None) -> bytes:
         """A regular file's bytes within CLIPSEG_MAX_DOWNLOAD_BYTES and the time limit.
 
         A FIFO, device or socket is refused before it is opened (a FIFO's open and reads block
-        until someone writes to it). The file is opened non-blocking and without following a
-        symlink, and checked again on the open descriptor (it may have been replaced since the
-        path was checked); reads are in chunks, each started only before the deadline
-        (CLIPSEG_HTTP_TIMEOUT from now, or `deadline` when sooner). `shown`: the path as the
-        task gave it, for messages (no server path goes back to the client)."""
+        until someone writes to it; opening a device can act on it). The file is opened
+        non-blocking and without following a symlink, and checked again on the open descriptor
+        (it may have been replaced since the path was checked); reads are in 1 MiB chunks, each
+        started only before the deadline (CLIPSEG_HTTP_TIMEOUT from now, or `deadline` when
+        sooner)."""
+        shown = self._shown(path)
         cap = self.settings.max_download_bytes
         limit = self.settings.http_timeout
         end = time.monotonic() + limit
         if deadline is not None and deadline < end:
             end, limit = deadline, max(deadline - time.monotonic(), 0.0)
-        name = repr(shown[:200]) + (f" (at {path})" if self.name_server_paths else "")
         try:
-            _require_regular(os.stat(path).st_mode, name)
+            _require_regular(os.stat(path).st_mode, shown)
             flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
             fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
-            raise ImageError(f"cannot read local file {name}: {exc.strerror or exc}") from exc
+            raise ImageError(f"cannot read local file {shown}: {exc.strerror or exc}") from exc
         try:
             info = os.fstat(fd)
-            _require_regular(info.st_mode, name)
+            _require_regular(info.st_mode, shown)
             if info.st_size > cap:
                 raise ImageError(
-                    f"local file {name} is {info.st_size} bytes, over "
-                    f"CLIPSEG_MAX_DOWNLOAD_BYTES={cap}"
+                    f"{shown} is {info.st_size} bytes, over CLIPSEG_MAX_DOWNLOAD_BYTES={cap}"
                 )
             chunks, total = [], 0
             while True:
                 if time.monotonic() > end:
                     raise ImageError(
-                        f"reading local file {name} took over {limit:.3g} s ({total} bytes read)"
+                        f"reading local file {shown} took over {limit:.3g} s ({total} bytes read)"
                     )
                 chunk = os.read(fd, 1 << 20)
                 if not chunk:
                     return b"".join(chunks)
                 total += len(chunk)
-                if total > cap:  # it grew since fstat
-                    raise ImageError(f"local file {name} is over CLIPSEG_MAX_DOWNLOAD_BYTES={cap}")
+                if total > cap:
+                    raise ImageError(f"{shown} grew over CLIPSEG_MAX_DOWNLOAD_BYTES={cap}")
                 chunks.append(chunk)
         except OSError as exc:
-            raise ImageError(f"cannot read local file {name}: {exc.strerror or exc}") from exc
+            raise ImageError(f"cannot read local file {shown}: {exc.strerror or exc}") from exc
         finally:
             os.close(fd)
 
@@ -407,15 +457,10 @@ class ImageLoader:
         CLIPSEG_HTTP_TIMEOUT from now, or `deadline` when that comes first. Each request waits
         at most the time left.
 
-        Each hop is parsed and checked by `backend.url_policy` and connects to exactly what was
-        checked. Redirects are followed by hand (at most 3): to allowed hosts, or anywhere
-        http(s) when Label Studio's presign endpoint sends them; credentials only ever go to
-        Label Studio's origin.
+        Redirects are followed by hand (at most 3): to allowed hosts, or anywhere http(s) when
+        Label Studio's presign endpoint sends them; credentials only ever go to Label Studio.
         """
-        try:
-            target = parse_url(ls.absolute(url) if ls is not None else url)
-        except UrlRefused as exc:
-            raise DisallowedSourceError(f"refusing to download {url[:200]!r}: {exc}") from exc
+        url = ls.absolute(url) if ls is not None else url
         limit = self.settings.http_timeout
         end = time.monotonic() + limit
         if deadline is not None and deadline < end:
@@ -423,34 +468,36 @@ class ImageLoader:
         for _ in range(_MAX_REDIRECTS + 1):
             timeout = end - time.monotonic()
             if timeout <= 0:
-                raise ImageError(f"download of {target.url[:200]}: out of time ({limit:.3g} s)")
-            on_ls = ls is not None and target.origin == ls.origin
-            if not on_ls and not presigned and not self.host_allowed(target, ls):
-                raise DisallowedSourceError(
-                    f"refusing to download from {target.origin}: not the Label Studio origin "
-                    "and not in CLIPSEG_ALLOWED_HOSTS"
-                )
+                raise ImageError(f"download of {url}: out of time ({limit:.3g} s)")
+            checked = parse_http_url(url)  # every hop, redirects included, parsed once
+            url = checked.url  # and connected to as checked
+            on_ls = ls is not None and ls.owns(url)
+            if not on_ls and not presigned:
+                if not self.host_allowed(url, ls):
+                    host = f"{checked.host}:{checked.port}"
+                    raise DisallowedSourceError(
+                        f"refusing to download from {host!r}: not the Label Studio host and not "
+                        "in CLIPSEG_ALLOWED_HOSTS"
+                    )
             try:
                 if on_ls:
-                    response = ls.get(target, stream=True, timeout=timeout)
+                    response = ls.get(url, stream=True, allow_redirects=False, timeout=timeout)
                 else:
-                    response = send(self._session, "GET", target, stream=True, timeout=timeout)
-            except UrlRefused as exc:
-                raise DisallowedSourceError(f"refusing to download: {exc}") from exc
+                    response = self._session.get(
+                        url, stream=True, allow_redirects=False, timeout=timeout
+                    )
             except requests.RequestException as exc:
-                raise ImageError(f"cannot download {target.url[:200]}: {exc}") from exc
+                raise ImageError(f"cannot download {url}: {exc}") from exc
             with response:
                 if response.is_redirect:
+                    location = response.headers.get("Location", "")
                     presigned = presigned and on_ls  # only Label Studio's own redirect is trusted
-                    try:
-                        target = redirect_target(target, response.headers.get("Location"))
-                    except UrlRefused as exc:
-                        raise DisallowedSourceError(f"refusing to follow: {exc}") from exc
+                    url = urljoin(url, location)
                     continue
                 if response.status_code != 200:
-                    raise ImageError(f"HTTP {response.status_code} for {target.url[:200]}")
-                return self._read_capped(response, target.url[:200], end, limit)
-        raise ImageError(f"too many redirects for {url[:200]}")
+                    raise ImageError(f"HTTP {response.status_code} for {url}")
+                return self._read_capped(response, url, end, limit)
+        raise ImageError(f"too many redirects for {url}")
 
     def _read_capped(
         self, response: requests.Response, url: str, deadline: float, limit: float
@@ -479,17 +526,6 @@ class ImageLoader:
         return buf.getvalue()
 
 
-def _local_files_path(ref: str) -> str:
-    """The `d=` path of a `/data/local-files/?d=...` URL (ImageError without one)."""
-    values = parse_qs(urlparse(ref).query, keep_blank_values=True).get("d") or [""]
-    relative = values[-1]
-    if not relative:
-        raise ImageError(f"{ref[:200]}: local-files URL without ?d=")
-    if "\x00" in relative:
-        raise DisallowedSourceError(f"local-files path {relative[:200]!r} holds a null byte")
-    return relative
-
-
 _FILE_KINDS = (
     (stat.S_ISFIFO, "a FIFO"),
     (stat.S_ISCHR, "a character device"),
@@ -508,21 +544,14 @@ def _require_regular(mode: int, name: str) -> None:
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from the modes PIL decodes; 16-bit and float grey are rescaled."""
-    mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(image, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        grey = arr.astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
-    if mode in ("RGB", "L", "P", "1", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "La"):
-        return np.asarray(image.convert("RGB"))
-    raise ImageError(f"unsupported image mode {mode!r}")
+    """(H, W, 3) uint8 RGB by clipseg's one conversion (16-bit grey as the browser shows it)."""
+    # imported here, as the backend imports clipseg (and so torch) only where it needs it
+    from clipseg.image_processing import image_to_rgb
+
+    try:
+        return np.asarray(image_to_rgb(image))
+    except ValueError as exc:
+        raise ImageError(f"unsupported image: {exc}") from exc
 
 
 def _what_it_is(data: bytes) -> str:
@@ -660,8 +689,8 @@ def label_studio_client(
 
 def _same_origin(a: str, b: str) -> bool:
     try:
-        return parse_url(a).origin == parse_url(b).origin
-    except UrlRefused:
+        return parse_http_url(a).origin == parse_http_url(b).origin
+    except DisallowedSourceError:
         return False
 
 

@@ -4,8 +4,9 @@ With "Interactive preannotations" on, Label Studio sends `/predict` one task and
 `params.context = {"result": [...]}`: the result items the annotator just made. Two kinds
 steer CLIPSeg:
 
-- **smart regions** (`brushlabels`, `rectanglelabels`, `keypointlabels`, `polygonlabels` items)
-  on the image: each is an exemplar (visual prompt) of its labels for this answer;
+- **smart regions** (items of the control tags, `backend.controls.SMART_REGION_TYPES`:
+  brushlabels, polygonlabels, rectanglelabels, keypointlabels) on the image: each is an
+  exemplar (visual prompt) of its labels for this answer;
 - **typed prompts** (`textarea` items of a prompt field, `backend.label_config.prompt_fields`:
   `<TextArea name="prompt" toName="image"/>` or one marked `model_prompt="true"`) on the image:
   each line of text is a text prompt for the label it names (`labels_named`), used in place of
@@ -26,10 +27,9 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Interaction", "SmartRegion", "labels_named", "normalize", "parse_context"]
+from backend.controls import SMART_REGION_TYPES
 
-#: Result types whose items are smart regions.
-SMART_REGION_TYPES = ("brushlabels", "rectanglelabels", "keypointlabels", "polygonlabels")
+__all__ = ["Interaction", "SmartRegion", "labels_named", "normalize", "parse_context"]
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,14 @@
 
 Parsed with label-studio-sdk's `LabelInterface`. Every labels control (BrushLabels, PolygonLabels,
 RectangleLabels, ...) pointing at an `<Image>` becomes a `ControlSpec`; which control types get
-results is the adapters' decision (`backend.controls`). Attributes honoured:
+results is the control tags' decision (`backend.controls`). Attributes honoured:
 
 - on `<Label>`: `prompt="a photo of a car"` (the text prompt; default: the label's value, also
   when results carry its `alias`) and
   `predicted_values="car, automobile"` (extra prompts; their probabilities are averaged);
-- on the control: `model_score_threshold="0.4"` (probability threshold; default CLIPSEG_THRESHOLD)
-  and `model_skip="true"` (no predictions for this control).
+- on the control: `model_score_threshold="0.4"` (probability threshold; default CLIPSEG_THRESHOLD),
+  `model_tile_size="512"` (tiled prediction with tiles of 512 original px, 0 for the whole image;
+  default CLIPSEG_TILE_SIZE) and `model_skip="true"` (no predictions for this control).
 """
 
 from __future__ import annotations
@@ -19,13 +20,20 @@ from functools import lru_cache
 
 from label_studio_sdk.label_interface import LabelInterface
 
+from backend.errors import LabelConfigError
+
+__all__ = [
+    "PROMPT_FIELD",
+    "ControlSpec",
+    "LabelConfigError",  # server.py imports it from here
+    "LabelSpec",
+    "parse_label_config",
+    "prompt_fields",
+]
+
 logger = logging.getLogger(__name__)
 
 _TRUE = ("1", "true", "yes", "on")
-
-
-class LabelConfigError(ValueError):
-    """The label config cannot be parsed."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,7 @@ class ControlSpec:
     labels: tuple[LabelSpec, ...]
     threshold: float
     attrs: tuple[tuple[str, str], ...] = ()  # the control's attributes as written
+    tile_size: int | None = None  # model_tile_size; None: CLIPSEG_TILE_SIZE
 
     def attr(self, name: str, default: str | None = None) -> str | None:
         return dict(self.attrs).get(name, default)
@@ -86,6 +95,24 @@ def _threshold(attr: dict[str, str], control: str, default: float) -> float:
     return value
 
 
+def _tile_size(attr: dict[str, str], control: str) -> int | None:
+    """`model_tile_size`: None when absent; a bad value is an error of the config (it would
+    otherwise silently predict small objects at the whole image's scale)."""
+    raw = attr.get("model_tile_size")
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise LabelConfigError(
+            f"control {control!r}: model_tile_size={raw!r} is not a whole number of pixels "
+            "(0 turns tiling off)"
+        )
+    return value
+
+
 @lru_cache(maxsize=64)
 def parse_label_config(config: str, default_threshold: float) -> tuple[ControlSpec, ...]:
     """Every labels control on an `<Image>` of `config`, in config order (model_skip ones left out).
@@ -111,6 +138,7 @@ def parse_label_config(config: str, default_threshold: float) -> tuple[ControlSp
             for value, lab in labels_attrs.items()
         )
         threshold = _threshold(attr, control.name, default_threshold)
+        tile_size = _tile_size(attr, control.name)
         for to_name in control.to_name or []:
             image = images.get(to_name)
             if image is None:
@@ -124,6 +152,7 @@ def parse_label_config(config: str, default_threshold: float) -> tuple[ControlSp
                     labels=labels,
                     threshold=threshold,
                     attrs=tuple(sorted(attr.items())),
+                    tile_size=tile_size,
                 )
             )
     return tuple(specs)
@@ -132,6 +161,24 @@ def parse_label_config(config: str, default_threshold: float) -> tuple[ControlSp
 #: The name of the TextArea whose text is a prompt without any marking (Label Studio's own
 #: text-prompted examples call it so).
 PROMPT_FIELD = "prompt"
+
+
+def _tile_size(attr: dict[str, str], control: str) -> int | None:
+    """`model_tile_size`: None when absent; a bad value is an error of the config (it would
+    otherwise silently predict small objects at the whole image's scale)."""
+    raw = attr.get("model_tile_size")
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise LabelConfigError(
+            f"control {control!r}: model_tile_size={raw!r} is not a whole number of pixels "
+            "(0 turns tiling off)"
+        )
+    return value
 
 
 @lru_cache(maxsize=64)

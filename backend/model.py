@@ -1,44 +1,36 @@
 """The backend's model: CLIPSeg behind label-studio-ml's setup / predict / fit conventions.
 
-Orchestration only: label config -> prompts (`label_config`), task -> image (`images`), image +
-prompts -> probability maps (`clipseg.Predictor`), maps -> regions -> Label Studio results
-(`controls`, `formats`), annotations -> exemplars (`exemplars`).
+`CLIPSegBackend` composes the stages and runs the per-task loop: checkpoint -> Predictor
+(`backend.loading`), label config -> controls and prompts (`backend.label_config`), task ->
+images (`backend.images`), image + controls + exemplars -> results and scores
+(`backend.segmenter`), and annotations -> exemplars (`fit`, the webhook part; `backend.exemplars`
+holds the store). It keeps the time budget of a request and each project's model_version.
 
-Per task, the image is encoded once and every prompt of every control is decoded in one call.
-A label's conditional embedding is its text prompt's, mixed with the mean of its exemplars when
-it has some: `w * text + (1 - w) * mean(exemplars)` (w = CLIPSEG_EXEMPLAR_WEIGHT); a label
-with several prompts (`prompt` + `predicted_values`) gets the mean of their probability maps.
-
-Scores (see docs/backend.md):
-- region `score`: the mean probability inside the region;
-- `confidence` of a task: the mean of its regions' scores (0 when nothing was found);
-- `uncertainty` of a task: the mean over its labels of the fraction of uncertain pixels, those
-  with a probability in [CLIPSEG_UNCERTAIN_LOW, CLIPSEG_UNCERTAIN_HIGH], among the label's
-  candidate pixels (probability >= CLIPSEG_UNCERTAIN_LOW; 0 when there are none).
 The prediction's top-level `score` is the confidence (CLIPSEG_SCORE=uncertainty makes it the
-uncertainty); both are also sent as separate fields.
+uncertainty); both are also sent as separate fields (scores: `backend.segmenter`,
+docs/backend.md).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import re
 import threading
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from backend.controls import ControlAdapter, adapter_for, make_adapters
+from backend.controls import NOTHING_TO_PREDICT, REGION_TYPES, exemplar_shape
+from backend.errors import (  # ModelLoadError, WebhookDataError: server.py imports them from here
+    LabelStudioError,
+    ModelLoadError,  # noqa: F401
+    WebhookDataError,
+    Words,
+    environment_words,
+)
 from backend.exemplars import Exemplar, ExemplarStore, project_key
-from backend.formats.labelstudio import result_to_mask
-from backend.formats.regions import Region, probability_to_regions
 from backend.images import (
     ImageError,
     ImageLoader,
@@ -47,7 +39,7 @@ from backend.images import (
     LoadedImage,
     label_studio_client,
 )
-from backend.interactive import SmartRegion, labels_named, parse_context
+from backend.interactive import parse_context
 from backend.label_config import (
     PROMPT_FIELD,
     ControlSpec,
@@ -55,7 +47,17 @@ from backend.label_config import (
     parse_label_config,
     prompt_fields,
 )
-from backend.settings import DEFAULT_MODEL, DEVICE_PATTERN, Settings
+from backend.loading import (  # noqa: F401 (server.py imports these two from here)
+    check_checkpoint_or_exit,
+    load_model,
+    resolve_device,
+)
+from backend.segmenter import ImagePrediction, Segmenter, merge_predictions
+from backend.settings import Settings
+from backend.webhooks import validate_webhook
+
+if TYPE_CHECKING:
+    from clipseg.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -68,187 +70,14 @@ WEBHOOK_PIXEL_BUDGET_WAIT = 60.0
 
 #: Webhook actions `fit` acts on.
 FIT_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING")
-_REGION_TYPES = ("brushlabels", "polygonlabels", "rectanglelabels")
+# The webhook / learning methods below (kept as they are until they move to their own module)
+# name the result types with a region, and their visual prompts, so:
+_REGION_TYPES = REGION_TYPES
 
 
-class ModelLoadError(RuntimeError):
-    """The CLIPSeg checkpoint cannot be found or loaded; the message says what to do."""
-
-
-class WebhookDataError(ValueError):
-    """A webhook body without what `fit` needs (a project id, an annotation id)."""
-
-
-@dataclass(frozen=True)
-class SettingNames:
-    """How loading messages name the model and device settings: the server's environment
-    variables (`SERVER_NAMES`) or a command's options (`clipseg-label`: --model, --device)."""
-
-    model: str = "CLIPSEG_MODEL"
-    device: str = "CLIPSEG_DEVICE"
-    server: bool = True  # add the server's advice (docker mounts, `clipseg-backend`)
-
-    def setting(self, name: str, value: str) -> str:
-        """`CLIPSEG_MODEL=x` for a variable, `--model x` for an option."""
-        return f"{name} {value}" if name.startswith("-") else f"{name}={value}"
-
-
-SERVER_NAMES = SettingNames()
-
-
-def resolve_device(name: str, names: SettingNames = SERVER_NAMES) -> str:
-    """ "auto" -> "cuda" when a GPU is visible, else "cpu"; "cuda" / "cuda:N" checked against
-    what torch sees (ModelLoadError saying so, rather than a failure inside model loading)."""
-    import torch
-
-    name = name.strip().lower()
-    if not DEVICE_PATTERN.fullmatch(name):
-        raise ModelLoadError(
-            f"{names.setting(names.device, name)} is not a device: use auto, cpu, cuda or cuda:N"
-        )
-    if name != "cpu":
-        # `clipseg-backend` resolves the device in gunicorn's master, which then forks the
-        # workers, and CUDA initialised before a fork cannot be used after it: every worker would
-        # fail at its first CUDA call. torch's default availability check initialises CUDA
-        # (cudaGetDeviceCount); with this setting it asks NVML, which does not.
-        os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        given = names.setting(names.device, name)
-        if not torch.cuda.is_available():
-            raise ModelLoadError(
-                f"{given} but this torch ({torch.__version__}) sees no CUDA GPU; use "
-                f"{names.setting(names.device, 'cpu')} (or auto)"
-            )
-        count = torch.cuda.device_count()
-        if int(name.partition(":")[2] or 0) >= count:
-            raise ModelLoadError(
-                f"{given} but torch sees {count} CUDA GPU(s) (cuda:0 .. cuda:{count - 1})"
-            )
-    return name
-
-
-def _demo_hint(names: SettingNames) -> str:
-    return (
-        "To try it without downloading anything, run the bundled demo model: "
-        f"{names.setting(names.model, 'demo')} (a small model trained on synthetic shapes, not "
-        "real photos)."
-    )
-
-
-def _resolve(name: str, names: SettingNames = SERVER_NAMES) -> Path:
-    """The checkpoint directory; ModelLoadError with how to download it and the demo hint."""
-    from clipseg.weights import resolve_checkpoint
-
-    try:
-        return Path(resolve_checkpoint(name))
-    except Exception as exc:  # the message of clipseg.weights says how to download it
-        docker = (
-            " In docker, mount the downloaded directory (see docker/README.md)."
-            if names.server
-            else ""
-        )
-        raise ModelLoadError(
-            f"cannot find the CLIPSeg model {name!r} ({names.model}): {exc}.{docker} "
-            f"{_demo_hint(names)}"
-        ) from exc
-
-
-def check_checkpoint_or_exit(settings: Settings) -> None:
-    """Fail fast before gunicorn forks when the checkpoint cannot even be found."""
-    import sys
-
-    try:
-        _resolve(settings.model)
-    except ModelLoadError as exc:
-        logger.error("cannot start: %s", exc)
-        sys.exit(1)
-
-
-def _weights_hash(directory: Path) -> str:
-    """A short sha256 of the checkpoint's weights file (or of its config when there is none)."""
-    for name in ("model.safetensors", "pytorch_model.bin", "config.json"):
-        path = directory / name
-        if path.is_file():
-            digest = hashlib.sha256()
-            with open(path, "rb") as handle:
-                while chunk := handle.read(1 << 22):
-                    digest.update(chunk)
-            return digest.hexdigest()[:8]
-    return "unknown"
-
-
-def _slug(name: str, directory: Path, is_demo: bool) -> str:
-    if is_demo:
-        return "clipseg-demo"
-    base = name.rstrip("/").split("/")[-1] if not Path(name).exists() else directory.name
-    base = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-") or "clipseg"
-    return base if base.lower().startswith("clipseg") else f"clipseg-{base}"
-
-
-def _is_demo(name: str, directory: Path) -> bool:
-    """The bundled demo checkpoint, by name, by location, or by the marker in its config.json."""
-    from clipseg.weights import DEMO_CHECKPOINT
-
-    if name == "demo" or directory.resolve() == Path(DEMO_CHECKPOINT).resolve():
-        return True
-    try:
-        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    marks = [config.get(k) for k in ("demo", "is_demo", "clipseg_demo")]
-    nested = config.get("clipseg")
-    if isinstance(nested, dict):
-        marks.append(nested.get("demo"))
-    return any(bool(m) for m in marks)
-
-
-def uncertainty_of(probs: np.ndarray, low: float, high: float) -> float:
-    """Fraction of a map's candidate pixels (p >= low) that are uncertain (low <= p <= high)."""
-    candidate = probs >= low
-    n = int(candidate.sum())
-    if n == 0:
-        return 0.0
-    return float(np.count_nonzero(candidate & (probs <= high))) / n
-
-
-def _min_area(setting: float, height: int, width: int) -> int:
-    return int(setting) if setting >= 1 else int(round(setting * height * width))
-
-
-def find_regions(
-    label: str, probs: np.ndarray, threshold: float, mode: str, min_area: int
-) -> list[Region]:
-    """Regions of one label's (H, W) probability map (`backend.formats.probability_to_regions`):
-    pixels strictly above `threshold`, blobs under `min_area` px dropped, one region per blob
-    ("instance") or one per label ("semantic"), scored with their mean probability."""
-    found = probability_to_regions(
-        np.clip(probs, 0.0, 1.0), label, threshold=threshold, mode=mode, min_area=min_area
-    )
-    return sorted(found, key=lambda r: -r.score)
-
-
-@dataclass
-class ImagePrediction:
-    """What the model made of one image for a set of controls."""
-
-    results: list[dict[str, Any]]
-    regions: list[Region] = field(repr=False)
-    uncertainty: float
-    confidence: float
-    labels: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class _Query:
-    """The prompts of one prediction: the labels asked for, one (label, prompt) row per
-    conditional embedding (a label's rows are averaged), and each label's exemplar count."""
-
-    labels: tuple[str, ...]
-    rows: tuple[tuple[str, str], ...]
-    embeddings: Any  # torch.Tensor (K, D), one per row, on the predictor's device
-    exemplars: dict[str, int]
+def _region_shape(item: dict, kind: str, value: dict, height: int, width: int) -> dict | None:
+    """`backend.controls.exemplar_shape` of `item` (whose type is `kind`, value `value`)."""
+    return exemplar_shape(item, height, width)
 
 
 class CLIPSegBackend:
@@ -257,7 +86,7 @@ class CLIPSegBackend:
     def __init__(
         self,
         settings: Settings,
-        predictor: Any,
+        predictor: Predictor,
         model_name: str,
         weights_hash: str,
         is_demo: bool,
@@ -265,6 +94,7 @@ class CLIPSegBackend:
         dtype: str,
     ) -> None:
         self.settings = settings
+        self.segmenter = Segmenter(predictor, settings)
         self.predictor = predictor
         self.model_name = model_name
         self.weights_hash = weights_hash
@@ -272,74 +102,32 @@ class CLIPSegBackend:
         self.device = device
         self.dtype = dtype
         self.base_version = f"{model_name}@{weights_hash}"
-        self.adapters: tuple[ControlAdapter, ...] = make_adapters(settings.polygon_tolerance)
         self.images = ImageLoader(settings)
         self.store = ExemplarStore(
             Path(settings.model_dir) / "exemplars" / self.base_version,
             settings.max_exemplars_per_label,
         )
-        self._predictor_lock = threading.Lock()  # the Predictor holds one image at a time
+        self._predictor_lock = self.segmenter.lock  # every use of the predictor takes it
         self._connections: dict[str, tuple[str | None, str | None]] = {}
         self._clients: dict[tuple[str | None, str | None], LabelStudioClient | None] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, settings: Settings, names: SettingNames = SERVER_NAMES) -> CLIPSegBackend:
-        """Load the checkpoint named by CLIPSEG_MODEL; ModelLoadError says how to fix a failure
-        (naming the settings as `names` does: a command passes its own option names)."""
-        directory = _resolve(settings.model, names)
-        device = resolve_device(settings.device, names)
-        try:
-            import torch
-
-            from clipseg import Predictor
-
-            dtype = None if settings.dtype == "auto" else getattr(torch, settings.dtype)
-            predictor = Predictor.from_pretrained(str(directory), device=device, dtype=dtype)
-        except Exception as exc:
-            raise ModelLoadError(
-                f"cannot load the CLIPSeg model {settings.model!r} from {directory}: "
-                f"{type(exc).__name__}: {exc}. Check that it is a complete CLIPSeg checkpoint "
-                "(config.json, model.safetensors or pytorch_model.bin, vocab.json, merges.txt, "
-                f"preprocessor_config.json); re-download it if not. {_demo_hint(names)}"
-            ) from exc
-        is_demo = _is_demo(settings.model, directory)
-        name = _slug(settings.model, directory, is_demo)
-        backend = cls(
+    def load(cls, settings: Settings, words: Words = environment_words) -> CLIPSegBackend:
+        """Load the checkpoint named by CLIPSEG_MODEL (`backend.loading.load_model`);
+        ModelLoadError says how to fix a failure. `words` words the warnings of loading in the
+        entry point's terms (a command passes its own, naming its options)."""
+        loaded = load_model(settings, words)
+        return cls(
             settings,
-            predictor,
-            model_name=name,
-            weights_hash=_weights_hash(directory),
-            is_demo=is_demo,
-            device=str(getattr(predictor, "device", device)),
-            dtype=str(getattr(predictor, "dtype", "float32")).replace("torch.", ""),
+            loaded.predictor,
+            model_name=loaded.name,
+            weights_hash=loaded.weights_hash,
+            is_demo=loaded.is_demo,
+            device=loaded.device,
+            dtype=loaded.dtype,
         )
-        logger.info(
-            "loaded %s from %s on %s (%s); model_version %s",
-            settings.model,
-            directory,
-            backend.device,
-            backend.dtype,
-            backend.base_version,
-        )
-        if backend.device == "cpu" and backend.dtype in ("float16", "bfloat16"):
-            logger.warning(
-                "%s on the CPU: without bf16/AMX support in the CPU, half precision runs "
-                "several times slower than float32 (what CLIPSEG_DTYPE=auto picks on the CPU)",
-                backend.dtype,
-            )
-        if is_demo:
-            run = "clipseg-backend (see docs/backend.md)" if names.server else ""
-            logger.warning(
-                "%s is the DEMO model: a small CLIPSeg trained on synthetic '<color> <shape>' "
-                "scenes; it will not segment real photos. For real images run the published "
-                "model: %s %s",
-                names.setting(names.model, settings.model),
-                names.setting(names.model, DEFAULT_MODEL),
-                run,
-            )
-        return backend
 
     # ------------------------------------------------------------------ protocol
     def health(self) -> dict[str, Any]:
@@ -383,11 +171,7 @@ class CLIPSegBackend:
         if label_config:  # say at connection time what predictions will not be able to do
             try:
                 if not self.controls(label_config):
-                    logger.warning(
-                        "project %s: the label config has no BrushLabels, PolygonLabels or "
-                        "RectangleLabels on an Image: there is nothing to predict",
-                        key,
-                    )
+                    logger.warning("project %s: %s", key, NOTHING_TO_PREDICT)
             except LabelConfigError as exc:
                 logger.warning("project %s: %s", key, exc)
         return self.model_version(key)
@@ -407,8 +191,8 @@ class CLIPSegBackend:
 
     # ------------------------------------------------------------------ prediction
     def controls(self, label_config: str) -> list[ControlSpec]:
-        specs = parse_label_config(label_config, self.settings.threshold)
-        return [c for c in specs if adapter_for(c, self.adapters) is not None]
+        """The controls of `label_config` that get pre-annotations."""
+        return self.segmenter.answered(parse_label_config(label_config, self.settings.threshold))
 
     def predict(
         self,
@@ -437,11 +221,8 @@ class CLIPSegBackend:
             logger.error("project %s: %s", project, exc)
             return [failed(str(exc)) for _ in tasks]
         if not controls:
-            message = (
-                "the label config has no BrushLabels/PolygonLabels/RectangleLabels on an Image"
-            )
-            logger.error("project %s: %s", project, message)
-            return [failed(message) for _ in tasks]
+            logger.error("project %s: %s", project, NOTHING_TO_PREDICT)
+            return [failed(NOTHING_TO_PREDICT) for _ in tasks]
         try:
             stored = self.store.embeddings(project_key(project))
         except ValueError:
@@ -470,22 +251,13 @@ class CLIPSegBackend:
                 pred = self.predict_task(
                     task, controls, stored, context, client, downloads_end, fields
                 )
-                score = pred.uncertainty if self.settings.score_mode == "uncertainty" else None
-                out.append(
-                    {
-                        "result": pred.results,
-                        "score": pred.confidence if score is None else score,
-                        "model_version": version,
-                        "confidence": pred.confidence,
-                        "uncertainty": pred.uncertainty,
-                    }
-                )
+                out.append(pred.answer(version, self.settings.score_mode))
             except ImagesBusy:
                 if not out:  # nothing done yet: the whole request is answered 503, retry later
                     raise
                 out.append(failed("the backend is busy (CLIPSEG_PIXEL_BUDGET); ask again"))
             except Exception as exc:  # one bad task must not sink the batch
-                if isinstance(exc, ImageError):
+                if isinstance(exc, (ImageError, LabelStudioError)):
                     logger.error("task %s: %s", task.get("id"), exc)
                     out.append(failed(f"{type(exc).__name__}: {exc}"))
                 else:  # its text may hold server paths: it stays in the log
@@ -517,7 +289,7 @@ class CLIPSegBackend:
                 parts.append(
                     self.predict_image(image.array, image_controls, stored, context, prompt_fields)
                 )
-        return _merge(parts)
+        return merge_predictions(parts)
 
     def predict_image(
         self,
@@ -527,24 +299,8 @@ class CLIPSegBackend:
         context: dict | None = None,
         prompt_fields: Collection[str] = (PROMPT_FIELD,),
     ) -> ImagePrediction:
-        """Predict `controls` on one (H, W, 3) uint8 image.
-
-        `stored`: label -> (N, D) exemplar embeddings; `context`: Label Studio's interactive
-        context (`backend.interactive`): its smart regions on this image serve as exemplars of
-        their labels, the text of its `prompt_fields` TextAreas as the prompts of the labels
-        they name, and then only those labels are answered.
-        """
-        interaction = parse_context(context, {c.to_name for c in controls}, prompt_fields)
-        with self._predictor_lock:
-            live = self._live_exemplars(image, interaction.regions)
-            query = self._conditioning(
-                controls, stored, live, interaction.prompts, interactive=bool(interaction)
-            )
-            if query is None:
-                return ImagePrediction([], [], 0.0, 0.0)
-            self.predictor.set_image(image)
-            probs_all = self.predictor.predict_embeddings(query.embeddings)  # (K, H, W)
-        return self._prediction(image.shape[:2], controls, query, probs_all)
+        """Predict `controls` on one (H, W, 3) uint8 image (`Segmenter.predict_image`)."""
+        return self.segmenter.predict_image(image, controls, stored, context, prompt_fields)
 
     def predict_images(
         self,
@@ -552,177 +308,16 @@ class CLIPSegBackend:
         controls: Sequence[ControlSpec],
         stored: dict[str, np.ndarray] | None = None,
     ) -> list[ImagePrediction]:
-        """`predict_image` for several images without interactive context: the prompts are
-        embedded once and the images go through the vision encoder together."""
-        if not images:
-            return []
-        with self._predictor_lock:
-            query = self._conditioning(controls, stored, {})
-            if query is None:
-                return [ImagePrediction([], [], 0.0, 0.0) for _ in images]
-            self.predictor.set_images(list(images))
-            probs_per_image = self.predictor.predict_embeddings(query.embeddings)
-        return [
-            self._prediction(image.shape[:2], controls, query, probs)
-            for image, probs in zip(images, probs_per_image, strict=True)
-        ]
-
-    def _conditioning(
-        self,
-        controls: Sequence[ControlSpec],
-        stored: dict[str, np.ndarray] | None,
-        live: dict[str, list[Any]],
-        typed: Sequence[str] = (),
-        interactive: bool = False,
-    ) -> _Query | None:
-        """The conditional embedding of every (label, prompt) row (text, mixed with the label's
-        exemplars when it has some); None when no label is asked for. Holds the predictor lock.
-
-        `live`: label -> embeddings of the context's smart regions; `typed`: the context's typed
-        prompts. When `interactive` (the context holds items for this image), only the labels
-        they name are asked for (possibly none), and a label named by typed prompts is prompted
-        with them instead of its configured prompts.
-        """
-        import torch
-
-        configured: dict[str, tuple[str, ...]] = {}  # label -> prompts, first control wins
-        for control in controls:
-            for lab in control.labels:
-                configured.setdefault(lab.value, lab.prompts)
-        labels = configured
-        typed_by_label = self._typed_prompts_by_label(typed, configured)
-        if interactive:
-            labels = {
-                lab: typed_by_label.get(lab, prompts)
-                for lab, prompts in configured.items()
-                if lab in live or lab in typed_by_label
-            }
-        if not labels:
-            return None
-        rows: list[tuple[str, str]] = [(lab, p) for lab, ps in labels.items() for p in ps]
-        prompts = list(dict.fromkeys(p for _, p in rows))
-        text = self.predictor.embed_text(prompts)  # (P, D)
-        index = {p: i for i, p in enumerate(prompts)}
-        conds = []
-        exemplars: dict[str, int] = {}
-        w = self.settings.exemplar_weight
-        for lab, prompt in rows:
-            cond = text[index[prompt]]
-            vecs = list((stored or {}).get(lab, ()))
-            vecs += [v.detach().cpu().float().numpy() for v in live.get(lab, [])]
-            exemplars[lab] = len(vecs)
-            if vecs:
-                mean = torch.as_tensor(np.mean(np.stack(vecs), axis=0))
-                cond = w * cond + (1 - w) * mean.to(device=cond.device, dtype=cond.dtype)
-            conds.append(cond)
-        return _Query(tuple(labels), tuple(rows), torch.stack(conds), exemplars)
-
-    def _typed_prompts_by_label(
-        self, typed: Sequence[str], configured: dict[str, tuple[str, ...]]
-    ) -> dict[str, tuple[str, ...]]:
-        """label -> the typed prompts that answer for it. A prompt answers for the label it
-        names (`backend.interactive.labels_named`); one that names none, or several equally,
-        for the candidate whose configured prompt is nearest to it in the text embedding
-        space (cosine similarity). Holds the predictor lock."""
-        if not configured:
-            return {}
-        out: dict[str, list[str]] = {}
-        for prompt in typed:
-            candidates = labels_named(prompt, configured) or list(configured)
-            if len(candidates) == 1:
-                label, how = candidates[0], "named"
-            else:
-                label = self._nearest_label(prompt, {c: configured[c] for c in candidates})
-                how = f"nearest of {len(candidates)} by text embedding"
-            logger.info("typed prompt %r answers label %r (%s)", prompt, label, how)
-            out.setdefault(label, []).append(prompt)
-        return {label: tuple(prompts) for label, prompts in out.items()}
-
-    def _nearest_label(self, prompt: str, candidates: dict[str, tuple[str, ...]]) -> str:
-        """The candidate label with the configured prompt whose text embedding is nearest to
-        the prompt's (the first candidate wins a tie). Holds the predictor lock."""
-        import torch
-
-        texts = list(dict.fromkeys([prompt, *(p for ps in candidates.values() for p in ps)]))
-        unit = torch.nn.functional.normalize(self.predictor.embed_text(texts).float(), dim=-1)
-        similarity = (unit @ unit[0]).tolist()  # (T,): cosine of every text with the prompt
-        index = {t: i for i, t in enumerate(texts)}
-        best = {lab: max(similarity[index[p]] for p in ps) for lab, ps in candidates.items()}
-        return max(best, key=best.__getitem__)
-
-    def _prediction(
-        self,
-        size: tuple[int, int],
-        controls: Sequence[ControlSpec],
-        query: _Query,
-        probs_all: np.ndarray,
-    ) -> ImagePrediction:
-        """Probability maps (K, H, W) of one image's rows -> regions and Label Studio results."""
-        height, width = size
-        probs: dict[str, np.ndarray] = {}  # label -> (H, W); a view of probs_all when it can be
-        for lab in query.labels:
-            rows_of = [i for i, (name, _) in enumerate(query.rows) if name == lab]
-            if len(rows_of) == 1:  # no copy: K full-size maps can be gigabytes (a 50 MP image)
-                probs[lab] = np.asarray(probs_all[rows_of[0]], dtype=np.float32)
-            else:
-                probs[lab] = np.asarray(probs_all[rows_of], dtype=np.float32).mean(axis=0)
-        min_area = _min_area(self.settings.min_region_area, height, width)
-        results: list[dict[str, Any]] = []
-        all_regions: list[Region] = []
-        details: dict[str, dict[str, Any]] = {}
-        found: dict[tuple[str, float], list[Region]] = {}
-        for control in controls:
-            adapter = adapter_for(control, self.adapters)
-            for lab in control.labels:
-                if lab.value not in probs:
-                    continue
-                key = (lab.value, control.threshold)
-                if key not in found:
-                    found[key] = find_regions(
-                        lab.value,
-                        probs[lab.value],
-                        control.threshold,
-                        self.settings.region_mode,
-                        min_area,
-                    )
-                    all_regions.extend(found[key])
-                results.extend(adapter.results(control, found[key]))
-        for lab, p in probs.items():
-            details[lab] = {
-                "max_probability": float(p.max()),
-                "uncertainty": uncertainty_of(
-                    p, self.settings.uncertain_low, self.settings.uncertain_high
-                ),
-                "exemplars": query.exemplars[lab],
-            }
-        uncertainty = float(np.mean([d["uncertainty"] for d in details.values()]))
-        scores = [r["score"] for r in results]
-        confidence = float(np.mean(scores)) if scores else 0.0
-        return ImagePrediction(results, all_regions, uncertainty, confidence, details)
-
-    def _live_exemplars(
-        self, image: np.ndarray, regions: Sequence[SmartRegion]
-    ) -> dict[str, list[Any]]:
-        """label -> embeddings of the smart regions the annotator just drew on this image."""
-        out: dict[str, list[Any]] = {}
-        height, width = image.shape[:2]
-        for region in regions:
-            shape = _region_shape(region.item, region.kind, region.item["value"], height, width)
-            if shape is None:
-                continue
-            emb = self.predictor.embed_exemplar(image, **shape)
-            for name in region.labels:
-                out.setdefault(name, []).append(emb)
-        return out
+        """`predict_image` for several images without interactive context, encoded together
+        (`Segmenter.predict_images`)."""
+        return self.segmenter.predict_images(images, controls, stored)
 
     # ------------------------------------------------------------------ exemplars (fit)
     def fit(self, event: str, data: dict) -> None:
         """Update the project's exemplars from a webhook (run on the background worker)."""
+        validate_webhook(event, data)  # /webhook checked it already; fit is public
         project = data.get("project")
-        try:
-            key = project_key(project)
-        except ValueError as exc:
-            raise WebhookDataError(f"{event}: {exc}") from exc
+        key = project_key(project)
         if event == "ANNOTATIONS_DELETED":
             ids = [a.get("id") if isinstance(a, dict) else a for a in data.get("annotations") or []]
             removed = self.store.remove_annotations(
@@ -864,55 +459,6 @@ class CLIPSegBackend:
         return out
 
 
-def _region_shape(
-    item: dict, kind: str, value: dict, height: int, width: int
-) -> dict[str, Any] | None:
-    """`mask=` or `box=` (pixels, x0 y0 x1 y1) for `Predictor.embed_exemplar`, at (H, W).
-
-    An unrotated rectangle or a keypoint gives a box; brushes, polygons and rotated rectangles a
-    mask (`backend.formats.result_to_mask`). None for an empty region, and for a malformed one
-    (logged: one bad region must not fail the others).
-    """
-    try:
-        return _shape_of(item, kind, value, height, width)
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
-        logger.warning("region %s (%s) is malformed, skipped: %s", item.get("id"), kind, exc)
-        return None
-
-
-def _shape_of(item: dict, kind: str, value: dict, height: int, width: int) -> dict[str, Any] | None:
-    if kind == "rectanglelabels" and not float(value.get("rotation", 0) or 0) % 360:
-        x, y = float(value.get("x", 0)), float(value.get("y", 0))
-        w, h = float(value.get("width", 0)), float(value.get("height", 0))
-        box = _clip_box(
-            x * width / 100,
-            y * height / 100,
-            (x + w) * width / 100,
-            (y + h) * height / 100,
-            height,
-            width,
-        )
-        return {"box": box} if box is not None else None
-    if kind == "keypointlabels":
-        cx, cy = float(value.get("x", 0)) * width / 100, float(value.get("y", 0)) * height / 100
-        r = max(8.0, 0.05 * min(height, width))  # a small box around the point
-        box = _clip_box(cx - r, cy - r, cx + r, cy + r, height, width)
-        return {"box": box} if box is not None else None
-    if kind in _REGION_TYPES:
-        mask = result_to_mask(item, height=height, width=width)
-        return {"mask": mask} if mask.any() else None
-    return None
-
-
-def _clip_box(
-    x0: float, y0: float, x1: float, y1: float, height: int, width: int
-) -> tuple[int, int, int, int] | None:
-    x0, x1 = sorted((min(max(x0, 0), width), min(max(x1, 0), width)))
-    y0, y1 = sorted((min(max(y0, 0), height), min(max(y1, 0), height)))
-    box = (int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1)))
-    return box if box[2] > box[0] and box[3] > box[1] else None
-
-
 def _failed(version: str, error: str, interactive: bool = False) -> dict[str, Any]:
     """The answer for a task that got no prediction. It has no `result`, so Label Studio stores
     nothing for it and asks again on the next "Retrieve predictions" (an empty result would be
@@ -923,20 +469,3 @@ def _failed(version: str, error: str, interactive: bool = False) -> dict[str, An
     if interactive:
         answer["result"] = []
     return answer
-
-
-def _merge(parts: list[ImagePrediction]) -> ImagePrediction:
-    if len(parts) == 1:
-        return parts[0]
-    results = [r for p in parts for r in p.results]
-    scores = [r["score"] for r in results]
-    labels: dict[str, dict[str, Any]] = {}
-    for p in parts:
-        labels.update(p.labels)
-    return ImagePrediction(
-        results,
-        [r for p in parts for r in p.regions],
-        float(np.mean([p.uncertainty for p in parts])) if parts else 0.0,
-        float(np.mean(scores)) if scores else 0.0,
-        labels,
-    )

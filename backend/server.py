@@ -31,7 +31,7 @@ from backend.images import ImageError, ImagesBusy
 from backend.journal import WebhookJournal
 from backend.label_config import LabelConfigError
 from backend.settings import Settings, SettingsError
-from backend.webhooks import WebhookBusy, WebhookWorker, webhook_problem
+from backend.webhooks import WebhookBusy, WebhookDataError, WebhookWorker, validate_webhook
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,6 @@ def create_app(backend: Any, settings: Settings) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
     app.json.sort_keys = False
     app.json.ensure_ascii = False
-    from backend.model import WebhookDataError
 
     expected = (ImageError, WebhookDataError, LabelConfigError)
     journal = WebhookJournal(Path(settings.model_dir) / "webhooks", settings.webhook_journal_bytes)
@@ -200,9 +199,10 @@ def create_app(backend: Any, settings: Settings) -> Flask:
             raise _BadBody("webhook body has no 'action'")
         if not backend.handles(event):
             return jsonify({"status": "ignored", "action": event})
-        problem = webhook_problem(event, body)
-        if problem is not None:
-            raise _BadBody(f"{event}: {problem}")
+        try:
+            validate_webhook(event, body)
+        except WebhookDataError as exc:
+            return _error(400, str(exc))
         try:
             worker.submit(event, body)  # on disk (the journal) before the answer
         except WebhookBusy as exc:

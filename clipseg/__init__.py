@@ -1,6 +1,7 @@
 """CLIPSeg in pure PyTorch with the reference API of `transformers`."""
 
 from clipseg.configuration import CLIPSegConfig, CLIPSegTextConfig, CLIPSegVisionConfig
+from clipseg.image_processing import CLIPSegImageProcessor
 from clipseg.modeling import (
     CLIPSegForImageSegmentation,
     CLIPSegModel,
@@ -9,7 +10,8 @@ from clipseg.modeling import (
     CLIPSegVisionModel,
 )
 from clipseg.predictor import Exemplar, Mix, Predictor
-from clipseg.processing import CLIPSegImageProcessor, CLIPSegProcessor, CLIPTokenizer
+from clipseg.processing import CLIPSegProcessor
+from clipseg.tokenization import CLIPTokenizer
 
 __all__ = [
     "CLIPSegConfig",

@@ -8,8 +8,11 @@ the constructor, ...) are kept as attributes and written back (``torch_dtype`` b
 ``model_type`` and ``transformers_version`` are not kept). The legacy ``text_config_dict`` /
 ``vision_config_dict`` keys are used only when ``text_config`` / ``vision_config`` are absent.
 
-The generic switches ``output_hidden_states``, ``output_attentions`` and ``return_dict`` (default
-False, False, True) are the defaults of the models' ``forward`` arguments, as in transformers.
+Every config also carries transformers' generic attributes with its defaults (`GENERIC_DEFAULTS`:
+``output_hidden_states``, ``output_attentions``, ``return_dict``, ``dtype``, ``id2label`` /
+``label2id`` / ``num_labels``, ``problem_type``, ...), in `to_dict` as transformers 5 writes them.
+The switches ``output_hidden_states``, ``output_attentions`` and ``return_dict`` (default False,
+False, True) are the defaults of the models' ``forward`` arguments, as in transformers.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+import torch
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["CLIPSegConfig", "CLIPSegTextConfig", "CLIPSegVisionConfig", "CONFIG_NAME"]
@@ -34,7 +39,22 @@ _T = TypeVar("_T", bound="_ConfigBase")
 
 # Keys of a config dict that are not kept: the class says its model_type; a stale version of the
 # library that wrote the file would be misleading when written back.
-_NOT_KEPT = ("model_type", "transformers_version")
+_NOT_KEPT = ("model_type", "transformers_version", "_commit_hash")
+
+# transformers 5's generic config attributes and the values a fresh config has (num_labels 2).
+GENERIC_DEFAULTS: dict[str, Any] = {
+    "return_dict": True,
+    "output_hidden_states": False,
+    "output_attentions": False,
+    "dtype": None,
+    "chunk_size_feed_forward": 0,
+    "is_encoder_decoder": False,
+    "architectures": None,
+    "id2label": {0: "LABEL_0", 1: "LABEL_1"},
+    "label2id": {"LABEL_0": 0, "LABEL_1": 1},
+    "problem_type": None,
+    "_name_or_path": "",
+}
 
 
 class _ConfigBase:
@@ -48,7 +68,16 @@ class _ConfigBase:
     output_hidden_states: bool = False
     output_attentions: bool = False
     return_dict: bool = True
-    dtype: Any = None  # the weights' dtype (a torch.dtype or its name), if known
+    dtype: Any = None  # the weights' dtype (a torch.dtype; a name given is converted), if known
+    chunk_size_feed_forward: int = 0  # unused by CLIPSeg; kept for transformers' generic API
+    is_encoder_decoder: bool = False
+    architectures: list[str] | None = None  # the model classes that wrote the checkpoint
+    id2label: dict[int, str] | None = None  # set per instance (num_labels 2 by default)
+    label2id: dict[str, int] | None = None
+    problem_type: str | None = None
+    _name_or_path: str = ""  # where from_pretrained read it (transformers' name_or_path)
+    # name -> class of the nested configs (transformers' ``sub_configs``)
+    sub_configs: ClassVar[dict[str, type]] = {}
 
     # -- extra attributes ----------------------------------------------------------------------
 
@@ -61,6 +90,21 @@ class _ConfigBase:
                 extra["dtype"] = legacy
         for key in _NOT_KEPT:
             extra.pop(key, None)
+        if "name_or_path" in extra:
+            extra["_name_or_path"] = str(extra.pop("name_or_path"))
+        if "attn_implementation" in extra:  # recorded, as transformers does; see from_pretrained
+            extra["_attn_implementation"] = extra.pop("attn_implementation")
+        num_labels = extra.pop("num_labels", None)
+        if isinstance(extra.get("dtype"), str):  # as transformers 5: the torch.dtype, not its name
+            named = getattr(torch, extra["dtype"].removeprefix("torch."), None)
+            if isinstance(named, torch.dtype):
+                extra["dtype"] = named
+        if extra.get("id2label") is not None:  # JSON object keys are strings; ids are ints
+            extra["id2label"] = {int(k): v for k, v in extra["id2label"].items()}
+        else:  # as transformers: no label names means num_labels (default 2) named LABEL_i
+            extra.pop("id2label", None)
+            extra.pop("label2id", None)
+            self.num_labels = 2 if num_labels is None else int(num_labels)
         for key, value in extra.items():
             existing = getattr(type(self), key, None)
             if callable(existing) or isinstance(existing, property):
@@ -74,12 +118,16 @@ class _ConfigBase:
 
     def _extra_names(self) -> list[str]:
         fields = {f.name for f in dataclasses.fields(self)}  # type: ignore[arg-type]
-        return [k for k in vars(self) if k not in fields and not k.startswith("_")]
+        return [
+            k
+            for k in vars(self)
+            if k not in fields and k not in GENERIC_DEFAULTS and not k.startswith("_")
+        ]
 
     def _attribute_names(self) -> set[str]:
-        """Names a config dict or an override may set: fields, generic switches, extras."""
+        """Names a config dict or an override may set: fields, generic attributes, extras."""
         fields = {f.name for f in dataclasses.fields(self)}  # type: ignore[arg-type]
-        generic = {"output_hidden_states", "output_attentions", "return_dict", "dtype"}
+        generic = {*GENERIC_DEFAULTS, "num_labels", "name_or_path", "attn_implementation"}
         return fields | generic | set(self._extra_names())
 
     @property
@@ -87,20 +135,63 @@ class _ConfigBase:
         """Whether the models return output objects by default (transformers' name)."""
         return bool(self.return_dict)
 
+    @property
+    def num_labels(self) -> int | None:
+        """The number of labels: ``len(id2label)`` (None when id2label is None), as transformers.
+        Setting it to a new number resets ``id2label`` / ``label2id`` to LABEL_0, LABEL_1, ..."""
+        return None if self.id2label is None else len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, value: int) -> None:
+        if self.id2label is None or len(self.id2label) != value:
+            self.id2label = {i: f"LABEL_{i}" for i in range(value)}
+            self.label2id = {name: i for i, name in self.id2label.items()}
+
+    @property
+    def name_or_path(self) -> str:
+        return self._name_or_path
+
+    @name_or_path.setter
+    def name_or_path(self, value: Any) -> None:
+        self._name_or_path = str(value)
+
+    def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> Any:
+        """The config of the text tower: ``text_config`` for the whole model (unless only the
+        encoder side is asked for, as transformers looks up a "text_encoder"), else self."""
+        text = getattr(self, "text_config", None)
+        if isinstance(text, _ConfigBase) and (decoder == encoder or decoder):
+            return text
+        return self
+
     def default(self, name: str, value: Any) -> Any:
         """``value``, or this config's attribute ``name`` when ``value`` is None (how a forward
         argument such as ``output_hidden_states=None`` takes the config's setting)."""
         return getattr(self, name) if value is None else value
 
     def updated(self: _T, **changes: Any) -> _T:
-        """A copy with ``changes`` applied and validated; TypeError names unknown attributes."""
+        """A copy with ``changes`` applied and validated; TypeError names unknown attributes.
+
+        A dict given for a nested config (``text_config={"vocab_size": 20}``) is merged into
+        that config (keys it does not have become extra attributes), as transformers merges it;
+        a config object replaces it."""
         unknown = sorted(set(changes) - self._attribute_names())
         if unknown:
             raise TypeError(
                 f"{type(self).__name__} has no attribute(s) {unknown}: check the spelling; to "
                 "add a new attribute, set it on the config object (config.name = value)"
             )
-        return type(self).from_dict({**self.to_dict(), **changes})
+        data = self.to_dict()
+        for key, value in changes.items():
+            current = getattr(self, key, None)
+            if isinstance(current, _ConfigBase) and isinstance(value, dict):
+                # the constructor's data, as CLIPSegConfig(text_config={...}): new keys kept
+                data[key] = type(current).from_dict({**current.to_dict(), **value})
+            else:
+                data[key] = value
+        if "num_labels" in changes and "id2label" not in changes:
+            data.pop("id2label", None)  # the new number of labels, named LABEL_i
+            data.pop("label2id", None)
+        return type(self).from_dict(data)
 
     # -- dicts and JSON --------------------------------------------------------------------------
 
@@ -133,22 +224,39 @@ class _ConfigBase:
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
-        """All fields and extra attributes as plain JSON-able values, plus ``model_type`` (as
-        transformers writes it)."""
+        """All fields, the generic attributes (`GENERIC_DEFAULTS`) and extra attributes as plain
+        values (a dtype as its name), plus ``model_type``, as transformers 5 writes them (without
+        its ``transformers_version``)."""
         out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        out.update({k: _plain(getattr(self, k)) for k in GENERIC_DEFAULTS})
         out.update({k: _plain(getattr(self, k)) for k in self._extra_names()})
         out["model_type"] = self.model_type
         return out
 
-    def to_json_string(self) -> str:
-        """`to_dict` as indented JSON with sorted keys (what `save_pretrained` writes). Unlike
-        transformers' default (``use_diff=True``), every field is written, not only those that
-        differ from the defaults; both read back the same config."""
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+    def to_diff_dict(self) -> dict[str, Any]:
+        """`to_dict` without the generic attributes that have their default value and without
+        ``_name_or_path`` (nested configs likewise), as transformers' ``to_diff_dict``: what
+        ``config.json`` holds. The config's own fields are always written."""
+        out: dict[str, Any] = {}
+        for key, value in self.to_dict().items():
+            attr = getattr(self, key, None)
+            if isinstance(attr, _ConfigBase):
+                out[key] = attr.to_diff_dict()
+            elif key == "_name_or_path" or GENERIC_DEFAULTS.get(key, _NO_DEFAULT) == value:
+                continue
+            else:
+                out[key] = value
+        return out
 
-    def to_json_file(self, path: str | os.PathLike[str]) -> None:
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """`to_diff_dict` (or, with ``use_diff=False``, `to_dict`) as indented JSON with sorted
+        keys, as transformers writes it; `save_pretrained` writes the former."""
+        data = self.to_diff_dict() if use_diff else self.to_dict()
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, path: str | os.PathLike[str], use_diff: bool = True) -> None:
         """Write `to_json_string` to ``path``."""
-        Path(path).write_text(self.to_json_string(), encoding="utf-8")
+        Path(path).write_text(self.to_json_string(use_diff), encoding="utf-8")
 
     # -- files -----------------------------------------------------------------------------------
 
@@ -189,9 +297,11 @@ class _ConfigBase:
         name_or_path: str | os.PathLike[str],
         *,
         local_files_only: bool = False,
+        subfolder: str = "",
         **kwargs: Any,
     ) -> Any:
-        """Read ``config.json`` from a checkpoint directory, a hub id or ``"demo"``.
+        """Read ``config.json`` from a checkpoint directory, a hub id or ``"demo"`` (in its
+        ``subfolder`` when one is named).
 
         A sub-config (`CLIPSegTextConfig`, `CLIPSegVisionConfig`) reads its part of a full
         CLIPSeg config.json, as transformers does. ``kwargs`` override attributes (see
@@ -199,7 +309,9 @@ class _ConfigBase:
         """
         from clipseg.weights import resolve_checkpoint
 
-        directory = resolve_checkpoint(name_or_path, local_files_only=local_files_only)
+        directory = resolve_checkpoint(
+            name_or_path, local_files_only=local_files_only, subfolder=subfolder
+        )
         return cls.from_dict(cls._read_json_file(directory / CONFIG_NAME), **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
@@ -219,12 +331,17 @@ class _ConfigBase:
             )
 
 
+_NO_DEFAULT = object()
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, _ConfigBase):
         return value.to_dict()
     if isinstance(value, tuple):
         return list(value)
-    if type(value).__name__ == "dtype" and str(value).startswith("torch."):
+    if isinstance(value, dict):
+        return dict(value)  # a copy: to_dict's caller may change it
+    if isinstance(value, torch.dtype):
         return str(value).removeprefix("torch.")  # torch.float16 -> "float16", as transformers
     return value
 
@@ -343,6 +460,10 @@ class CLIPSegConfig(_ConfigBase):
     """The whole CLIPSeg model: CLIP towers, projections and the segmentation decoder."""
 
     model_type: ClassVar[str] = "clipseg"
+    sub_configs: ClassVar[dict[str, type]] = {
+        "vision_config": CLIPSegVisionConfig,
+        "text_config": CLIPSegTextConfig,
+    }
 
     text_config: CLIPSegTextConfig = field(default_factory=CLIPSegTextConfig)
     vision_config: CLIPSegVisionConfig = field(default_factory=CLIPSegVisionConfig)
@@ -416,8 +537,3 @@ class CLIPSegConfig(_ConfigBase):
                     "config: both %s_config and %s_config_dict; using the former", tower, tower
                 )
         return data
-
-    def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        out["architectures"] = ["CLIPSegForImageSegmentation"]
-        return out

@@ -3,8 +3,9 @@
 Parameter names (``self_attn.q_proj``, ``mlp.fc1``, ``layer_norm1``, ...) are those of the
 `transformers` CLIPSeg state dict. The arithmetic follows the reference operation by operation
 (same reshapes, same order), so that with scaled-dot-product attention the results are bitwise equal
-to `transformers` 5 on CPU. Attention weights are computed explicitly ("eager") only when they are
-requested.
+to `transformers` 5 on CPU. Attention weights are computed explicitly ("eager") when they are
+requested, or always once `Attention.implementation` is "eager" (transformers'
+``attn_implementation="eager"``, whose numbers that path equals).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ __all__ = [
     "QuickGELU",
     "activation",
     "Attention",
+    "ATTENTION_IMPLEMENTATIONS",
     "MLP",
     "EncoderLayer",
     "DecoderLayer",
@@ -48,8 +50,17 @@ def activation(name: str) -> nn.Module:
         ) from None
 
 
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention (q, k, v and output projections, all with bias)."""
+    """Multi-head self-attention (q, k, v and output projections, all with bias).
+
+    ``implementation``: "sdpa" (torch's scaled_dot_product_attention; eager math only when the
+    weights are asked for) or "eager" (always the explicit softmax, as transformers' eager).
+    """
+
+    implementation: str = "sdpa"
 
     def __init__(self, width: int, num_heads: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -85,7 +96,7 @@ class Attention(nn.Module):
         v = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         dropout = self.dropout if self.training else 0.0
         weights = None
-        if output_attentions:
+        if output_attentions or self.implementation == "eager":
             scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale  # (B, nh, T, T)
             mask = attention_mask
             if mask is None and is_causal:
@@ -98,6 +109,8 @@ class Attention(nn.Module):
             weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
             weights = F.dropout(weights, p=dropout, training=self.training)
             out = torch.matmul(weights, v).transpose(1, 2).contiguous()  # (B, T, nh, hs)
+            if not output_attentions:
+                weights = None
         else:
             causal = is_causal and attention_mask is None and q.shape[2] > 1
             out = F.scaled_dot_product_attention(

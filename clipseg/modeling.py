@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,12 +22,13 @@ from torch import nn
 
 from clipseg.configuration import (
     CONFIG_NAME,
+    GENERIC_DEFAULTS,
     CLIPSegConfig,
     CLIPSegTextConfig,
     CLIPSegVisionConfig,
 )
 from clipseg.decoder import CLIPSegDecoder
-from clipseg.layers import MLP, Attention
+from clipseg.layers import ATTENTION_IMPLEMENTATIONS, MLP, Attention
 from clipseg.outputs import (
     BaseModelOutputWithPooling,
     CLIPSegDecoderOutput,
@@ -40,6 +42,8 @@ from clipseg.weights import (
     Layout,
     convert_state_dict,
     first_float_dtype,
+    foreign_keys,
+    fresh_copy,
     load_state_dict_strict,
     read_state_dict,
     resolve_checkpoint,
@@ -64,6 +68,8 @@ class CLIPSegPreTrainedModel(nn.Module):
 
     config_class: type = CLIPSegConfig
     layout: Layout = "segmentation"
+    base_model_prefix = "clip"  # transformers' names
+    main_input_name = "input_ids"
 
     # -- configs -----------------------------------------------------------------------------
 
@@ -97,24 +103,33 @@ class CLIPSegPreTrainedModel(nn.Module):
     @classmethod
     def from_pretrained(
         cls: type[_M],
-        name_or_path: str | os.PathLike[str],
+        name_or_path: str | os.PathLike[str] | None,
         *,
         config: Any = None,
+        state_dict: Mapping[str, torch.Tensor] | None = None,
         device: str | torch.device | int | None = None,
         dtype: torch.dtype | str | None = "auto",
         torch_dtype: torch.dtype | str | None = None,
         device_map: str | torch.device | int | None = None,
         local_files_only: bool = False,
+        subfolder: str = "",
+        attn_implementation: str | None = None,
+        output_loading_info: bool = False,
         **kwargs: Any,
-    ) -> _M:
+    ) -> Any:
         """Load a checkpoint directory, a hub id or ``"demo"`` (see `resolve_checkpoint`).
 
         The weights are mapped to this class's keys (`convert_state_dict`: a segmentation
         checkpoint gives `CLIPSegModel` and the towers exactly its ``clip.*`` weights) and loaded
-        strictly. Returns the model in eval mode.
+        strictly. Returns the model in eval mode. Its weights are ordinary tensors also when it
+        is loaded inside ``torch.inference_mode()`` (as transformers' are), so it can later run
+        under ``no_grad`` or be trained.
 
         Args:
+            name_or_path: the checkpoint; None together with ``config`` and ``state_dict``.
             config: a config to use instead of the checkpoint's config.json.
+            state_dict: the weights, with ``name_or_path=None`` and ``config`` (any CLIPSeg
+                layout; copied, and loaded as strictly).
             device: where the model goes (default: the CPU).
             dtype: a torch.dtype, its name ("float16"), or "auto" (the default, as in
                 transformers 5; None means the same): config.json's ``dtype`` (or
@@ -125,13 +140,39 @@ class CLIPSegPreTrainedModel(nn.Module):
             device_map: a single device ("cpu", "cuda:0", an index), the same as ``device``.
                 Accelerate's multi-device maps ("auto", dicts) are not supported.
             local_files_only: resolve a hub id from the local cache only (no network).
-            **kwargs: config attributes to override (``output_hidden_states=True``, ...), as in
-                transformers. Anything else raises TypeError naming it (``attn_implementation``:
-                attention always runs through torch's scaled_dot_product_attention).
+            subfolder: the checkpoint lies in this folder of the directory or hub repository.
+            attn_implementation: "sdpa" (the default: torch's scaled_dot_product_attention) or
+                "eager" (explicit softmax, transformers' eager numbers). The attention weights
+                (``output_attentions=True``) are returned with either.
+            output_loading_info: also return transformers' loading report, ``(model, info)``:
+                ``missing_keys`` and ``mismatched_keys`` are always empty (loading is strict:
+                those raise `CheckpointError`), ``unexpected_keys`` are the checkpoint's keys this
+                class does not own (a segmentation checkpoint's ``decoder.*`` for `CLIPSegModel`).
+            **kwargs: config attributes to override (``output_hidden_states=True``,
+                ``text_config={"eos_token_id": 2}``, ...), as in transformers. Anything else
+                raises TypeError naming it.
         """
         device = _single_device(device, device_map)
         dtype = _requested_dtype(dtype, torch_dtype)
-        directory = resolve_checkpoint(name_or_path, local_files_only=local_files_only)
+        implementation = _attention_implementation(attn_implementation)
+        if name_or_path is None:
+            if config is None or state_dict is None:
+                raise ValueError(
+                    f"{cls.__name__}.from_pretrained(None, ...) needs both config= and "
+                    "state_dict= (there is no checkpoint to read them from); or pass the "
+                    "checkpoint's directory"
+                )
+            directory = None
+        elif state_dict is not None:
+            raise ValueError(
+                f"{cls.__name__}.from_pretrained got a checkpoint ({name_or_path!r}) and a "
+                "state_dict: give one source of weights (for a state_dict: name_or_path=None "
+                "and config=), as transformers asks"
+            )
+        else:
+            directory = resolve_checkpoint(
+                name_or_path, local_files_only=local_files_only, subfolder=subfolder
+            )
         if config is None:
             config = cls._read_config(directory, **_config_overrides(cls, kwargs))
         elif kwargs:
@@ -146,24 +187,46 @@ class CLIPSegPreTrainedModel(nn.Module):
             auto_from_weights = dtype is None
         else:
             auto_from_weights = False
-        # One copy of the weights at the peak: read tensor by tensor into fresh storage, already
-        # in ``dtype`` (read_state_dict), renamed without copying, and made the parameters of a
-        # model built on the meta device (assign=True: no second set of parameters to copy into).
-        state = convert_state_dict(read_state_dict(directory, dtype=dtype), cls.layout)
-        if auto_from_weights:  # the stored dtype; a tensor stored otherwise is converted to it
-            dtype = first_float_dtype(state) or torch.get_default_dtype()
-            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-        with torch.device("meta"):
-            model = cls(config)
-        load_state_dict_strict(model, state, assign=True)
-        del state  # the parameters are the only references left: .to() frees each as it moves
-        model.to(device="cpu" if device is None else device, dtype=dtype)
+        # Ordinary tensors also inside torch.inference_mode(), as transformers loads them:
+        # inference tensors could never take part in autograd nor record in-place changes.
+        with torch.inference_mode(False):
+            # One copy of the weights at the peak: read tensor by tensor into fresh storage,
+            # already in ``dtype`` (read_state_dict), renamed without copying, and made the
+            # parameters of a model built on the meta device (assign=True: no second set of
+            # parameters to copy into).
+            if state_dict is None:
+                raw = read_state_dict(directory, dtype=dtype)
+            else:  # the caller keeps theirs: the model gets copies in fresh storage
+                raw = {k: fresh_copy(v, dtype) for k, v in state_dict.items()}
+            unexpected = foreign_keys(raw, cls.layout)
+            state = convert_state_dict(raw, cls.layout)
+            del raw
+            if auto_from_weights:  # the stored dtype; a tensor stored otherwise is converted
+                dtype = first_float_dtype(state) or torch.get_default_dtype()
+                state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+            with torch.device("meta"):
+                model = cls(config)
+            load_state_dict_strict(model, state, assign=True)
+            del state  # the parameters are the only references left: .to() frees each moved
+            model.to(device="cpu" if device is None else device, dtype=dtype)
         config.dtype = dtype
-        logger.info("loaded %s from %s in %s", cls.__name__, directory, dtype)
-        return model.eval()
+        if name_or_path is not None:
+            config.name_or_path = name_or_path
+        model.set_attn_implementation(implementation)
+        logger.info("loaded %s from %s in %s", cls.__name__, directory or "a state dict", dtype)
+        model.eval()
+        if output_loading_info:
+            info = {
+                "missing_keys": set(),
+                "unexpected_keys": unexpected,
+                "mismatched_keys": set(),
+                "error_msgs": [],
+            }
+            return model, info
+        return model
 
     def _config_dict(self) -> dict[str, Any]:
-        data = self.config.to_dict()
+        data = self.config.to_diff_dict()  # what transformers writes
         data["architectures"] = [type(self).__name__]
         data["dtype"] = str(self.dtype).removeprefix("torch.")  # what `dtype="auto"` reads
         return data
@@ -195,6 +258,57 @@ class CLIPSegPreTrainedModel(nn.Module):
         )
         save_state_dict(self, directory, max_shard_size=max_shard_size)
         return directory
+
+    # -- transformers' generic model API -------------------------------------------------------
+
+    @property
+    def base_model(self) -> nn.Module:
+        """The module named `base_model_prefix` ("clip"), else the model itself."""
+        return getattr(self, self.base_model_prefix, self)
+
+    @property
+    def name_or_path(self) -> str:
+        return self.config.name_or_path
+
+    def set_attn_implementation(self, attn_implementation: str | None) -> None:
+        """Run every attention layer as "sdpa" or "eager" (see `from_pretrained`); recorded in
+        the configs' ``_attn_implementation``, as transformers records it."""
+        name = _attention_implementation(attn_implementation)
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.implementation = name
+        configs = [self.config, *(getattr(self.config, k) for k in self.config.sub_configs)]
+        for config in configs:
+            config._attn_implementation = name
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """The number of parameters; only those that require gradients with
+        ``only_trainable``; without the ``nn.Embedding`` tables with ``exclude_embeddings``."""
+        embeddings = {
+            id(p)
+            for m in self.modules()
+            if isinstance(m, nn.Embedding)
+            for p in m.parameters(recurse=False)
+        }
+        return sum(
+            p.numel()
+            for p in self.parameters()
+            if (p.requires_grad or not only_trainable)
+            and not (exclude_embeddings and id(p) in embeddings)
+        )
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The module that embeds this model's main input; composite models have two inputs
+        and raise NotImplementedError, as in transformers."""
+        raise NotImplementedError(
+            f"{type(self).__name__} takes text and images: ask its tower, e.g. "
+            "model.text_model.get_input_embeddings() (CLIPSegForImageSegmentation: "
+            "model.clip.text_model)"
+        )
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.get_input_embeddings()  # raises for the composite models
+        raise NotImplementedError  # pragma: no cover - the towers override both
 
     # -- random initialisation (the reference's scheme; only for models built from a config) --
 
@@ -298,21 +412,37 @@ def _config_overrides(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
     """``from_pretrained`` keyword arguments that name config attributes (overrides, as in
     transformers); TypeError naming the rest, which would otherwise be ignored."""
     known = {f.name for f in dataclasses.fields(cls.config_class)}
-    known |= {"output_hidden_states", "output_attentions", "return_dict"}
+    known |= {*GENERIC_DEFAULTS, "num_labels"}
     unsupported = sorted(set(kwargs) - known)
     if unsupported:
-        hint = (
-            " (attention always runs through torch's scaled_dot_product_attention; eager "
-            "math only when output_attentions=True)"
-            if "attn_implementation" in unsupported
-            else ""
-        )
         raise TypeError(
-            f"{cls.__name__}.from_pretrained got unsupported keyword argument(s) {unsupported}"
-            f"{hint}. It takes config, device, dtype (or torch_dtype), device_map (one device), "
-            "local_files_only, and config attributes to override; remove the others"
+            f"{cls.__name__}.from_pretrained got unsupported keyword argument(s) {unsupported}. "
+            "It takes config, state_dict, device, dtype (or torch_dtype), device_map (one "
+            "device), local_files_only, subfolder, attn_implementation, output_loading_info, "
+            "and config attributes to override; remove the others"
         )
     return kwargs
+
+
+def _attention_implementation(name: str | None) -> str:
+    """transformers' ``attn_implementation`` checked: "sdpa" (None) or "eager"."""
+    name = "sdpa" if name is None else name
+    if name not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(
+            f"attn_implementation={name!r} is not supported; use 'sdpa' (the default, torch's "
+            "scaled_dot_product_attention, which picks flash or memory-efficient kernels itself "
+            "on a GPU) or 'eager'. Attention weights are returned with either"
+        )
+    return name
+
+
+def _selected(
+    states: tuple[torch.Tensor, ...], indices: set[int] | None
+) -> tuple[torch.Tensor | None, ...]:
+    """``states`` with those not at ``indices`` replaced by None (all kept for None)."""
+    if indices is None:
+        return states
+    return tuple(state if i in indices else None for i, state in enumerate(states))
 
 
 def _vector_norm(x: torch.Tensor) -> torch.Tensor:
@@ -330,16 +460,25 @@ def _contrastive_loss(similarity: torch.Tensor) -> torch.Tensor:
 
 class CLIPSegTextModel(TextTower, CLIPSegPreTrainedModel):
     """The CLIP text tower without projection: ``forward(input_ids, attention_mask=None,
-    position_ids=None, output_attentions=None, output_hidden_states=None, return_dict=None)``
+    position_ids=None, *, output_attentions=None, output_hidden_states=None, return_dict=None)``
     (None: the config's setting)."""
 
     config_class = CLIPSegTextConfig
     layout: Layout = "text"
+    main_input_name = "input_ids"
 
     def __init__(self, config: CLIPSegTextConfig) -> None:
         super().__init__(config)
         if not _on_meta(self):
             self.init_weights()
+        self.set_attn_implementation(_configured_implementation(config))
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The token embedding table (vocab_size, hidden_size)."""
+        return self.embeddings.token_embedding
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.embeddings.token_embedding = value
 
     @classmethod
     def _config_from_dict(cls, data: dict[str, Any]) -> CLIPSegTextConfig:
@@ -353,16 +492,25 @@ class CLIPSegTextModel(TextTower, CLIPSegPreTrainedModel):
 
 class CLIPSegVisionModel(VisionTower, CLIPSegPreTrainedModel):
     """The CLIP vision tower without projection: ``forward(pixel_values,
-    output_attentions=None, output_hidden_states=None, interpolate_pos_encoding=True,
+    interpolate_pos_encoding=True, *, output_attentions=None, output_hidden_states=None,
     return_dict=None)`` (None: the config's setting)."""
 
     config_class = CLIPSegVisionConfig
     layout: Layout = "vision"
+    main_input_name = "pixel_values"
 
     def __init__(self, config: CLIPSegVisionConfig) -> None:
         super().__init__(config)
         if not _on_meta(self):
             self.init_weights()
+        self.set_attn_implementation(_configured_implementation(config))
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The patch embedding (a convolution over patch_size x patch_size pixels)."""
+        return self.embeddings.patch_embedding
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.embeddings.patch_embedding = value
 
     @classmethod
     def _config_from_dict(cls, data: dict[str, Any]) -> CLIPSegVisionConfig:
@@ -376,6 +524,11 @@ class CLIPSegVisionModel(VisionTower, CLIPSegPreTrainedModel):
 
 def _on_meta(module: nn.Module) -> bool:
     return any(p.is_meta for p in module.parameters())
+
+
+def _configured_implementation(config: Any) -> str | None:
+    """The attention implementation a config asks for (``attn_implementation=`` given to it)."""
+    return getattr(config, "_attn_implementation", None)
 
 
 class CLIPSegModel(CLIPSegPreTrainedModel):
@@ -396,6 +549,7 @@ class CLIPSegModel(CLIPSegPreTrainedModel):
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
         if not _on_meta(self):
             self._init_projections()
+        self.set_attn_implementation(_configured_implementation(config))
 
     def _init_projections(self) -> None:
         factor = self.config.initializer_factor
@@ -407,40 +561,48 @@ class CLIPSegModel(CLIPSegPreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        *,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-    ) -> BaseModelOutputWithPooling:
+        return_dict: bool | None = None,
+    ) -> BaseModelOutputWithPooling | tuple:
         """The text tower's output with ``pooler_output`` replaced by its projection (B, D)
-        (as `transformers` 5 returns it; v4 returned the (B, D) tensor itself)."""
+        (as `transformers` 5 returns it; v4 returned the (B, D) tensor itself).
+
+        The output switches default (None) to the text tower's config (``config.text_config``),
+        ``return_dict`` to this model's config, as in transformers 5."""
         out = self.text_model(
             input_ids,
             attention_mask,
             position_ids,
-            self.config.default("output_attentions", output_attentions),
-            self.config.default("output_hidden_states", output_hidden_states),
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
             return_dict=True,
         )
         out.pooler_output = self.text_projection(out.pooler_output)
-        return out
+        return out if self.config.default("return_dict", return_dict) else out.to_tuple()
 
     def get_image_features(
         self,
         pixel_values: torch.Tensor,
         interpolate_pos_encoding: bool = True,
+        *,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-    ) -> BaseModelOutputWithPooling:
+        return_dict: bool | None = None,
+    ) -> BaseModelOutputWithPooling | tuple:
         """The vision tower's output with ``pooler_output`` = visual_projection(post_layernorm
-        (CLS)) (B, D)."""
+        (CLS)) (B, D). The switches default as `get_text_features`' (to ``config.vision_config``
+        and, for ``return_dict``, this model's config)."""
         out = self.vision_model(
             pixel_values,
-            output_attentions=self.config.default("output_attentions", output_attentions),
-            output_hidden_states=self.config.default("output_hidden_states", output_hidden_states),
-            interpolate_pos_encoding=interpolate_pos_encoding,
+            interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
             return_dict=True,
         )
         out.pooler_output = self.visual_projection(out.pooler_output)
-        return out
+        return out if self.config.default("return_dict", return_dict) else out.to_tuple()
 
     def forward(
         self,
@@ -450,6 +612,7 @@ class CLIPSegModel(CLIPSegPreTrainedModel):
         position_ids: torch.Tensor | None = None,
         return_loss: bool | None = None,
         interpolate_pos_encoding: bool = True,
+        *,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -457,17 +620,17 @@ class CLIPSegModel(CLIPSegPreTrainedModel):
         """Image-text similarity: logits_per_image (B_image, B_text) = scale * cos; with
         ``return_loss`` the symmetric contrastive loss (needs B_image == B_text).
 
-        The output switches default (None) to this model's config (transformers 5 reads each
-        tower's own sub-config instead; transformers 4 read this one)."""
-        output_attentions = self.config.default("output_attentions", output_attentions)
-        output_hidden_states = self.config.default("output_hidden_states", output_hidden_states)
+        ``output_attentions`` and ``output_hidden_states`` default (None) to each tower's own
+        config (``config.vision_config`` / ``config.text_config``), as transformers 5 reads
+        them; ``return_dict`` to this model's config."""
         return_dict = self.config.default("return_dict", return_dict)
-        vision = self.get_image_features(
-            pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states
-        )
-        text = self.get_text_features(
-            input_ids, attention_mask, position_ids, output_attentions, output_hidden_states
-        )
+        switches = {
+            "output_attentions": output_attentions,
+            "output_hidden_states": output_hidden_states,
+            "return_dict": True,
+        }
+        vision = self.get_image_features(pixel_values, interpolate_pos_encoding, **switches)
+        text = self.get_text_features(input_ids, attention_mask, position_ids, **switches)
         image_embeds = vision.pooler_output / _vector_norm(vision.pooler_output)
         text_embeds = text.pooler_output / _vector_norm(text.pooler_output)
         logits_per_text = torch.matmul(text_embeds, image_embeds.t().to(text_embeds.device))
@@ -504,6 +667,7 @@ class CLIPSegForImageSegmentation(CLIPSegPreTrainedModel):
         self.decoder = CLIPSegDecoder(config)
         if not _on_meta(self):
             self._init_decoder()
+        self.set_attn_implementation(_configured_implementation(config))
 
     def _init_decoder(self) -> None:
         std = self.config.vision_config.initializer_range
@@ -536,6 +700,7 @@ class CLIPSegForImageSegmentation(CLIPSegPreTrainedModel):
                     position_ids=position_ids,
                     output_attentions=False,
                     output_hidden_states=False,
+                    return_dict=True,
                 ).pooler_output
         if conditional_pixel_values is not None:
             if batch_size is not None and len(conditional_pixel_values) != batch_size:
@@ -544,7 +709,10 @@ class CLIPSegForImageSegmentation(CLIPSegPreTrainedModel):
                 )
             with torch.no_grad():
                 return self.clip.get_image_features(
-                    conditional_pixel_values, output_attentions=False, output_hidden_states=False
+                    conditional_pixel_values,
+                    output_attentions=False,
+                    output_hidden_states=False,
+                    return_dict=True,
                 ).pooler_output
         raise ValueError(
             "Invalid conditional, should be either provided as `input_ids` or "
@@ -561,29 +729,40 @@ class CLIPSegForImageSegmentation(CLIPSegPreTrainedModel):
         position_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = True,
+        *,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> CLIPSegImageSegmentationOutput | tuple:
         """Segment ``pixel_values`` (B, 3, H, W); ``labels`` (B, H, W) in [0, 1] add the mean
         BCE-with-logits loss. Gradients flow only into the decoder, as in the reference.
-        The output switches default (None) to the config's ``output_attentions``,
-        ``output_hidden_states`` and ``return_dict``."""
+
+        The output switches are keyword-only and read as transformers 5.24 reads them:
+
+        - ``output_hidden_states=True`` returns every hidden state. Otherwise (None, False; no
+          config consulted) the vision output holds the hidden states the decoder reads, at
+          indices ``i + 1`` for ``i`` in ``extract_layers``, the others None, and the decoder
+          output its own hidden states at those same indices, the others None (the output
+          tuples have transformers 5.24's lengths).
+        - ``output_attentions``: the argument, else ``config.vision_config``'s for the vision
+          tower and this config's for the decoder.
+        - ``return_dict``: the argument, else this config's.
+        """
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values (the query images)")
-        output_attentions = self.config.default("output_attentions", output_attentions)
-        output_hidden_states = self.config.default("output_hidden_states", output_hidden_states)
         return_dict = self.config.default("return_dict", return_dict)
+        decoder_attentions = self.config.default("output_attentions", output_attentions)
+        read = None if output_hidden_states else {i + 1 for i in self.extract_layers}
         with torch.no_grad():
             vision = self.clip.get_image_features(
                 pixel_values,
-                interpolate_pos_encoding=interpolate_pos_encoding,
+                interpolate_pos_encoding,
                 output_attentions=output_attentions,
                 output_hidden_states=True,
+                return_dict=True,
             )
             activations = [vision.hidden_states[i + 1] for i in self.extract_layers]
-            if not output_hidden_states:
-                vision.hidden_states = None
+            vision.hidden_states = _selected(vision.hidden_states, read)
 
         batch = pixel_values.shape[0]
         if conditional_embeddings is None:
@@ -610,9 +789,10 @@ class CLIPSegForImageSegmentation(CLIPSegPreTrainedModel):
             activations,
             conditional_embeddings,
             grid=self.clip.vision_model.grid_of(pixel_values),
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+            output_attentions=decoder_attentions,
+            output_hidden_states=True,
         )
+        decoder_output.hidden_states = _selected(decoder_output.hidden_states, read)
         logits = decoder_output.logits
         loss = None
         if labels is not None:

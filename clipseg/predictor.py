@@ -34,9 +34,14 @@ from clipseg.decoder import ReducedActivations
 from clipseg.modeling import CLIPSegForImageSegmentation
 from clipseg.processing import CLIPSegProcessor, load_image
 from clipseg.prompts import PROMPT_TEMPLATES, prepare_visual_prompt
+from clipseg.tiling import TileMerger, check_tiling
 from clipseg.weights import resolve_checkpoint
 
 logger = logging.getLogger(__name__)
+
+# get_*_features returns what the configs ask for (transformers 5 reads the towers' own
+# switches, return_dict the model's): the predictor wants the projected pooled output only.
+_FEATURES_ONLY = {"output_attentions": False, "output_hidden_states": False, "return_dict": True}
 
 __all__ = ["Exemplar", "Mix", "Predictor", "Prompt", "DEFAULT_TEMPLATES"]
 
@@ -372,7 +377,9 @@ class Predictor:
                 return_tensors="pt",
             )
             input_ids = tokens["input_ids"].to(self.device, non_blocking=True)
-            chunks.append(self.model.clip.get_text_features(input_ids).pooler_output)
+            chunks.append(
+                self.model.clip.get_text_features(input_ids, **_FEATURES_ONLY).pooler_output
+            )
         return torch.cat(chunks)
 
     def _remember(
@@ -393,7 +400,7 @@ class Predictor:
         prepared = prepare_visual_prompt(image, mask=mask, box=box, size=self._exemplar_side())
         with self._lock:
             pixels = self._pixel_values([prepared])
-            return self.model.clip.get_image_features(pixels).pooler_output[0]
+            return self.model.clip.get_image_features(pixels, **_FEATURES_ONLY).pooler_output[0]
 
     def _exemplar_side(self) -> int:
         """Side of a prepared exemplar: the image processor's input size (the larger side of a
@@ -470,15 +477,10 @@ class Predictor:
         )
 
     @torch.inference_mode()
-    def _decode(
-        self, batch: _EncodedBatch, embeddings: torch.Tensor
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def _decode_logits(self, batch: _EncodedBatch, embeddings: torch.Tensor) -> torch.Tensor:
         """Every image of ``batch`` against every (K, D) embedding, up to ``chunk_size``
-        (image, prompt) pairs per decoder call.
-
-        Returns per image float32 probabilities (K, H, W) at the image's size and logits (K, h, w)
-        at the model's output size, both on the model's device.
-        """
+        (image, prompt) pairs per decoder call: float32 logits (n, K, h, w) at the model's output
+        size, on the model's device."""
         n, k = len(batch.sizes), len(embeddings)
         if n == 1 or 2 * k > self.chunk_size:
             # few images, many prompts: one image broadcast over a chunk of prompts
@@ -496,7 +498,14 @@ class Predictor:
                 ).logits
                 calls.append(out.view(-1, k, *out.shape[-2:]))
             logits = torch.cat(calls)
-        logits = logits.float()  # (n, K, h, w)
+        return logits.float()
+
+    def _decode(
+        self, batch: _EncodedBatch, embeddings: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """`_decode_logits`, then per image float32 probabilities (K, H, W) at the image's size,
+        and the logits (K, h, w); both on the model's device."""
+        logits = self._decode_logits(batch, embeddings)  # (n, K, h, w)
         if len(set(batch.sizes)) == 1:
             # one size (always so for a tensor batch): one resize for the whole batch
             probs = logits_to_probs(logits, batch.sizes[0]).unbind(0)
@@ -586,3 +595,53 @@ class Predictor:
             return self.predict(
                 prompts, return_logits=return_logits, templates=templates, output=output
             )
+
+    def segment_tiled(
+        self,
+        image: Any,
+        prompts: Sequence[Prompt] | Prompt | torch.Tensor | np.ndarray,
+        *,
+        tile_size: int,
+        tile_overlap: float = 0.25,
+        templates: Sequence[str] | None = None,
+    ) -> np.ndarray:
+        """Like `segment`, for small objects in large images: float32 probabilities (K, H, W).
+
+        The image is cut into overlapping square tiles of ``tile_size`` original pixels (adjacent
+        tiles share at least ``tile_overlap`` of a tile), each tile goes through the vision
+        encoder as an image of its own (``chunk_size`` tiles per call), and the maps are merged
+        with the whole image's, seen at the model's size (`clipseg.tiling.TileMerger` gives the
+        rule). The prompts (or a (K, D) tensor of their embeddings) are embedded once for all
+        tiles. ``tile_size=0``, or an image that fits in one tile, is exactly `segment`.
+        Afterwards the whole image is the current one, as after `set_image`.
+
+        Memory: the (K, H, W) result and one weight map at the image's size, plus one tile's
+        (K, tile, tile) maps at a time.
+        """
+        check_tiling(tile_size, tile_overlap, self.model.config.vision_config.patch_size)
+        with self._lock:
+            pil = load_image(image)
+            if isinstance(prompts, (torch.Tensor, np.ndarray)) and prompts.ndim == 2:
+                embeddings = torch.as_tensor(prompts).to(device=self.device, dtype=self.dtype)
+            else:
+                embeddings = self.embed_prompts(prompts, templates)
+            width, height = pil.size
+            if tile_size == 0 or (width <= tile_size and height <= tile_size):
+                self.set_image(pil)
+                return self.predict_embeddings(embeddings)
+            merger = TileMerger(len(embeddings), height, width, tile_size, tile_overlap)
+            boxes = merger.boxes()
+            for start in range(0, len(boxes), self.chunk_size):
+                group = boxes[start : start + self.chunk_size]
+                sizes = [(y1 - y0, x1 - x0) for x0, y0, x1, y1 in group]
+                pixels = self._pixel_values([pil.crop(box) for box in group])
+                logits = self._decode_logits(self._encode_pixels(pixels, sizes), embeddings)
+                for box, size, tile_logits in zip(group, sizes, logits, strict=True):
+                    merger.add(box, logits_to_probs(tile_logits, size).cpu().numpy())
+            self.set_image(pil)  # the whole-image view, and the current image from now on
+            whole_logits = self._decode_logits(self._states[0], embeddings)[0]  # (K, h, w)
+            whole = (
+                logits_to_probs(label_logits, (height, width)).cpu().numpy()
+                for label_logits in whole_logits
+            )
+            return merger.result(whole)

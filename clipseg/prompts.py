@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipseg.processing import load_image, tensor_to_numpy
+from clipseg.image_processing import load_image, tensor_to_numpy
 
 __all__ = ["PROMPT_TEMPLATES", "apply_templates", "prepare_visual_prompt"]
 

@@ -79,11 +79,15 @@ class TextTower(nn.Module):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        *,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> BaseModelOutputWithPooling | tuple:
         """Encode (B, T) token ids (``attention_mask`` (B, T): 1 = token, 0 = padding).
+
+        The output switches are keyword-only, as in transformers 5; None takes this tower's
+        config (its sub-config in a composite model, as transformers 5 reads it).
 
         last_hidden_state (B, T, C) is after ``final_layer_norm``; pooler_output (B, C) is the
         state at the EOS token (see `eos_positions`); hidden_states[-1] is before the final norm.

@@ -141,11 +141,27 @@ def init_position_sincos(model: CLIPSegForImageSegmentation, scale: float = 0.2)
         table[1:] = scale * torch.cat(parts, dim=1)
 
 
-def write_demo_processor(out: Path, image_size: int) -> int:
-    """Write the demo tokenizer files and a preprocessor_config.json (resize to
-    ``image_size`` square, ImageNet normalization, as CIDAS's) into ``out``; returns the
-    vocabulary size."""
-    vocab_size = write_vocabulary(out)
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def copy_vocabulary(source: Path, out: Path) -> int:
+    """Copy a checkpoint's tokenizer files (:data:`TOKENIZER_FILES`) into ``out``; returns the
+    vocabulary size. A rebuilt vocabulary may number equally frequent merges differently
+    (clipseg.demo.vocabulary), so a retrained demo model reuses the shipped files and every
+    token id a test or a stored exemplar relies on stays the same."""
+    for name in TOKENIZER_FILES:
+        if not (source / name).is_file():
+            raise FileNotFoundError(f"--vocab-from {source}: {name} is missing there")
+        if (source / name).resolve() != (out / name).resolve():
+            shutil.copyfile(source / name, out / name)
+    return len(json.loads((out / "vocab.json").read_text(encoding="utf-8")))
+
+
+def write_demo_processor(out: Path, image_size: int, vocab_from: Path | None = None) -> int:
+    """Write the demo tokenizer files (copied from ``vocab_from``, or built anew when it is
+    None) and a preprocessor_config.json (resize to ``image_size`` square, ImageNet
+    normalization, as CIDAS's) into ``out``; returns the vocabulary size."""
+    vocab_size = write_vocabulary(out) if vocab_from is None else copy_vocabulary(vocab_from, out)
     pre = {
         "do_normalize": True,
         "do_rescale": True,
@@ -188,6 +204,7 @@ class Batch:
     exemplar_class: torch.Tensor  # (E,) index into DemoData.class_names
     mix_weight: torch.Tensor  # (E,) w of w * text + (1 - w) * visual
     patch_shapes: torch.Tensor  # (B, g, g) per patch: 0 background, 1 + index in SHAPES
+    discriminative: torch.Tensor  # (P,) bool: only the shape word gets this pair right
 
     def to(self, device: torch.device) -> Batch:
         """The same batch with every tensor on ``device``."""
@@ -218,6 +235,10 @@ class DemoData:
         patch_size: int = 8,
         template_fraction: float = 0.5,
         pool_per_class: int = 8,
+        scene_style: str = "classic",
+        hard_negative_fraction: float = 0.5,
+        name_prompt_fraction: float = 0.5,
+        shape_prompt_fraction: float = 0.25,
     ) -> None:
         self.processor = processor
         self.size = processor_image_size(processor)
@@ -229,6 +250,15 @@ class DemoData:
         self.template_fraction = template_fraction
         self.same_color_fraction = same_color_fraction
         self.patch_size = patch_size
+        self.scene_style = scene_style
+        self.hard_negative_fraction = hard_negative_fraction
+        if name_prompt_fraction + shape_prompt_fraction > 1:
+            raise ValueError(
+                "--name-prompt-fraction + --shape-prompt-fraction must be at most 1 (the rest "
+                "are '<color> object' prompts)"
+            )
+        self.name_prompt_fraction = name_prompt_fraction
+        self.shape_prompt_fraction = shape_prompt_fraction
         self.class_names = [f"{c} {s}" for c in demo_scenes.COLORS for s in demo_scenes.SHAPES]
         self.class_index = {n: i for i, n in enumerate(self.class_names)}
         self.pool: dict[str, deque] = defaultdict(lambda: deque(maxlen=pool_per_class))
@@ -264,31 +294,44 @@ class DemoData:
         images, pair_image, texts, targets = [], [], [], []
         ex_images, ex_pair, ex_class, ex_w = [], [], [], []
         patch_shapes = []
+        discriminative = []
         new_objects = []
         for b in range(batch_size):
             seed = self.rng.randrange(demo_scenes.TRAIN_SEED_LIMIT)
             same_color = self.rng.random() < self.same_color_fraction
-            scene = demo_scenes.make_scene(seed, size=self.size, same_color=same_color)
+            scene = demo_scenes.make_scene(
+                seed, size=self.size, same_color=same_color, style=self.scene_style
+            )
             images.append(scene.image)
             patch_shapes.append(self._patch_shapes(scene))
             absent = scene.absent_prompts(3)
             names = sorted({o.name for o in scene.objects})
-            hard = _hard_negatives(scene)
+            same_color_hard, same_shape_hard = _hard_negatives(scene)
             shapes = sorted({o.shape for o in scene.objects})
             colors = sorted({f"{o.color} object" for o in scene.objects})
             for _ in range(self.prompts_per_image):
                 r = self.rng.random()
                 if r < self.negative_fraction:
-                    # half of the negatives share a color or a shape with an object present
-                    pool = hard if hard and self.rng.random() < 0.5 else absent
+                    # a share of the negatives is hard: the color of an object present with
+                    # another shape (70 % of them: only the shape word rules it out), or its
+                    # shape in another color
+                    pool = absent
+                    if self.rng.random() < self.hard_negative_fraction:
+                        first, second = same_color_hard, same_shape_hard
+                        if self.rng.random() >= 0.7:
+                            first, second = second, first
+                        pool = first or second or absent
                     prompt = self.rng.choice(pool)
                 else:
                     r = self.rng.random()
-                    pool = names if r < 0.5 else shapes if r < 0.75 else colors
+                    name_cut = self.name_prompt_fraction
+                    shape_cut = name_cut + self.shape_prompt_fraction
+                    pool = names if r < name_cut else shapes if r < shape_cut else colors
                     prompt = self.rng.choice(pool)
                 pair = len(texts)
                 pair_image.append(b)
                 targets.append(scene.target(prompt))
+                discriminative.append(_shape_discriminates(prompt, scene))
                 if self.rng.random() < self.template_fraction:
                     texts.append(self.rng.choice(TEMPLATES).format(prompt))
                 else:
@@ -316,6 +359,7 @@ class DemoData:
             exemplar_class=torch.tensor(ex_class, dtype=torch.long),
             mix_weight=torch.tensor(ex_w, dtype=torch.float32),
             patch_shapes=torch.from_numpy(np.stack(patch_shapes)),
+            discriminative=torch.tensor(discriminative, dtype=torch.bool),
         )
 
     def _patch_shapes(self, scene: demo_scenes.Scene) -> np.ndarray:
@@ -331,15 +375,25 @@ class DemoData:
         return counts.argmax(-1)
 
 
-def _hard_negatives(scene: demo_scenes.Scene) -> list[str]:
-    """Absent ``"<color> <shape>"`` prompts that share the color or the shape of an object
-    present: they teach the model to check both words."""
+def _hard_negatives(scene: demo_scenes.Scene) -> tuple[list[str], list[str]]:
+    """Absent ``"<color> <shape>"`` prompts that share the color (first list) or the shape
+    (second) of an object present: they teach the model to check both words."""
     names = {o.name for o in scene.objects}
-    out = set()
+    same_color, same_shape = set(), set()
     for o in scene.objects:
-        out.update(f"{o.color} {s}" for s in demo_scenes.SHAPES)
-        out.update(f"{c} {o.shape}" for c in demo_scenes.COLORS)
-    return sorted(out - names)
+        same_color.update(f"{o.color} {s}" for s in demo_scenes.SHAPES)
+        same_shape.update(f"{c} {o.shape}" for c in demo_scenes.COLORS)
+    return sorted(same_color - names), sorted(same_shape - names)
+
+
+def _shape_discriminates(prompt: str, scene: demo_scenes.Scene) -> bool:
+    """Whether the prompt names a shape and the scene holds an object that the prompt's color
+    (any color for ``"<shape>"``) would match but its shape rules out: a pair that color alone
+    gets wrong."""
+    color, shape = demo_scenes.parse_prompt(prompt)
+    if shape is None:
+        return False
+    return any((color is None or o.color == color) and o.shape != shape for o in scene.objects)
 
 
 def _name_matches(prompt: str, name: str) -> bool:
@@ -396,12 +450,23 @@ class ShapeHeads(torch.nn.Module):
         self.exemplar = torch.nn.Linear(projection_dim, n_shapes)
 
 
-def soft_dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """1 - soft Dice per pair, averaged; empty targets count through their false positives."""
+def soft_dice_loss(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """1 - soft Dice per pair, averaged (weighted by ``weights`` (P,) when given); empty targets
+    count through their false positives."""
     probs = logits.sigmoid().flatten(1)
     t = targets.flatten(1)
     inter = (probs * t).sum(1)
-    return (1 - (2 * inter + 1) / (probs.sum(1) + t.sum(1) + 1)).mean()
+    per_pair = 1 - (2 * inter + 1) / (probs.sum(1) + t.sum(1) + 1)
+    return _weighted_mean(per_pair, weights)
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean of (P,) ``values``, weighted by (P,) ``weights`` when given."""
+    if weights is None:
+        return values.mean()
+    return (values * weights).sum() / weights.sum()
 
 
 def training_step(
@@ -414,8 +479,11 @@ def training_step(
     align_weight: float,
     shape_heads: ShapeHeads | None = None,
     shape_weight: float = 0.0,
+    discriminative_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of one batch and its parts (for the progress bar)."""
+    """Loss of one batch and its parts (for the progress bar). Pairs that only the shape word
+    gets right (``batch.discriminative``) weigh ``discriminative_weight`` in the mask losses,
+    the others 1."""
     n_pairs = len(batch.texts)
     # one text-tower pass for the pairs' prompts and every "<color> <shape>" class name
     with_classes = align_weight > 0 and len(batch.exemplar_pair) > 0
@@ -446,7 +514,11 @@ def training_step(
         logits = F.interpolate(
             logits[:, None], size=batch.targets.shape[-2:], mode="bilinear", align_corners=False
         )[:, 0]
-    bce = F.binary_cross_entropy_with_logits(logits, batch.targets)
+    weights = None
+    if discriminative_weight != 1.0:
+        weights = 1.0 + (discriminative_weight - 1.0) * batch.discriminative.float()
+    per_pair_bce = F.binary_cross_entropy_with_logits(logits, batch.targets, reduction="none")
+    bce = _weighted_mean(per_pair_bce.flatten(1).mean(1), weights)
     loss = bce + align_weight * align
     if use_shape:
         patch_logits = shape_heads.patch(deepest[:, 1:])  # (B, g * g, shapes + 1), CLS dropped
@@ -455,7 +527,7 @@ def training_step(
         parts["shape"] = float(shape.detach())
     parts["bce"] = float(bce.detach())
     if dice_weight > 0:
-        dice = soft_dice_loss(logits, batch.targets)
+        dice = soft_dice_loss(logits, batch.targets, weights)
         loss = loss + dice_weight * dice
         parts["dice"] = float(dice.detach())
     return loss, parts
@@ -530,6 +602,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--negative-fraction", type=float, default=0.3, help="absent-prompt pairs")
     p.add_argument(
+        "--hard-negative-fraction",
+        type=float,
+        default=0.5,
+        help="of the absent prompts, those sharing an object's color (70 %%) or shape (30 %%)",
+    )
+    p.add_argument(
+        "--name-prompt-fraction",
+        type=float,
+        default=0.5,
+        help="of the present prompts, the '<color> <shape>' ones",
+    )
+    p.add_argument(
+        "--shape-prompt-fraction",
+        type=float,
+        default=0.25,
+        help="of the present prompts, the '<shape>' ones (the rest: '<color> object')",
+    )
+    p.add_argument(
+        "--discriminative-weight",
+        type=float,
+        default=1.0,
+        help="mask-loss weight of pairs that only the shape word gets right (a '<shape>' or "
+        "'<color> <shape>' prompt, present or absent, in a scene with an object of that color "
+        "and another shape)",
+    )
+    p.add_argument(
+        "--scene-style",
+        choices=demo_scenes.STYLES,
+        default="classic",
+        help="training scene style (clipseg.demo.scenes): the pinned classic one or the "
+        "varied one (more backgrounds, sizes, edges, same-color groups)",
+    )
+    p.add_argument(
         "--visual-fraction",
         type=float,
         default=0.5,
@@ -560,8 +665,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="stop (and save) after this many minutes, whatever --steps says",
     )
+    p.add_argument(
+        "--anneal-by-time",
+        action="store_true",
+        help="with --time-limit: the cosine schedule follows the larger of the step and time "
+        "fractions done, so that a run cut by the time limit still ends annealed",
+    )
+    p.add_argument(
+        "--keep-steps",
+        action="store_true",
+        help="write each --save-every checkpoint into its own OUT/step-N directory (to "
+        "evaluate them while training goes on) as well as the final one into OUT",
+    )
     g = p.add_argument_group("demo architecture (without --init)")
     g.add_argument("--image-size", type=int, default=128, help="input size in pixels")
+    g.add_argument(
+        "--vocab-from",
+        type=Path,
+        default=Path(__file__).resolve().parent / "demo" / "checkpoint",
+        help="checkpoint directory whose tokenizer files the new model uses (the shipped demo "
+        "checkpoint's by default, so token ids stay valid); 'none' builds a new vocabulary",
+    )
     g.add_argument("--patch-size", type=int, default=8, help="vision patch size in pixels")
     g.add_argument(
         "--upsampler",
@@ -600,7 +724,8 @@ def train(args: argparse.Namespace) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     demo = args.init is None
     if demo:
-        vocab_size = write_demo_processor(out, args.image_size)
+        vocab_from = None if str(args.vocab_from).lower() == "none" else args.vocab_from
+        vocab_size = write_demo_processor(out, args.image_size, vocab_from)
         processor_dir = out
         model = CLIPSegForImageSegmentation(demo_config(args, vocab_size))
         init_film_identity(model)
@@ -637,6 +762,10 @@ def train(args: argparse.Namespace) -> Path:
         visual_only_fraction=args.visual_only_fraction,
         same_color_fraction=args.same_color_fraction,
         patch_size=model.config.vision_config.patch_size,
+        scene_style=args.scene_style,
+        hard_negative_fraction=args.hard_negative_fraction,
+        name_prompt_fraction=args.name_prompt_fraction,
+        shape_prompt_fraction=args.shape_prompt_fraction,
     )
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -648,11 +777,18 @@ def train(args: argparse.Namespace) -> Path:
         lr=args.lr,
     )
     warmup = args.warmup if args.warmup is not None else max(1, args.steps // 20)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_lambda(s, warmup, args.steps)
-    )
-    align_weight = 0.0 if args.freeze_encoders else args.align_weight
     started = time.monotonic()
+    limit_s = 60 * args.time_limit if args.time_limit is not None else None
+
+    def schedule(step: int) -> float:
+        if args.anneal_by_time and limit_s is not None and step >= warmup:
+            # the step count that the time fraction done corresponds to
+            by_time = warmup + (args.steps - warmup) * (time.monotonic() - started) / limit_s
+            step = max(step, min(int(by_time), args.steps))
+        return lr_lambda(step, warmup, args.steps)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    align_weight = 0.0 if args.freeze_encoders else args.align_weight
     bar = tqdm(range(args.steps), desc="train", unit="step", dynamic_ncols=True)
     for step in bar:
         batch = data.batch(args.batch_size).to(device)
@@ -665,6 +801,7 @@ def train(args: argparse.Namespace) -> Path:
             align_weight=align_weight,
             shape_heads=shape_heads,
             shape_weight=args.shape_weight,
+            discriminative_weight=args.discriminative_weight,
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -674,7 +811,14 @@ def train(args: argparse.Namespace) -> Path:
         bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
         done = step + 1
         if args.save_every and done % args.save_every == 0 and done < args.steps:
-            save_checkpoint(model, processor_dir, out, demo)
+            target = out / f"step-{done}" if args.keep_steps else out
+            save_checkpoint(model, processor_dir, target, demo)
+            logger.info(
+                "step %d: checkpoint written to %s (%.1f min)",
+                done,
+                target,
+                (time.monotonic() - started) / 60,
+            )
         if args.time_limit is not None and time.monotonic() - started > 60 * args.time_limit:
             logger.warning("time limit reached after %d steps; saving", done)
             break

@@ -58,11 +58,17 @@ class VisionEmbeddings(nn.Module):
 
     def position_embeddings(self, grid: tuple[int, int]) -> torch.Tensor:
         """(1, 1 + rows * cols, C) position embeddings for ``grid``; resampled ones are cached
-        per grid size (and invalidated when the table changes), except while gradients flow."""
+        per grid size (and invalidated when the table changes), except while gradients flow.
+
+        A table that is an inference tensor (the model was built or moved inside
+        ``torch.inference_mode``) has no version counter, so a change made to it in place could
+        not be seen: it is resampled on every call (3-16 ms per image) instead of cached.
+        `CLIPSegPreTrainedModel.from_pretrained` never makes one, also inside inference_mode.
+        """
         weight = self.position_embedding.weight
         if grid == (self.trained_grid, self.trained_grid):
             return weight.unsqueeze(0)
-        if torch.is_grad_enabled() and weight.requires_grad:
+        if (torch.is_grad_enabled() and weight.requires_grad) or weight.is_inference():
             return resample_position_embeddings(weight, grid, self.trained_grid)
         key = (grid, weight.data_ptr(), weight._version, weight.dtype, weight.device)
         cached = self._pos_cache.get(key)
@@ -144,13 +150,18 @@ class VisionTower(nn.Module):
     def forward(
         self,
         pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool = True,
+        *,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        interpolate_pos_encoding: bool = True,
         return_dict: bool | None = None,
     ) -> BaseModelOutputWithPooling | tuple:
         """Encode (B, 3, H, W) pixels (H, W multiples of the patch size): last_hidden_state
-        (B, 1 + rows * cols, C) and pooler_output = post_layernorm(CLS) (B, C)."""
+        (B, 1 + rows * cols, C) and pooler_output = post_layernorm(CLS) (B, C).
+
+        The second positional argument is ``interpolate_pos_encoding`` and the output switches
+        are keyword-only, as in transformers 5; None takes this tower's config (its sub-config
+        in a composite model, as transformers 5 reads it)."""
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values")
         # None takes the config's setting, as in transformers

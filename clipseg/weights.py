@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -31,9 +31,11 @@ __all__ = [
     "resolve_checkpoint",
     "read_state_dict",
     "convert_state_dict",
+    "foreign_keys",
     "load_state_dict_strict",
     "save_state_dict",
     "first_float_dtype",
+    "fresh_copy",
     "parse_shard_size",
 ]
 
@@ -71,9 +73,10 @@ def _download_hint(repo_id: str) -> str:
 
 
 def resolve_checkpoint(
-    name_or_path: str | os.PathLike[str], local_files_only: bool = False
+    name_or_path: str | os.PathLike[str], local_files_only: bool = False, subfolder: str = ""
 ) -> Path:
-    """The local directory holding the checkpoint ``name_or_path``.
+    """The local directory holding the checkpoint ``name_or_path`` (its ``subfolder`` when one
+    is named, as transformers' ``subfolder=``: a checkpoint stored one level down).
 
     - an existing directory: itself;
     - ``"demo"``: the demo checkpoint shipped in the package (``clipseg/demo/checkpoint``);
@@ -84,6 +87,21 @@ def resolve_checkpoint(
 
     Raises FileNotFoundError (with the fix) when none of these applies.
     """
+    root = _resolve_root(name_or_path, local_files_only, subfolder)
+    if not subfolder:
+        return root
+    directory = root / subfolder
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"{os.fspath(name_or_path)!r} has no subfolder {subfolder!r} (looked for {directory}); "
+            "check the subfolder's name, or leave subfolder out"
+        )
+    return directory
+
+
+def _resolve_root(
+    name_or_path: str | os.PathLike[str], local_files_only: bool, subfolder: str
+) -> Path:
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
     if path.is_dir():
@@ -101,7 +119,7 @@ def resolve_checkpoint(
             f"{SAFE_WEIGHTS_NAME}"
         )
     if isinstance(name_or_path, str) and _HUB_ID.match(text) and not text.startswith((".", "~")):
-        return _snapshot(text, local_files_only)
+        return _snapshot(text, local_files_only, subfolder)
     raise FileNotFoundError(
         f"no checkpoint directory at {path}: pass a directory holding config.json and "
         f"{SAFE_WEIGHTS_NAME} (or {WEIGHTS_NAME}), a hub id such as CIDAS/clipseg-rd64-refined, "
@@ -109,8 +127,9 @@ def resolve_checkpoint(
     )
 
 
-def _snapshot(repo_id: str, local_files_only: bool = False) -> Path:
-    """Download (or find in the local cache) the files of hub repository ``repo_id``."""
+def _snapshot(repo_id: str, local_files_only: bool = False, subfolder: str = "") -> Path:
+    """Download (or find in the local cache) the files of hub repository ``repo_id`` (those of
+    its ``subfolder`` when one is named); returns the snapshot's root."""
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
@@ -119,16 +138,17 @@ def _snapshot(repo_id: str, local_files_only: bool = False) -> Path:
             "up on the Hugging Face hub: huggingface_hub is not installed (pip install "
             f"huggingface_hub); or {_download_hint(repo_id)}"
         ) from None
-    patterns = ["*.json", "*.txt", SAFE_WEIGHTS_NAME]
+    prefix = f"{subfolder.strip('/')}/" if subfolder else ""
+    patterns = [f"{prefix}{p}" for p in ("*.json", "*.txt", SAFE_WEIGHTS_NAME)]
     try:
         directory = Path(
             snapshot_download(repo_id, allow_patterns=patterns, local_files_only=local_files_only)
         )
-        if not (directory / SAFE_WEIGHTS_NAME).is_file():
+        if not (directory / prefix / SAFE_WEIGHTS_NAME).is_file():
             directory = Path(
                 snapshot_download(
                     repo_id,
-                    allow_patterns=[*patterns, WEIGHTS_NAME],
+                    allow_patterns=[*patterns, prefix + WEIGHTS_NAME],
                     local_files_only=local_files_only,
                 )
             )
@@ -186,11 +206,12 @@ def read_state_dict(
     )
 
 
-def _fresh(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-    """A copy of ``tensor`` in new storage, floating point converted to ``dtype`` when given."""
+def fresh_copy(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A detached copy of ``tensor`` in new storage on the CPU, floating point converted to
+    ``dtype`` when given."""
     if dtype is None or not tensor.is_floating_point():
         dtype = tensor.dtype
-    return tensor.to(dtype=dtype, copy=True)
+    return tensor.detach().to(device="cpu", dtype=dtype, copy=True)
 
 
 def _read_safetensors(path: Path, dtype: torch.dtype | None) -> Iterator[tuple[str, torch.Tensor]]:
@@ -210,7 +231,7 @@ def _read_safetensors(path: Path, dtype: torch.dtype | None) -> Iterator[tuple[s
             while done < len(keys) and mapped < _REMAP_BYTES:
                 view = file.get_tensor(keys[done])
                 mapped += view.nbytes
-                tensor = _fresh(view, dtype)
+                tensor = fresh_copy(view, dtype)
                 del view
                 yield keys[done], tensor
                 done += 1
@@ -221,7 +242,7 @@ def _read_pickle(path: Path, dtype: torch.dtype | None) -> Iterator[tuple[str, t
     copied (a pickle is read whole: the peak is one copy and one tensor)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     for key in list(state):
-        yield key, _fresh(state.pop(key), dtype)
+        yield key, fresh_copy(state.pop(key), dtype)
 
 
 def _source_layout(keys: set[str]) -> Layout:
@@ -245,6 +266,14 @@ def _source_layout(keys: set[str]) -> Layout:
     )
 
 
+def _lift(key: str, layout: Layout) -> str:
+    """A key of a ``layout`` state dict as the segmentation layout names it."""
+    if layout in ("text", "vision"):
+        # transformers 4.x towers nest under text_model./vision_model.; 5.x do not
+        key = key.removeprefix(f"{layout}_model.")
+    return _PREFIX[layout] + key
+
+
 def convert_state_dict(
     state_dict: Mapping[str, torch.Tensor], target: Layout
 ) -> dict[str, torch.Tensor]:
@@ -263,12 +292,25 @@ def convert_state_dict(
     for key, tensor in state_dict.items():
         if _IGNORED_BUFFERS.search(key):
             continue
-        if layout in ("text", "vision"):
-            # transformers 4.x towers nest under text_model./vision_model.; 5.x do not
-            key = key.removeprefix(f"{layout}_model.")
-        lifted[_PREFIX[layout] + key] = tensor
+        lifted[_lift(key, layout)] = tensor
     prefix = _PREFIX[target]
     return {k[len(prefix) :]: v for k, v in lifted.items() if k.startswith(prefix)}
+
+
+def foreign_keys(keys: Iterable[str], target: Layout) -> set[str]:
+    """The keys of a checkpoint that model class ``target`` does not own, as the checkpoint
+    names them: what `convert_state_dict` leaves out (e.g. ``decoder.*`` for `CLIPSegModel`
+    loaded from a segmentation checkpoint). Buffers the modules recompute are not counted."""
+    keys = set(keys)
+    layout = _source_layout(keys)
+    prefix = _PREFIX[target]
+    foreign = set()
+    for key in keys:
+        if _IGNORED_BUFFERS.search(key):
+            continue
+        if not _lift(key, layout).startswith(prefix):
+            foreign.add(key)
+    return foreign
 
 
 def load_state_dict_strict(

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from clipseg.demo.vocabulary import write_vocabulary
-from clipseg.processing import CLIPSegImageProcessor
+from clipseg.image_processing import CLIPSegImageProcessor
 
 TINY_VOCAB = 619  # the demo vocabulary's size (write_vocabulary returns it; checked below)
 

@@ -266,3 +266,88 @@ def test_patch_shape_labels_follow_the_visible_masks():
         axis=(1, 3)
     )
     assert (labels[background] == 0).all()
+
+
+def test_train_reuses_the_shipped_vocabulary_and_varied_scenes(tmp_path):
+    out = tmp_path / "ckpt"
+    args = ["--steps", "2", "--batch-size", "2", "--prompts-per-image", "3", "--threads", "1"]
+    args += ["--scene-style", "varied", "--discriminative-weight", "2", "--keep-steps"]
+    args += ["--save-every", "1", "--hard-negative-fraction", "1"]
+    proc = _run("-m", "clipseg.train", "--out", str(out), *args, *TINY)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("vocab.json", "merges.txt"):
+        assert (out / name).read_bytes() == (CHECKPOINT / name).read_bytes(), name
+    step = out / "step-1"  # the intermediate checkpoint loads on its own
+    model = CLIPSegForImageSegmentation.from_pretrained(step)
+    assert model.config.text_config.vocab_size == len(
+        json.loads((CHECKPOINT / "vocab.json").read_text())
+    )
+
+
+def test_shape_discriminating_pairs_and_hard_negatives():
+    from clipseg.demo.scenes import Scene, SceneObject
+    from clipseg.train import _hard_negatives, _shape_discriminates
+
+    mask = np.zeros((8, 8), bool)
+    scene = Scene(
+        seed=0,
+        image=np.zeros((8, 8, 3), np.uint8),
+        objects=[SceneObject("white", "circle", mask), SceneObject("red", "star", mask)],
+        background="plain",
+    )
+    assert _shape_discriminates("white square", scene)  # absent, and color alone would fire
+    assert _shape_discriminates("white circle", scene) is False  # the only white object
+    assert _shape_discriminates("circle", scene)  # the red star is not one
+    assert _shape_discriminates("white object", scene) is False  # no shape word
+    assert _shape_discriminates("blue square", scene) is False  # no blue object
+    same_color, same_shape = _hard_negatives(scene)
+    assert "white square" in same_color and "white circle" not in same_color
+    assert "blue circle" in same_shape and "red star" not in same_shape
+
+
+# ---------------------------------------------------------------------------------------------
+# panoptic quality
+
+
+def _box(y0: int, y1: int, x0: int, x1: int, size: int = 40) -> np.ndarray:
+    m = np.zeros((size, size), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_panoptic_quality_hand_computed():
+    from clipseg.evaluate import panoptic_quality
+
+    truth = [
+        ("white circle", _box(0, 10, 0, 10)),  # 100 px
+        ("white circle", _box(20, 30, 0, 10)),
+        ("red star", _box(20, 30, 20, 30)),
+    ]
+    predicted = [
+        ("white circle", _box(0, 8, 0, 10)),  # IoU 80 / 100 = 0.8 with the first circle: TP
+        ("white circle", _box(20, 24, 0, 10)),  # IoU 0.4 with the second: a false region
+        ("white square", _box(0, 10, 0, 10)),  # right pixels, wrong label: a false region
+    ]
+    counts = panoptic_quality(predicted, truth)
+    assert (counts.tp, counts.fp, counts.fn) == (1, 2, 2)  # second circle and the star missed
+    assert counts.sq == pytest.approx(0.8)
+    assert counts.rq == pytest.approx(1 / (1 + 0.5 * 2 + 0.5 * 2))
+    assert counts.pq == pytest.approx(0.8 / 3)
+
+
+def test_panoptic_quality_matches_one_to_one_and_adds_up():
+    from clipseg.evaluate import PanopticCounts, panoptic_quality
+
+    truth = [("star", _box(0, 10, 0, 10))]
+    # two overlapping predictions both over IoU 0.5: only the better one is a match
+    predicted = [("star", _box(0, 10, 0, 10)), ("star", _box(0, 9, 0, 10))]
+    counts = panoptic_quality(predicted, truth)
+    assert (counts.tp, counts.fp, counts.fn) == (1, 1, 0) and counts.iou_sum == pytest.approx(1)
+    # IoU exactly 0.5 is not a match (strictly above)
+    half = panoptic_quality([("star", _box(0, 5, 0, 10))], truth)
+    assert (half.tp, half.fp, half.fn) == (0, 1, 1) and half.pq == 0.0
+    total = counts + half
+    assert total == PanopticCounts(tp=1, fp=2, fn=1, iou_sum=counts.iou_sum)
+    assert panoptic_quality([], []).pq == 1.0  # nothing to find, nothing found
+    with pytest.raises(ValueError, match="grid"):
+        panoptic_quality([("star", _box(0, 5, 0, 5, size=20))], truth)

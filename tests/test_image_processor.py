@@ -84,9 +84,6 @@ def _modes(h: int, w: int) -> dict[str, Image.Image]:
         "P": rgb.convert("P"),
         "P+transparency": p_transparent,
         "CMYK": rgb.convert("CMYK"),
-        "I;16": Image.fromarray(arr[..., 0].astype(np.uint16) * 3),
-        "I": Image.fromarray(arr[..., 1].astype(np.int32) - 20),
-        "F": Image.fromarray(arr[..., 2].astype(np.float32) / 2),
         "1": Image.fromarray(arr[..., 0]).convert("1"),
     }
 
@@ -98,6 +95,27 @@ def test_pil_modes_match_transformers(ref, ours, mode, size):
     got = ours(image, return_tensors="pt")["pixel_values"]
     assert got.dtype == torch.float32 and got.shape == (1, 3, 352, 352)
     np.testing.assert_allclose(got.numpy(), _ref_pixels(ref, image), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_wide_grey_differs_from_transformers_deliberately(ref, ours, mode):
+    """More than 8 bits of grey: transformers lets PIL clip to [0, 255]; clipseg shows it as
+    Label Studio's browser does (16 bits: v >> 8; float: intensities in [0, 1]), see
+    tests/test_sixteen_bit.py and docs/transformers.md."""
+    rng = np.random.default_rng(3)
+    levels = rng.integers(0, 65536, (37, 53)) if mode != "F" else rng.random((37, 53))
+    image = {
+        "I;16": lambda: Image.fromarray(levels.astype(np.uint16)),
+        "I": lambda: Image.fromarray(levels.astype(np.int32), mode="I"),
+        "F": lambda: Image.fromarray(levels.astype(np.float32), mode="F"),
+    }[mode]()
+    shown = (levels >> 8) if mode != "F" else np.round(levels.astype(np.float32) * 255.0)
+    shown = Image.fromarray(shown.astype(np.uint8))
+    clipped = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
+    got = ours(image, return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(got, ours(shown, return_tensors="np")["pixel_values"], atol=0)
+    np.testing.assert_allclose(_ref_pixels(ref, image), _ref_pixels(ref, clipped), atol=1e-6)
+    assert not np.allclose(got, _ref_pixels(ref, image), atol=1e-3)
 
 
 @pytest.mark.parametrize("channels", [None, 1, 3, 4])
@@ -388,23 +406,17 @@ def test_processor_errors_and_roundtrip(checkpoint_dir, tmp_path):
     assert again.image_processor.to_dict() == proc.image_processor.to_dict()
 
 
-def test_processor_resolves_names_through_weights(checkpoint_dir, monkeypatch):
-    """Non-directory names ("demo", hub ids) go through clipseg.weights.resolve_checkpoint."""
-    import sys
-    import types
+def test_processor_resolves_names_through_weights():
+    """Non-directory names resolve as the models' do: "demo" is the shipped checkpoint."""
+    from clipseg.weights import DEMO_CHECKPOINT
 
-    calls = []
-    fake = types.ModuleType("clipseg.weights")
-
-    def resolve_checkpoint(name):
-        calls.append(name)
-        return checkpoint_dir
-
-    fake.resolve_checkpoint = resolve_checkpoint
-    monkeypatch.setitem(sys.modules, "clipseg.weights", fake)
-    proc = CLIPSegProcessor.from_pretrained("demo")
-    assert calls == ["demo"]
-    assert proc.tokenizer.encode("a cat")[0] == proc.tokenizer.bos_token_id
+    by_name = CLIPSegProcessor.from_pretrained("demo")
+    by_path = CLIPSegProcessor.from_pretrained(DEMO_CHECKPOINT)
+    assert by_name.tokenizer.get_vocab() == by_path.tokenizer.get_vocab()
+    assert by_name.image_processor.to_dict() == by_path.image_processor.to_dict()
+    assert by_name.tokenizer.encode("a cat")[0] == by_name.tokenizer.bos_token_id
+    with pytest.raises(FileNotFoundError, match="no checkpoint directory"):
+        CLIPSegProcessor.from_pretrained("./no/such/dir")
 
 
 @settings(max_examples=30, deadline=None)
@@ -458,3 +470,19 @@ def test_one_lazily_opened_image_repeated_in_a_batch(ours, monkeypatch, tmp_path
     listed = ours([Image.open(path)] * 2, return_tensors=None)["pixel_values"]
     listed[0][:] = 0  # the caller's list: a repeated image is not one shared array
     np.testing.assert_array_equal(listed[1], expected)
+
+
+def test_names_stay_importable_from_before_the_split():
+    """processing.py was split into tokenization / image_processing / processing; the names it
+    held are the same objects from every place they were importable."""
+    import clipseg
+    import clipseg.image_processing as image_processing
+    import clipseg.processing as processing
+    import clipseg.tokenization as tokenization
+
+    assert processing.CLIPTokenizer is tokenization.CLIPTokenizer is clipseg.CLIPTokenizer
+    for name in ("CLIPSegImageProcessor", "load_image", "tensor_to_numpy", "IMAGENET_DEFAULT_MEAN"):
+        assert getattr(processing, name) is getattr(image_processing, name)
+    assert clipseg.CLIPSegImageProcessor is image_processing.CLIPSegImageProcessor
+    assert clipseg.CLIPSegProcessor is processing.CLIPSegProcessor
+    assert set(processing.__all__) >= {"BatchEncoding", "CLIPTokenizer", "load_image"}

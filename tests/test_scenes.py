@@ -193,3 +193,30 @@ def test_held_out_scenes_stay_what_the_documented_figures_measured():
         "green triangle", "red star", "green circle", "red cross", "blue star",
     ]  # fmt: skip
     assert hashlib.sha256(scene.image.tobytes()).hexdigest()[:16] == "48b1ff28237a2395"
+
+
+def test_varied_scenes_are_deterministic_and_their_masks_true():
+    """The training style: same seed, same scene; visible masks disjoint and painted (mostly) in
+    their object's color; some scenes hold several objects of one color with different shapes."""
+    grouped = 0
+    for seed in range(60):
+        a = make_scene(seed, size=128, style="varied")
+        b = make_scene(seed, size=128, style="varied")
+        assert np.array_equal(a.image, b.image)
+        assert 1 <= len(a.objects) <= 6
+        total = np.zeros((128, 128), np.int32)
+        for obj in a.objects:
+            total += obj.mask
+            pixels = a.image[obj.mask].astype(np.float32)
+            if len(pixels) >= 30:
+                # median color within shading, noise and blur of the nominal one
+                distance = np.abs(np.median(pixels, axis=0) - COLORS[obj.color]).max()
+                assert distance < 60, (seed, obj.name, distance)
+        assert total.max() <= 1
+        by_color: dict[str, set[str]] = {}
+        for obj in a.objects:
+            by_color.setdefault(obj.color, set()).add(obj.shape)
+        grouped += any(len(s) >= 2 for s in by_color.values())
+    assert grouped >= 15
+    with pytest.raises(ValueError, match="style"):
+        make_scene(0, style="photo")

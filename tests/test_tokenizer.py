@@ -13,7 +13,7 @@ from clip_vocab import clip_vocab_fixture  # noqa: F401  (the session fixture cl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clipseg.processing import CLIPTokenizer
+from clipseg.tokenization import CLIPTokenizer
 
 transformers = pytest.importorskip("transformers", reason="transformers is the parity reference")
 
@@ -226,8 +226,8 @@ def test_unimplemented_arguments_raise_instead_of_being_ignored(ours, ref, kwarg
         ours(["a cat"], **kwargs)
     with pytest.raises(TypeError, match="positional"):
         ours("a cat", "a dog")  # a text pair: CLIP encodes single texts
-    with pytest.raises(TypeError, match="clean_up_tokenization_spaces"):
-        ours.decode([320, 2368], clean_up_tokenization_spaces=True)
+    with pytest.raises(TypeError, match="spaces_between_special_tokens"):
+        ours.decode([320, 2368], spaces_between_special_tokens=False)
     with pytest.raises(ValueError, match="padding_side"):
         ours("a cat", padding_side="up")
 

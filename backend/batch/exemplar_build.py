@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlparse
 
-from backend.batch.predict import Failure, make_progress
+from backend.batch.outputs import Failure
+from backend.batch.predict import make_progress
+from backend.errors import LabelStudioError, Words, environment_words
 from backend.exemplars import ExemplarStore, project_key
 from backend.images import ImageError
-from backend.model import SERVER_NAMES, CLIPSegBackend, SettingNames
+from backend.model import CLIPSegBackend
 from backend.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -84,7 +86,7 @@ def build_store(
     label_config: str | None = None,
     quiet: bool = False,
     backend: CLIPSegBackend | None = None,
-    names: SettingNames = SERVER_NAMES,
+    words: Words = environment_words,
 ) -> BuildReport:
     """Embed the regions of every (not cancelled) annotation of ``tasks`` into the store of
     ``project`` under ``settings.model_dir``. A task whose image cannot be read is a failure;
@@ -96,8 +98,10 @@ def build_store(
             raise ValueError(f"--images-root {images_root} is not a folder")
         settings = replace(settings, local_files_document_root=str(root.resolve()))
     if backend is None:
-        backend = CLIPSegBackend.load(settings, names)
-    backend.images.name_server_paths = True  # the operator's command: say where it looked
+        backend = CLIPSegBackend.load(settings, words)
+        backend.images.reveal_paths = (
+            True  # the operator's own run: say where files were looked for
+        )
     report = BuildReport(store=backend.store.root)
     progress = make_progress(len(tasks), quiet, desc="exemplars")
     try:
@@ -112,7 +116,7 @@ def build_store(
                     exemplars = backend.exemplars_of(
                         task, annotation.get("result") or [], label_config, key
                     )
-                except ImageError as exc:
+                except (ImageError, LabelStudioError) as exc:
                     ref = _image_reference(original)  # as in the export, not as rewritten
                     report.failures.append(Failure(ref, "export", str(exc), task.get("id")))
                     break  # the task's image is unreadable: its other annotations are too

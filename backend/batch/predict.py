@@ -1,11 +1,17 @@
-"""The batch prediction loop and the outputs rebuilt from its per-image records.
+"""`clipseg-label predict` as one library call, and its loop: inputs, labels and settings in,
+outputs written.
 
-`run_predict` reads images in batches, hands them to an `Annotator` (the model side: image ->
-Label Studio results, regions with exact masks, uncertainty), stores one record per image in the
-`StateStore` as soon as it is done, skips images whose record exists, and collects failures
-(unreadable image, bad URL, malformed task) without stopping. `write_outputs` then rebuilds
-``tasks.json``, ``coco.json`` and ``failures.json`` from the records of every source, so that
-a resumed run produces the same files as an uninterrupted one.
+`predict` is the entry point: the labels (``--labels`` become a generated label config with one
+labels control of the ``--type``'s tag; a ``--label-config`` is read) go through the same parser
+(`backend.label_config`) as a project's config, and the model side is the backend's own
+(`backend.model.CLIPSegBackend.predict_images`), so the CLI and the server give the same
+results for the same image, label config and settings.
+
+`run_predict` is the loop: it reads images in batches, hands them to an `Annotator` (the model
+side: image -> Label Studio results, regions with exact masks, uncertainty), stores one record
+per image in the `StateStore` as soon as it is done, skips images whose record exists, and
+collects failures (unreadable image, bad URL, malformed task) without stopping. The outputs
+are rebuilt from the records at the end (`backend.batch.outputs`).
 """
 
 from __future__ import annotations
@@ -13,27 +19,154 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from backend.atomic import write_json_atomic
-from backend.batch.sources import ImageSource, SourceReader, task_image_value
-from backend.batch.state import StateStore
-from backend.formats.coco import CocoDataset, mask_to_rle, rle_area, rle_bbox, rle_to_mask
+from backend.batch.outputs import (
+    LABEL_CONFIG_FILE,
+    OVERLAY_DIR,
+    Failure,
+    image_record,
+    overlay_name,
+    write_outputs,
+)
+from backend.batch.sources import ImageSource, SourceReader, collect_sources, task_image_value
+from backend.batch.state import StateStore, fingerprint
+from backend.controls import NOTHING_TO_PREDICT, RESULT_OPTIONS
+from backend.errors import LabelConfigError, SourceError, Words, environment_words
+from backend.formats.coco import rle_to_mask
 from backend.images import ImageError
-from backend.model import ImagePrediction
+from backend.label_config import ControlSpec, parse_label_config
+from backend.model import CLIPSegBackend
 from backend.overlays import label_colors, save_overlay
+from backend.segmenter import ImagePrediction
+from backend.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-TASKS_FILE = "tasks.json"
-COCO_FILE = "coco.json"
-FAILURES_FILE = "failures.json"
-OVERLAY_DIR = "overlays"
-LABEL_CONFIG_FILE = "label_config.xml"
+
+# ------------------------------------------------------------------------------- entry point
+def predict(
+    inputs: Sequence[str],
+    *,
+    settings: Settings,
+    out_dir: str | Path,
+    labels: Sequence[str] | None = None,
+    label_config: Path | None = None,
+    result_type: str = "brush",
+    batch_size: int = 4,
+    image_key: str | None = None,
+    image_root: str | None = None,
+    image_root_url: str = "",
+    recursive: bool = False,
+    overlays: bool = False,
+    quiet: bool = False,
+    exemplars_project: Any = None,
+    backend: CLIPSegBackend | None = None,
+    words: Words = environment_words,
+) -> RunSummary:
+    """Predict every image of ``inputs`` into ``out_dir`` (`run_predict`).
+
+    Usage problems (no input, a label config without usable controls, a path outside
+    ``image_root``) raise before the model loads. ``backend`` lets a caller reuse a loaded model.
+    """
+    config, all_controls = load_controls(labels, label_config, result_type, settings.threshold)
+    sources = collect_sources(inputs, recursive=recursive, image_key=image_key)
+    if not sources:
+        raise SourceError("no images in the inputs")
+
+    def image_value(src: ImageSource) -> str:
+        return task_image_value(src, image_root, image_root_url)
+
+    for src in sources:
+        image_value(src)  # a path outside --image-root is a usage error, found before any work
+    if backend is None:
+        backend = CLIPSegBackend.load(settings, words)
+    controls = [c for c in all_controls if c in backend.controls(config)]
+    if not controls:
+        raise LabelConfigError(NOTHING_TO_PREDICT)
+    key = image_key or controls[0].value_key
+    annotator = BackendAnnotator(backend, controls, exemplars_project)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / LABEL_CONFIG_FILE).write_text(config + "\n", encoding="utf-8")
+    run_fp = fingerprint(
+        {
+            "model_version": annotator.model_version,
+            "controls": [asdict(c) for c in controls],
+            "region_mode": settings.region_mode,
+            "min_region_area": settings.min_region_area,
+            "polygon_tolerance": settings.polygon_tolerance,
+            "exemplar_weight": settings.exemplar_weight,
+            "uncertain": [settings.uncertain_low, settings.uncertain_high],
+            "score_mode": settings.score_mode,
+        }
+    )
+    progress = make_progress(len(sources), quiet)
+    try:
+        return run_predict(
+            sources,
+            annotator,
+            SourceReader(settings, sources),
+            out,
+            run_fingerprint=run_fp,
+            image_value=image_value,
+            batch_size=batch_size,
+            overlays=overlays,
+            score_mode=settings.score_mode,
+            image_key=key,
+            progress=progress,
+        )
+    finally:
+        progress.close()
+
+
+def label_config_for(labels: Sequence[str], result_type: str = "brush") -> str:
+    """A Label Studio label config with one ``<Image name="image" value="$image"/>`` and one
+    labels control named ``label`` holding ``labels``, of the tag of ``result_type`` (a
+    `backend.controls.RESULT_OPTIONS` key: brush, polygon, rectangle)."""
+    names = [lab.strip() for lab in labels]
+    if not names or any(not n for n in names):
+        raise LabelConfigError(f"--labels needs non-empty comma-separated names, got {labels!r}")
+    if len(set(names)) != len(names):
+        raise LabelConfigError(f"--labels has duplicates: {names}")
+    if result_type not in RESULT_OPTIONS:
+        raise LabelConfigError(f"unknown result type {result_type!r}; use {sorted(RESULT_OPTIONS)}")
+    tag = RESULT_OPTIONS[result_type]
+    items = "".join(f"<Label value={quoteattr(n)}/>" for n in names)
+    return (
+        '<View><Image name="image" value="$image"/>'
+        f'<{tag} name="label" toName="image">{items}</{tag}></View>'
+    )
+
+
+def load_controls(
+    labels: Sequence[str] | None, label_config: Path | None, result_type: str, threshold: float
+) -> tuple[str, tuple[ControlSpec, ...]]:
+    """(label config text, its controls) from ``--labels`` or ``--label-config``."""
+    if label_config is not None:
+        try:
+            config = Path(label_config).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise LabelConfigError(f"cannot read the label config {label_config}: {exc}") from exc
+    elif labels:
+        config = label_config_for(labels, result_type)
+    else:
+        raise LabelConfigError("give --labels or --label-config")
+    return config, parse_label_config(config, threshold)
+
+
+# ---------------------------------------------------------------------------------- the loop
+class Progress(Protocol):
+    """A progress bar as tqdm's: `update(n)` after n more images, `close()` at the end."""
+
+    def update(self, n: int = 1) -> object: ...
+
+    def close(self) -> None: ...
 
 
 class Annotator(Protocol):
@@ -47,14 +180,26 @@ class Annotator(Protocol):
     def annotate(self, images: Sequence[np.ndarray]) -> list[ImagePrediction]: ...
 
 
-@dataclass
-class Failure:
-    """An image that could not be done, and why."""
+class BackendAnnotator:
+    """The `Annotator` of a batch: `CLIPSegBackend.predict_images` (the batch goes through the
+    vision encoder together) for the parsed controls, with the exemplars of ``project`` from the
+    backend's store when one is given."""
 
-    ref: str
-    origin: str
-    error: str
-    task_id: Any = None
+    def __init__(
+        self, backend: CLIPSegBackend, controls: Sequence[ControlSpec], project: Any = None
+    ) -> None:
+        self.backend = backend
+        self.controls = list(controls)
+        self.stored = backend.store.embeddings(project) if project is not None else {}
+        self.model_version = backend.model_version(project)
+        labels: dict[str, None] = {}
+        for control in self.controls:
+            for lab in control.labels:
+                labels.setdefault(lab.value, None)
+        self.labels = tuple(labels)
+
+    def annotate(self, images: Sequence[np.ndarray]) -> list[ImagePrediction]:
+        return self.backend.predict_images(images, self.controls, self.stored)
 
 
 @dataclass
@@ -72,65 +217,6 @@ class RunSummary:
         return not self.failures
 
 
-def _record(
-    source: ImageSource,
-    size: tuple[int, int],
-    outcome: ImagePrediction,
-    version: str,
-    score_mode: str,
-) -> dict[str, Any]:
-    regions = []
-    for region in outcome.regions:
-        rle = mask_to_rle(region.mask)
-        regions.append(
-            {
-                "label": region.label,
-                "score": float(region.score),
-                "segmentation": rle,
-                "area": rle_area(rle),
-                "bbox": rle_bbox(rle),
-            }
-        )
-    return {
-        "ref": source.ref,
-        "origin": source.origin,
-        "task": source.task,
-        "height": size[0],
-        "width": size[1],
-        "prediction": {
-            "model_version": version,
-            "score": float(
-                outcome.uncertainty if score_mode == "uncertainty" else outcome.confidence
-            ),
-            "result": outcome.results,
-        },
-        "regions": regions,
-        "uncertainty": float(outcome.uncertainty),
-        "confidence": float(outcome.confidence),
-        "labels": outcome.labels,
-    }
-
-
-def overlay_name(record_key: str, ref: str) -> str:
-    """The overlay file name of an image: its stem (readable) and key (unique)."""
-    stem = Path(ref.split("?")[0]).stem or "image"
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:60]
-    return f"{safe}-{record_key[:8]}.png"
-
-
-def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def make_progress(total: int, quiet: bool, desc: str = "predict") -> Any:
-    """A tqdm bar on stderr (rate and ETA), disabled with ``quiet`` or when stderr is no TTY."""
-    from tqdm import tqdm
-
-    disable = quiet or not sys.stderr.isatty()
-    return tqdm(total=total, desc=desc, unit="img", disable=disable, dynamic_ncols=True)
-
-
 def run_predict(
     sources: Sequence[ImageSource],
     annotator: Annotator,
@@ -143,13 +229,13 @@ def run_predict(
     overlays: bool = False,
     score_mode: str = "confidence",
     image_key: str = "image",
-    progress: Any = None,
+    progress: Progress | None = None,
 ) -> RunSummary:
     """Predict every source not done yet, store each record, and rebuild the outputs.
 
     ``image_value`` gives each output task's ``data[image_key]`` (see `task_image_value`);
     ``score_mode`` picks the prediction's top-level score ("confidence" or "uncertainty").
-    ``progress`` is a tqdm-like object (``update``, ``close``) or None. Returns the summary;
+    ``progress`` is a tqdm-like bar or None. Returns the summary;
     the caller decides the exit code (failures -> 1).
     """
     if batch_size < 1:
@@ -184,7 +270,7 @@ def run_predict(
             continue
         for (src, img), outcome in _annotate(annotator, loaded, summary):
             size = img.array.shape[:2]
-            record = _record(src, size, outcome, annotator.model_version, score_mode)
+            record = image_record(src, size, outcome, annotator.model_version, score_mode)
             if overlays:
                 name = overlay_name(src.key, src.ref)
                 pairs = [(r.label, r.mask) for r in outcome.regions]
@@ -253,78 +339,27 @@ def _missing_overlays(
         store.save(src.key, record)
 
 
-def record_task(record: dict[str, Any], image: str, image_key: str = "image") -> dict[str, Any]:
-    """The Label Studio task (importable) of one record: data, the prediction, and meta.
-
-    ``image`` is ``data[image_key]`` for a plain image. An export task keeps its data as is;
-    its id goes to ``meta.clipseg.task_id`` rather than ``id`` so that importing creates new
-    tasks.
-    """
-    source_task = record.get("task") or {}
-    data = dict(source_task.get("data") or {})
-    if not data:
-        data[image_key] = image
-    meta = {
-        "uncertainty": record["uncertainty"],
-        "confidence": record["confidence"],
-        "labels": record.get("labels") or {},
-        "source": record["ref"],
-    }
-    if source_task.get("id") is not None:
-        meta["task_id"] = source_task["id"]
-    if record.get("overlay"):
-        meta["overlay"] = record["overlay"]
-    return {"data": data, "predictions": [record["prediction"]], "meta": {"clipseg": meta}}
+def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
-def records_to_coco(
-    records: Sequence[dict[str, Any]], images: Sequence[str], labels: Sequence[str]
-) -> dict[str, Any]:
-    """A COCO dataset (images named ``images``, categories named after ``labels``, annotations
-    with exact RLE segmentation, area, bbox [x, y, w, h] and score) from predict records."""
-    dataset = CocoDataset(labels)
-    for record, name in zip(records, images, strict=True):
-        image_id = dataset.add_image(name, record["width"], record["height"])
-        for region in record["regions"]:
-            dataset.add_segmentation(
-                image_id,
-                region["label"],
-                region["segmentation"],
-                region["area"],
-                region["bbox"],
-                score=region["score"],
-            )
-    return dataset.to_dict()
+def make_progress(total: int, quiet: bool, desc: str = "predict") -> Progress:
+    """A tqdm bar on stderr (rate and ETA), disabled with ``quiet`` or when stderr is no TTY."""
+    from tqdm import tqdm
 
-
-def write_outputs(
-    sources: Sequence[ImageSource],
-    store: StateStore,
-    out: Path,
-    labels: Sequence[str],
-    failures: Sequence[Failure],
-    image_value: Callable[[ImageSource], str],
-    image_key: str = "image",
-) -> dict[str, Path]:
-    """Rebuild tasks.json, coco.json and failures.json from the records of ``sources``."""
-    done = [(s, r) for s, r in ((s, store.load(s.key)) for s in sources) if r is not None]
-    records = [r for _, r in done]
-    images = [image_value(s) for s, _ in done]
-    paths = {"tasks": out / TASKS_FILE, "coco": out / COCO_FILE, "failures": out / FAILURES_FILE}
-    tasks = [record_task(r, image, image_key) for r, image in zip(records, images, strict=True)]
-    write_json_atomic(paths["tasks"], tasks, indent=1)
-    write_json_atomic(paths["coco"], records_to_coco(records, images, labels))
-    write_json_atomic(paths["failures"], [f.__dict__ for f in failures], indent=1)
-    return paths
+    disable = quiet or not sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit="img", disable=disable, dynamic_ncols=True)
 
 
 __all__ = [
     "Annotator",
+    "BackendAnnotator",
     "Failure",
     "RunSummary",
-    "records_to_coco",
-    "record_task",
+    "label_config_for",
+    "load_controls",
+    "predict",
     "run_predict",
     "task_image_value",
-    "write_outputs",
 ]

@@ -27,6 +27,8 @@ import httpx
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
+from backend.errors import LabelStudioError
+
 logger = logging.getLogger(__name__)
 
 _IMPORT_CHUNK = 500
@@ -47,7 +49,7 @@ class PushReport:
         return bool(self.created_tasks or self.created_predictions or self.updated_predictions)
 
 
-class PushError(RuntimeError):
+class PushError(LabelStudioError):
     """Label Studio refused a request or could not be reached; the message says which and why.
 
     ``report`` is what the push had done before (nothing, when the first request failed).

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlparse
 
+from backend.errors import SourceError
 from backend.images import ImageError, ImageLoader, LabelStudioClient, LoadedImage, decode_image
 from backend.settings import Settings
 
@@ -52,10 +53,6 @@ IMAGE_SUFFIXES = (
 )
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 DEFAULT_IMAGE_KEY = "image"
-
-
-class SourceError(ValueError):
-    """An input cannot be turned into images (missing file, malformed export): a usage error."""
 
 
 @dataclass(frozen=True)
@@ -242,7 +239,7 @@ class SourceReader:
             settings, allowed_hosts=tuple(sorted(set(settings.allowed_hosts) | hosts))
         )
         self.loader = ImageLoader(self.settings)
-        self.loader.name_server_paths = True  # the operator's command: say where it looked
+        self.loader.reveal_paths = True  # the operator's own run: say where files were looked for
         self.ls: LabelStudioClient | None = None
         if self.settings.label_studio_url:
             self.ls = LabelStudioClient(

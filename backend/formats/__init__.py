@@ -1,8 +1,20 @@
 """Pure numpy / OpenCV / pycocotools conversions: regions, brush RLE, polygons, COCO, LS results.
 
 No torch and no clipseg imports here: the package turns probability maps (H, W) into regions
-and regions into Label Studio results or COCO, and converts Label Studio exports to COCO.
+and masks into Label Studio results or COCO. It is the layer below the control tags
+(`backend.controls`), which decide which conversion applies to which result type.
+
+Three names that dispatch on a result type live above this package and are re-exported here
+on first use, so that existing callers keep working (an import at the top would be circular:
+`backend.controls` builds on this package): `region_to_results` and `result_to_mask`
+(`backend.controls`), `labelstudio_to_coco` with `ConversionProblem` and `image_file_name`
+(`backend.batch.export_coco`).
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from backend.formats.brush import decode_brush_rle, encode_brush_rle
 from backend.formats.coco import (
@@ -13,14 +25,11 @@ from backend.formats.coco import (
     rle_bbox,
     rle_to_mask,
 )
-from backend.formats.convert import ConversionProblem, image_file_name, labelstudio_to_coco
 from backend.formats.labelstudio import (
     brush_result,
     new_result_id,
     polygon_results,
     rectangle_result,
-    region_to_results,
-    result_to_mask,
 )
 from backend.formats.polygons import (
     Contour,
@@ -37,6 +46,21 @@ from backend.formats.regions import (
     probabilities_to_regions,
     probability_to_regions,
 )
+
+_ABOVE = {
+    "region_to_results": "backend.controls",
+    "result_to_mask": "backend.controls",
+    "labelstudio_to_coco": "backend.batch.export_coco",
+    "ConversionProblem": "backend.batch.export_coco",
+    "image_file_name": "backend.batch.export_coco",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ABOVE:
+        return getattr(importlib.import_module(_ABOVE[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CocoDataset",

@@ -29,6 +29,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from backend.formats.masks import as_mask
+
 logger = logging.getLogger(__name__)
 
 _HEADER_BITS = 32 + 5 + 4 * 4
@@ -39,18 +41,11 @@ _DECODE_BLOCK = 1 << 22  # bit positions examined per block while decoding (boun
 
 
 def _as_brush_mask(mask: np.ndarray) -> np.ndarray:
-    """Validate a mask for the brush encoder and return it as uint8 0/255 (H, W)."""
-    if not isinstance(mask, np.ndarray):
-        raise ValueError(f"mask must be a numpy array, got {type(mask).__name__}")
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
+    """Validate a mask for the brush encoder (`backend.formats.masks.as_mask`, and a uint8 one
+    must hold only 0 and 255) and return it as uint8 0/255 (H, W)."""
+    region = as_mask(mask)
     if mask.dtype == np.bool_:
-        return mask.view(np.uint8) * np.uint8(255)
-    if mask.dtype != np.uint8:
-        raise ValueError(
-            f"mask must be bool or uint8 with values 0/255, got dtype {mask.dtype}; "
-            "pass `mask > 0` or `mask.astype(np.uint8) * 255`"
-        )
+        return region.view(np.uint8) * np.uint8(255)
     # A 0/1 uint8 mask would encode an (almost) invisible brush: refuse it rather than guess.
     stray = mask[(mask != 0) & (mask != 255)]
     if stray.size:

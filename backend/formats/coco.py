@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from backend.formats.masks import as_mask
 from backend.formats.polygons import mask_to_contours, polygon_to_coco, to_edge_coordinates
 from backend.formats.regions import fill_mask_holes
 
@@ -33,19 +34,9 @@ logger = logging.getLogger(__name__)
 SEGMENTATION_KINDS = ("rle", "polygon", "auto")
 
 
-def _as_mask(mask: np.ndarray) -> np.ndarray:
-    if not isinstance(mask, np.ndarray):
-        raise ValueError(f"mask must be a numpy array, got {type(mask).__name__}")
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
-    if mask.dtype != np.bool_ and mask.dtype != np.uint8:
-        raise ValueError(f"mask must be bool or uint8 (0 / non-zero), got dtype {mask.dtype}")
-    return mask != 0
-
-
 def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
     """COCO RLE of a bool/uint8 (H, W) mask: {"size": [H, W], "counts": ascii str}."""
-    m = np.asfortranarray(_as_mask(mask), dtype=np.uint8)
+    m = np.asfortranarray(as_mask(mask), dtype=np.uint8)
     rle = mask_utils.encode(m)
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode()}
 
@@ -86,7 +77,7 @@ def mask_to_segmentation(mask: np.ndarray, kind: str = "rle", **polygon_kwargs) 
     """
     if kind not in SEGMENTATION_KINDS:
         raise ValueError(f"segmentation kind must be one of {SEGMENTATION_KINDS}, got {kind!r}")
-    m = _as_mask(mask)
+    m = as_mask(mask)
     if kind == "rle":
         return mask_to_rle(m)
     height, width = m.shape
@@ -188,7 +179,7 @@ class CocoDataset:
         segmentation: "rle" (exact), "polygon" or "auto" (see `mask_to_segmentation`).
         Returns the annotation, or None for an empty mask (COCO has no empty objects).
         """
-        m = _as_mask(mask)
+        m = as_mask(mask)
         if image_id in self._sizes and m.shape != self._sizes[image_id]:
             raise ValueError(
                 f"mask of shape {m.shape} does not match image {image_id} of (height, width) "

@@ -1,5 +1,8 @@
 """Label Studio results and masks: masks -> brushlabels, polygonlabels, rectanglelabels results,
-and back (`result_to_mask`).
+and back (`brush_result_mask`, `polygon_result_mask`, `rectangle_result_mask`).
+
+Pure conversions, one per result type; which one applies to a result or a control is decided
+by its tag (`backend.controls`), not here.
 
 Each result is a dict as the editor stores it:
     {"id", "from_name", "to_name", "type", "original_width", "original_height",
@@ -21,6 +24,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from backend.formats.brush import decode_brush_rle, encode_brush_rle
+from backend.formats.masks import as_mask
 from backend.formats.polygons import (
     DEFAULT_MAX_POINTS,
     DEFAULT_TOLERANCE,
@@ -28,9 +32,8 @@ from backend.formats.polygons import (
     polygon_to_percent,
     to_edge_coordinates,
 )
-from backend.formats.regions import Region, mask_bbox
+from backend.formats.regions import mask_bbox
 
-RESULT_TYPES = ("brushlabels", "polygonlabels", "rectanglelabels")
 _ID_ALPHABET = string.ascii_letters + string.digits
 
 
@@ -40,21 +43,16 @@ def new_result_id(length: int = 10) -> str:
 
 
 def _check_mask(mask: np.ndarray, original_width: int, original_height: int) -> np.ndarray:
-    """The mask as bool (H, W): bool, or uint8 whose non-zero pixels are the region (0/1 and
-    0/255 alike, as `backend.formats.coco` and `backend.formats.polygons` take them)."""
-    if not isinstance(mask, np.ndarray):
-        raise ValueError(f"mask must be a numpy array, got {type(mask).__name__}")
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
-    if mask.dtype != np.bool_ and mask.dtype != np.uint8:
-        raise ValueError(f"mask must be bool or uint8 (0 / non-zero), got dtype {mask.dtype}")
+    """The mask as bool (H, W) (`backend.formats.masks.as_mask`), checked to be at the result's
+    original size."""
+    region = as_mask(mask)
     if mask.shape != (int(original_height), int(original_width)):
         raise ValueError(
             f"mask of (height, width) {mask.shape} does not match original_height x "
             f"original_width {original_height} x {original_width}; resize the mask to the "
             "original image first"
         )
-    return mask != 0
+    return region
 
 
 def _result(
@@ -189,61 +187,11 @@ def rectangle_result(
     )
 
 
-def region_to_results(
-    region: Region, kind: str, *, from_name: str, to_name: str, **kwargs
-) -> list[dict[str, Any]]:
-    """Results of one `Region` for a control of type `kind` (one of RESULT_TYPES), scored with
-    the region's score; the original size is the mask's. kwargs go to the polygon builder."""
-    height, width = region.mask.shape
-    common = dict(
-        from_name=from_name,
-        to_name=to_name,
-        original_width=width,
-        original_height=height,
-        score=region.score,
-    )
-    if kind == "brushlabels":
-        return [brush_result(region.mask, region.label, **common)]
-    if kind == "polygonlabels":
-        return polygon_results(region.mask, region.label, **common, **kwargs)
-    if kind == "rectanglelabels":
-        rect = rectangle_result(region.mask, region.label, **common)
-        return [] if rect is None else [rect]
-    raise ValueError(f"result type must be one of {RESULT_TYPES}, got {kind!r}")
-
-
-def result_to_mask(
-    result: Mapping[str, Any], *, height: int | None = None, width: int | None = None
-) -> np.ndarray:
-    """The region of a brushlabels, polygonlabels or rectanglelabels result as a bool mask.
-
-    - brushlabels: the RLE decoded exactly (alpha > 0) at the result's original size, holes
-      kept, then resized (nearest neighbour) when (height, width) differs from it;
-    - polygonlabels: the points (percent) scaled to pixels (percent * size / 100, as the editor
-      does) and rasterised by pycocotools, the way COCO rasterises polygons (pixel edges);
-    - rectanglelabels: the box, rotated clockwise about its top-left corner by ``rotation``
-      degrees in original pixels as the editor does, then scaled to (height, width) and
-      rasterised the same way.
-    Polygon points and rectangle corners must lie within EXTENT_PERCENT ([-100%, 200%]: one
-    image size around the image); further out they are refused as malformed.
-
-    Args:
-        result: one result as Label Studio stores it ("type", "value", "original_width",
-            "original_height").
-        height, width: the mask's size (e.g. the loaded image's); by default the result's
-            original_height and original_width.
-
-    Returns:
-        bool (height, width); all False when the region covers no pixel.
-
-    Raises:
-        ValueError: another result type, a malformed value (a truncated RLE, fewer than three
-            polygon points, a rectangle without x/y/width/height, a point beyond
-            EXTENT_PERCENT, ...) or no size to draw at.
-    """
-    kind = str(result.get("type", "")).lower()
-    if kind not in RESULT_TYPES:
-        raise ValueError(f"a {result.get('type')!r} result has no mask; supported: {RESULT_TYPES}")
+def _frame(
+    result: Mapping[str, Any], height: int | None, width: int | None
+) -> tuple[Mapping[str, Any], tuple[int, int] | None, int, int]:
+    """(value, original (height, width) or None, height, width) of a result to draw: the size
+    to draw at defaults to the original size."""
     value = result.get("value")
     if not isinstance(value, Mapping):
         raise ValueError("result has no 'value' dict")
@@ -255,35 +203,65 @@ def result_to_mask(
         height, width = original
     if int(height) <= 0 or int(width) <= 0:
         raise ValueError(f"height and width must be > 0, got {height} x {width}")
-    height, width = int(height), int(width)
-    if kind == "brushlabels":
-        if value.get("format", "rle") != "rle" or "rle" not in value:
-            raise ValueError("brushlabels value has no 'rle'")
-        rle_height, rle_width = original or (height, width)
-        try:
-            mask = decode_brush_rle(value["rle"], rle_height, rle_width) > 0
-        except (TypeError, IndexError) as exc:
-            raise ValueError(f"malformed brushlabels rle: {exc!r}") from exc
-        if mask.shape != (height, width):
-            resized = cv2.resize(
-                mask.view(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST
-            )
-            mask = resized > 0
-        return mask
+    return value, original, int(height), int(width)
+
+
+def _what(result: Mapping[str, Any], kind: str) -> str:
     rid = result.get("id")
-    what = f"{kind} result" + ("" if rid is None else f" {rid!r}")
-    if kind == "polygonlabels":
-        try:
-            pts = np.asarray(value.get("points"), dtype=np.float64)  # (N, 2) percent
-        except (TypeError, ValueError):
-            pts = np.zeros((0,))
-        if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 3 or not np.isfinite(pts).all():
-            raise ValueError("polygonlabels 'points' must be 3 or more [x%, y%] pairs")
-    else:
-        ow, oh = (original[1], original[0]) if original is not None else (width, height)
-        pts = _rectangle_corners(value, ow, oh) * (100.0 / np.array([ow, oh]))  # (4, 2) percent
-    _check_extent(pts, f"{what} has a {'point' if kind == 'polygonlabels' else 'corner'}")
-    return _polygon_mask(pts * (np.array([width, height]) / 100.0), height, width)
+    return f"{kind} result" + ("" if rid is None else f" {rid!r}")
+
+
+def brush_result_mask(
+    result: Mapping[str, Any], *, height: int | None = None, width: int | None = None
+) -> np.ndarray:
+    """bool (height, width) of a brushlabels result: the RLE decoded exactly (alpha > 0) at the
+    result's original size, holes kept, then resized (nearest neighbour) when (height, width)
+    differs from it. ValueError for a malformed RLE or no size to draw at."""
+    value, original, height, width = _frame(result, height, width)
+    if value.get("format", "rle") != "rle" or "rle" not in value:
+        raise ValueError("brushlabels value has no 'rle'")
+    rle_height, rle_width = original or (height, width)
+    try:
+        mask = decode_brush_rle(value["rle"], rle_height, rle_width) > 0
+    except (TypeError, IndexError) as exc:
+        raise ValueError(f"malformed brushlabels rle: {exc!r}") from exc
+    if mask.shape != (height, width):
+        resized = cv2.resize(mask.view(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+        mask = resized > 0
+    return mask
+
+
+def polygon_result_mask(
+    result: Mapping[str, Any], *, height: int | None = None, width: int | None = None
+) -> np.ndarray:
+    """bool (height, width) of a polygonlabels result: the points (percent) scaled to pixels
+    (percent * size / 100, as the editor does) and rasterised by pycocotools, the way COCO
+    rasterises polygons (pixel edges). Points must lie within EXTENT_PERCENT ([-100%, 200%]:
+    one image size around the image); ValueError for fewer than three points, one further out,
+    or no size to draw at."""
+    value, _, height, width = _frame(result, height, width)
+    try:
+        pts = np.asarray(value.get("points"), dtype=np.float64)  # (N, 2) percent
+    except (TypeError, ValueError):
+        pts = np.zeros((0,))
+    if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 3 or not np.isfinite(pts).all():
+        raise ValueError("polygonlabels 'points' must be 3 or more [x%, y%] pairs")
+    _check_extent(pts, f"{_what(result, 'polygonlabels')} has a point")
+    return rasterize_polygon(pts * (np.array([width, height]) / 100.0), height, width)
+
+
+def rectangle_result_mask(
+    result: Mapping[str, Any], *, height: int | None = None, width: int | None = None
+) -> np.ndarray:
+    """bool (height, width) of a rectanglelabels result: the box, rotated clockwise about its
+    top-left corner by ``rotation`` degrees in original pixels as the editor does, then scaled
+    to (height, width) and rasterised as a polygon. Corners must lie within EXTENT_PERCENT;
+    ValueError for a box without x/y/width/height, a corner further out, or no size."""
+    value, original, height, width = _frame(result, height, width)
+    ow, oh = (original[1], original[0]) if original is not None else (width, height)
+    pts = _rectangle_corners(value, ow, oh) * (100.0 / np.array([ow, oh]))  # (4, 2) percent
+    _check_extent(pts, f"{_what(result, 'rectanglelabels')} has a corner")
+    return rasterize_polygon(pts * (np.array([width, height]) / 100.0), height, width)
 
 
 def _rectangle_corners(value: Mapping[str, Any], width: int, height: int) -> np.ndarray:
@@ -345,7 +323,7 @@ def original_size(result: Mapping[str, Any]) -> tuple[int, int]:
 # a 4000 x 3000 image took 360 MB).
 EXTENT_PERCENT = (-100.0, 200.0)
 # The outline length (pixels: the sum over edges of max(|dx|, |dy|)) given to pycocotools in one
-# call, at most about 30 MB of its memory; longer outlines go in pieces (`_polygon_mask`).
+# call, at most about 30 MB of its memory; longer outlines go in pieces (`rasterize_polygon`).
 _OUTLINE_PIXELS_PER_CALL = 1 << 18
 
 
@@ -362,7 +340,7 @@ def _check_extent(points: np.ndarray, what: str) -> None:
         )
 
 
-def _polygon_mask(
+def rasterize_polygon(
     points: np.ndarray, height: int, width: int, piece_pixels: int = _OUTLINE_PIXELS_PER_CALL
 ) -> np.ndarray:
     """bool (H, W) of a polygon of (N, 2) x, y pixel-edge coordinates, rasterised by pycocotools.

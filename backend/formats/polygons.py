@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from backend.formats.masks import as_mask
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_POINTS = 1000  # Label Studio's editor slows down with many thousands of vertices
@@ -34,16 +36,6 @@ class Contour:
 
     outer: np.ndarray
     holes: list[np.ndarray] = field(default_factory=list)
-
-
-def _as_mask(mask: np.ndarray) -> np.ndarray:
-    if not isinstance(mask, np.ndarray):
-        raise ValueError(f"mask must be a numpy array, got {type(mask).__name__}")
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
-    if mask.dtype != np.bool_ and mask.dtype != np.uint8:
-        raise ValueError(f"mask must be bool or uint8 (0 / non-zero), got dtype {mask.dtype}")
-    return np.ascontiguousarray(mask != 0, dtype=np.uint8)
 
 
 def simplify(points: np.ndarray, tolerance: float, max_points: int | None) -> np.ndarray:
@@ -98,7 +90,7 @@ def mask_to_contours(
         (fewer than 3 points or zero area, e.g. lines one pixel thick) are dropped, so such
         parts of a mask are only representable as RLE.
     """
-    m = _as_mask(mask)
+    m = np.ascontiguousarray(as_mask(mask), dtype=np.uint8)  # what cv2.findContours takes
     _check_simplification(tolerance, max_points)
     mode = cv2.RETR_CCOMP if holes else cv2.RETR_EXTERNAL
     contours, hierarchy = cv2.findContours(m, mode, cv2.CHAIN_APPROX_SIMPLE)

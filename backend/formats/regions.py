@@ -26,7 +26,7 @@ MODES = ("semantic", "instance")
 
 @dataclass(frozen=True, eq=False)
 class Region:
-    """One region of one label: what `probability_to_regions` finds and the control adapters
+    """One region of one label: what `probability_to_regions` finds and the control tags
     (`backend.controls`) turn into Label Studio results.
 
     Attributes:

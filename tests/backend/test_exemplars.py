@@ -49,6 +49,17 @@ def test_replace_bound_remove_and_version(tmp_path):
     assert again.annotation_ids(1) == {"10"}
 
 
+def test_the_version_follows_the_content_not_the_deliveries(tmp_path):
+    """The same webhook delivered twice stores the same exemplars again: same model_version."""
+    store = ExemplarStore(tmp_path, max_per_label=3)
+    store.replace_annotation(1, 10, [_ex("cat", 1), _ex("dog", 2)], task_id=5, updated_at="t1")
+    first = store.version(1)
+    store.replace_annotation(1, 10, [_ex("cat", 1), _ex("dog", 2)], task_id=5, updated_at="t1")
+    assert store.version(1) == first
+    store.replace_annotation(1, 10, [_ex("cat", 1), _ex("dog", 3)], task_id=5, updated_at="t2")
+    assert store.version(1) != first
+
+
 def test_files_are_written_atomically(tmp_path, monkeypatch):
     store = ExemplarStore(tmp_path, max_per_label=3)
     store.replace_annotation(1, 1, [_ex("cat", 1)])

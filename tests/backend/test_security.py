@@ -1,5 +1,7 @@
-"""Where the API key goes: the URL policy against two real HTTP servers on 127.0.0.1 and
-127.0.0.2, each reproduction of issue 16 (the allowlist bypass, /setup's hostname) as a test."""
+"""Issue 16's reproductions beyond tests/backend/test_url_policy.py, against real HTTP servers on
+127.0.0.1 (Label Studio) and 127.0.0.2 (another host): the key only to Label Studio's origin
+(scheme included), redirects bounded, /setup through the HTTP routes; local files that are not
+regular files, read deadlines, null bytes and server paths through /predict."""
 
 from __future__ import annotations
 
@@ -12,8 +14,7 @@ from backend_helpers import CONFIG, FakeLabelStudio, fake_backend, png_bytes
 
 from backend.images import DisallowedSourceError, ImageLoader, LabelStudioClient
 from backend.server import create_app
-from backend.settings import Settings, SettingsError
-from backend.url_policy import UrlRefused, host_allowed, parse_url, redirect_target
+from backend.settings import Settings
 
 KEY = "legacy-key"
 
@@ -67,63 +68,6 @@ def _load(loader: ImageLoader, ref: str, ls: LabelStudioClient | None):
     return loader.load({"id": 1, "data": {"image": ref}}, "image", ls)
 
 
-# ---- the parser
-
-
-@pytest.mark.parametrize(
-    "url, reason",
-    [
-        ("http://127.0.0.2:18082\\@127.0.0.1:18081/img.png", "backslash"),
-        ("http://127.0.0.2:18082/\\@127.0.0.1:18081/img.png", "backslash"),
-        ("http://user:pw@127.0.0.1/img.png", "credentials"),
-        ("http://127.0.0.2@127.0.0.1/img.png", "credentials"),
-        ("http://127.0.0.1\t/img.png", "control character"),
-        ("http://127.0.0.1/img.png\r\nHost: evil", "control character"),
-        ("http://127.0.0.1%00.evil/img.png", "not a host"),
-        ("http://127.0.0.1%2e/img.png", "not a host"),
-        ("http://ex\u00e4mple.com/img.png", "not a host"),
-        ("http:///img.png", "no host"),
-        ("http://127.0.0.1:0/img.png", "out of range"),
-        ("http://127.0.0.1:99999/img.png", "out of range"),
-        ("http://127.0.0.1:+80/img.png", "not a port"),
-        ("http://127.0.0.1:80:81/img.png", "not a port"),
-        ("http://[::1%25lo]/img.png", "IPv6"),
-        ("file:///etc/passwd", "only http"),
-        ("ftp://127.0.0.1/img.png", "only http"),
-        ("gopher://127.0.0.1:6379/_FLUSHALL", "only http"),
-        ("//127.0.0.1/img.png", "only http"),
-    ],
-)
-def test_ambiguous_or_foreign_urls_are_refused(url, reason):
-    with pytest.raises(UrlRefused, match=reason):
-        parse_url(url)
-
-
-def test_a_parsed_url_is_rebuilt_from_its_parts():
-    t = parse_url("HTTP://Label-Studio:8080/data/upload/1/a%20b.png?x=1&y=%2F#frag")
-    assert (t.origin.scheme, t.origin.host, t.origin.port) == ("http", "label-studio", 8080)
-    assert t.url == "http://label-studio:8080/data/upload/1/a%20b.png?x=1&y=%2F"
-    assert parse_url("https://s3.example.com/b/k?X-Amz-Signature=ab").origin.port == 443
-    v6 = parse_url("http://[::1]:9/x")
-    assert (v6.origin.host, v6.url) == ("::1", "http://[::1]:9/x")
-    assert redirect_target(t, "/other?q").url == "http://label-studio:8080/other?q"
-    with pytest.raises(UrlRefused, match="ambiguous"):
-        redirect_target(t, "http://127.0.0.2:1\\@label-studio:8080/")
-
-
-def test_allowed_host_entries():
-    origin = parse_url("http://img.example.com:8000/x").origin
-    assert host_allowed(origin, ["img.example.com"])
-    assert host_allowed(origin, ["img.example.com:8000"])
-    assert not host_allowed(origin, ["img.example.com:8001"])
-    assert host_allowed(origin, ["*.example.com"])
-    assert not host_allowed(parse_url("http://example.com/").origin, ["*.example.com"])
-    assert not host_allowed(parse_url("http://badexample.com/").origin, ["*.example.com"])
-    assert host_allowed(parse_url("http://[::1]:9/").origin, ["[::1]:9"])
-    with pytest.raises(SettingsError, match="CLIPSEG_ALLOWED_HOSTS entry"):
-        Settings.from_env({"CLIPSEG_ALLOWED_HOSTS": "good.example.com, user@evil"})
-
-
 # ---- the reproductions: the other host never receives the key (nor any request)
 
 
@@ -159,7 +103,7 @@ def test_redirect_from_label_studio_is_rechecked_and_carries_no_key(fake_ls, oth
         with pytest.raises(DisallowedSourceError, match="CLIPSEG_ALLOWED_HOSTS"):
             _load(loader, "/data/upload/1/a.png", ls)
         assert other.requests == []
-    with pytest.raises(DisallowedSourceError, match="ambiguous"):
+    with pytest.raises(DisallowedSourceError, match="backslash"):
         _load(loader, "/data/upload/1/b.png", ls)
     assert other.keys_received() == []
     assert len(other.requests) == (1 if allow_other else 0)
@@ -296,7 +240,7 @@ def test_a_fifo_is_refused_before_it_is_opened(root):
     os.mkfifo(root / "images" / "pipe.png")
     loader = ImageLoader(Settings(local_files_document_root=str(root)))
     start = time.monotonic()
-    with pytest.raises(DisallowedSourceError, match="'images/pipe.png' is a FIFO"):
+    with pytest.raises(DisallowedSourceError, match="images/pipe.png is a FIFO"):
         _local(loader, "images/pipe.png")
     assert time.monotonic() - start < 1.0  # did not wait for a writer
 

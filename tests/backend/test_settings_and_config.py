@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from backend.label_config import LabelConfigError, parse_label_config
-from backend.model import ModelLoadError
+from backend.errors import LabelConfigError, ModelLoadError
+from backend.label_config import parse_label_config
 from backend.settings import DEFAULT_MODEL, Settings, SettingsError
 
 
@@ -63,7 +63,8 @@ def test_devices_are_read_as_written():
 def test_a_cuda_device_without_cuda_is_a_load_error_that_says_so(monkeypatch):
     import torch
 
-    from backend.model import ModelLoadError, resolve_device
+    from backend.errors import ModelLoadError
+    from backend.loading import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ModelLoadError, match="CLIPSEG_DEVICE=cuda but this torch .* sees no CUDA"):
@@ -82,7 +83,7 @@ def test_the_device_check_leaves_cuda_usable_after_a_fork(monkeypatch, device):
     must be torch's NVML-based one, which does not initialise CUDA (which a fork cannot inherit)."""
     import torch
 
-    from backend.model import resolve_device
+    from backend.loading import resolve_device
 
     monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "")  # restored after the test
     monkeypatch.delenv("PYTORCH_NVML_BASED_CUDA_CHECK")

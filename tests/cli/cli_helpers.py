@@ -41,7 +41,7 @@ class ThresholdAnnotator:
 
     def annotate(self, images):
         from backend.formats import Region
-        from backend.model import ImagePrediction
+        from backend.segmenter import ImagePrediction
 
         outcomes = []
         for image in images:

@@ -33,7 +33,7 @@ def oracle(monkeypatch, scenes, tmp_path):
     returned list holds every backend made (the predictor counts the images it encoded)."""
     made = []
 
-    def load(cls, settings, names=None):
+    def load(cls, settings, words=None):
         made.append(oracle_backend([s for _, s in scenes], settings))
         return made[-1]
 

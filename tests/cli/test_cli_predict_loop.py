@@ -42,6 +42,9 @@ def test_outputs_hold_every_image_and_exact_masks(scene_dir, tmp_path, fake_anno
         (pred,) = task["predictions"]
         assert pred["model_version"] == "fake-1" and pred["score"] == 0.75
         assert isinstance(task["meta"]["clipseg"]["uncertainty"], float)
+        # the same answer as the server's: both figures beside the chosen score
+        assert pred["confidence"] == task["meta"]["clipseg"]["confidence"] == 0.75
+        assert pred["uncertainty"] == task["meta"]["clipseg"]["uncertainty"]
 
     coco = COCO(str(out / "coco.json"))
     assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["light", "dark"]

@@ -17,15 +17,14 @@ from label_studio_sdk.converter.utils import convert_annotation_to_yolo_obb
 from label_studio_sdk.label_interface import LabelInterface
 from pycocotools import mask as mask_utils
 
+from backend.controls import region_to_results, result_to_mask
 from backend.formats.brush import decode_brush_rle
 from backend.formats.labelstudio import (
     EXTENT_PERCENT,
-    _polygon_mask,
     brush_result,
     polygon_results,
+    rasterize_polygon,
     rectangle_result,
-    region_to_results,
-    result_to_mask,
 )
 from backend.formats.regions import probability_to_regions
 
@@ -273,7 +272,7 @@ def test_polygons_partly_outside_rasterise_as_pycocotools(
     pixels = np.array(points) * [width / 100, height / 100]
     expected = coco_polygon(pixels, height, width)
     assert np.array_equal(result_to_mask(r), expected)
-    assert np.array_equal(_polygon_mask(pixels, height, width, piece_pixels), expected)
+    assert np.array_equal(rasterize_polygon(pixels, height, width, piece_pixels), expected)
 
 
 def test_coordinates_beyond_one_image_size_are_refused_at_the_bound() -> None:
@@ -408,7 +407,7 @@ def test_result_to_mask_without_original_size_uses_the_given_size() -> None:
 
 
 def test_a_result_claiming_a_gigantic_original_size_is_refused_before_any_allocation():
-    from backend.formats.labelstudio import MAX_RESULT_PIXELS, original_size, result_to_mask
+    from backend.formats.labelstudio import MAX_RESULT_PIXELS, original_size
 
     side = 1 << 15  # 32768 x 32768 = 2**30 pixels: a 1 GB mask
     assert side * side > MAX_RESULT_PIXELS

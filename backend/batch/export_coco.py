@@ -1,7 +1,7 @@
 """Label Studio JSON export -> COCO dataset with exact masks.
 
-Every region becomes a mask at the original image size (`backend.formats.result_to_mask`) and
-is written as COCO RLE:
+Every region becomes a mask at the original image size (its tag's, `backend.controls.
+result_to_mask`) and is written as COCO RLE:
 - brushlabels: the brush RLE decoded exactly (alpha > 0), so holes and areas are kept;
 - polygonlabels: the points (percent) scaled to pixels (percent * size / 100, as the editor
   does) and rasterised by pycocotools, the way COCO rasterises polygons (pixel edges);
@@ -15,7 +15,7 @@ copies); with source="predictions" the predictions instead, each region scored b
 "score" or else its prediction's. A task without a selected annotation/prediction gives no
 image (it is unlabelled, not empty); a selected annotation with no regions gives an image
 without objects. Result types that carry no region (choices, textarea, relation, ...) are
-ignored; other types are errors.
+ignored; other types are errors. (`backend.formats.labelstudio_to_coco` is this function.)
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
+from backend.controls import REGION_TYPES, result_to_mask
 from backend.formats.coco import CocoDataset, mask_to_rle, rle_area, rle_bbox
-from backend.formats.labelstudio import original_size, result_to_mask
+from backend.formats.labelstudio import original_size
 
 logger = logging.getLogger(__name__)
 
-REGION_TYPES = ("brushlabels", "polygonlabels", "rectanglelabels")
 # result types of Label Studio that hold no image region: skipped without complaint
 NON_REGION_TYPES = frozenset(
     {"choices", "textarea", "rating", "relation", "taxonomy", "number", "datetime", "ranker"}

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from backend.batch.export_coco import ConversionProblem, image_file_name, labelstudio_to_coco
 from backend.formats.coco import rle_to_mask
-from backend.formats.convert import ConversionProblem, image_file_name, labelstudio_to_coco
 from backend.formats.labelstudio import brush_result, polygon_results, rectangle_result
 
 H, W = 60, 80
