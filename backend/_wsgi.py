@@ -1,4 +1,12 @@
-"""The WSGI entry point for gunicorn: `gunicorn --preload -b 0.0.0.0:9090 backend._wsgi:app`.
+"""The WSGI entry point for gunicorn:
+`gunicorn --preload -b 0.0.0.0:9090 -k backend.http_worker.BufferingWorker --threads 4
+--keep-alive 0 --timeout 300 backend._wsgi:app`.
+
+`backend.http_worker.BufferingWorker` (what `clipseg-backend` runs) reads each request whole
+before a thread gets it, so slow clients cannot take the threads; with gunicorn's own gthread
+worker, put a buffering proxy (nginx) in front instead. The webhook thread of each worker (and
+the replay of the webhook journal) starts at the worker's first request here; `clipseg-backend`
+starts it when the worker boots.
 
 The model is loaded at import, once per process (with --preload: once, in the master, before
 the workers fork). Use --preload on CPU only: on a GPU the workers could not use the CUDA state

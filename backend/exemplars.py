@@ -13,7 +13,8 @@ with embeddings as base64 of little-endian float32. Writes are atomic (a tempora
 `os.replace`) and serialised across processes by an `fcntl` lock, so gunicorn workers and
 restarts see either the old or the new set, never half of one. Readers reload a project's file
 when it changes on disk. Each label keeps its newest CLIPSEG_MAX_EXEMPLARS_PER_LABEL exemplars;
-storing an annotation again replaces its exemplars.
+storing an annotation again replaces its exemplars (the same exemplars again change nothing, and
+`version`, a hash of the content, stays the same).
 
 Webhooks can be handled out of order (each gunicorn worker has its own queue, and embedding an
 annotation takes longer than deleting one), so a write never goes back in time: an annotation
@@ -87,6 +88,17 @@ def _decode(text: str) -> np.ndarray:
 
 _MAX_DELETED = 10_000  # deleted annotation ids remembered per project
 _EXEMPLAR_KEYS = ("label", "annotation", "seq", "embedding")
+
+
+def _content(item: dict[str, Any]) -> tuple[str, ...]:
+    """What an exemplar is, leaving out when it was stored (`seq`) and the task's id."""
+    return (
+        str(item["label"]),
+        str(item["annotation"]),
+        str(item.get("region", "")),
+        str(item.get("type", "")),
+        str(item["embedding"]),
+    )
 
 
 def _empty() -> dict[str, Any]:
@@ -233,21 +245,32 @@ class ExemplarStore:
                     updated_at,
                 )
                 return False
+            new = [
+                {
+                    "label": ex.label,
+                    "annotation": ann,
+                    "task": task_id,
+                    "region": ex.region,
+                    "type": ex.type,
+                    "embedding": _encode(ex.embedding),
+                }
+                for ex in exemplars
+            ]
+            old = [it for it in data["exemplars"] if it["annotation"] == ann]
+            record = {"updated_at": updated_at, "task": task_id}
+            if sorted(map(_content, old)) == sorted(map(_content, new)):
+                # the same exemplars (a webhook delivered again, an edit outside the regions):
+                # they keep their place, and the store's content and version stay the same
+                if data["annotations"].get(ann) == record:
+                    return False
+                data["annotations"][ann] = record
+                self._write(project, data)
+                return True
             data["exemplars"] = [it for it in data["exemplars"] if it["annotation"] != ann]
-            for ex in exemplars:
+            for item in new:
                 data["seq"] += 1
-                data["exemplars"].append(
-                    {
-                        "label": ex.label,
-                        "annotation": ann,
-                        "task": task_id,
-                        "region": ex.region,
-                        "type": ex.type,
-                        "seq": data["seq"],
-                        "embedding": _encode(ex.embedding),
-                    }
-                )
-            data["annotations"][ann] = {"updated_at": updated_at, "task": task_id}
+                data["exemplars"].append({**item, "seq": data["seq"]})
+            data["annotations"][ann] = record
             self._bound(data)
             self._write(project, data)
             return True

@@ -27,9 +27,11 @@ import logging
 import os
 import re
 import stat
+import struct
 import threading
 import time
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urljoin, urlparse
@@ -44,6 +46,7 @@ from label_studio_sdk._extensions.label_studio_tools.core.utils.io import (
 )
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from backend.pixel_budget import PixelBudget, PixelBudgetExceeded, Reservation
 from backend.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -51,6 +54,8 @@ logger = logging.getLogger(__name__)
 #: Raster formats the backend decodes (PIL names); anything else is refused.
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM", "TGA")
 _MAX_REDIRECTS = 3
+#: Seconds an image waits for room in the pixel budget by default (a /predict; then 503).
+PIXEL_BUDGET_WAIT = 5.0
 
 
 class ImageError(Exception):
@@ -63,10 +68,19 @@ class DisallowedSourceError(ImageError):
 
 @dataclass(frozen=True)
 class LoadedImage:
-    """A decoded task image: (H, W, 3) uint8 RGB after EXIF orientation."""
+    """A decoded task image: (H, W, 3) uint8 RGB after EXIF orientation.
+
+    An image from `ImageLoader.load` holds its pixels in the process's pixel budget
+    (CLIPSEG_PIXEL_BUDGET) until `release()` (or the end of a `with` block; at the latest when
+    it is garbage collected)."""
 
     array: np.ndarray
     source: str
+    reservation: Reservation | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.reservation is not None:  # a forgotten release cannot leak the budget
+            weakref.finalize(self, self.reservation.release)
 
     @property
     def height(self) -> int:
@@ -75,6 +89,21 @@ class LoadedImage:
     @property
     def width(self) -> int:
         return int(self.array.shape[1])
+
+    def release(self) -> None:
+        """Give the image's pixels back to the budget (the array stays usable)."""
+        if self.reservation is not None:
+            self.reservation.release()
+
+    def __enter__(self) -> LoadedImage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class ImagesBusy(ImageError):
+    """The pixel budget has no room for the image now; the request may be retried later."""
 
 
 #: What a host may be: a DNS name or IPv4 address, or an IPv6 address in brackets. Anything
@@ -233,6 +262,9 @@ class ImageLoader:
             raise ValueError("LOCAL_FILES_DOCUMENT_ROOT must not be the filesystem root")
         self._session = requests.Session()
         self.reveal_paths = False  # messages name local files relative to the root (`_shown`)
+        # per process; never smaller than one image of the largest size allowed
+        self.budget = PixelBudget(max(settings.pixel_budget, settings.max_image_pixels))
+        self.budget_wait = PIXEL_BUDGET_WAIT
 
     # ---- host policy
     def host_allowed(self, url: str, ls: LabelStudioClient | None) -> bool:
@@ -258,11 +290,15 @@ class ImageLoader:
         value_key: str,
         ls: LabelStudioClient | None,
         deadline: float | None = None,
+        budget_wait: float | None = None,
     ) -> LoadedImage:
         """The image of `task["data"][value_key]`; raises ImageError when it cannot be had.
 
         `deadline` (a `time.monotonic()` value): a download must be over by then, on top of
-        CLIPSEG_HTTP_TIMEOUT (the caller's time budget)."""
+        CLIPSEG_HTTP_TIMEOUT (the caller's time budget). The image holds its pixels in the
+        process's budget (CLIPSEG_PIXEL_BUDGET) until it is released: use it in a `with`
+        block. ImagesBusy when the budget has no room within `budget_wait` seconds
+        (`self.budget_wait`, PIXEL_BUDGET_WAIT, by default)."""
         data = task.get("data")
         if not isinstance(data, dict):
             raise ImageError(f"the task's data is not an object: {data!r:.80}")
@@ -280,7 +316,8 @@ class ImageLoader:
         ref = ref.strip()
         source = ref if not ref.startswith("data:") else f"{ref[:40]}... ({len(ref)} characters)"
         data = self.read_bytes(ref, task.get("id"), ls, deadline)
-        return decode_image(data, self.settings, source)
+        wait = self.budget_wait if budget_wait is None else budget_wait
+        return decode_image(data, self.settings, source, self.budget, wait)
 
     def read_bytes(
         self, ref: str, task_id: Any, ls: LabelStudioClient | None, deadline: float | None = None
@@ -292,7 +329,7 @@ class ImageLoader:
         if parsed.path.startswith("/data/local-files") and not parsed.netloc:
             path = self.local_file(ref)
             if path is not None:
-                return self._read_file(path)
+                return self._read_file(path, deadline)
         if is_cloud_storage_uri(ref) or ref.startswith("gcs:"):
             if ls is None:
                 raise ImageError(f"{ref}: cloud storage needs LABEL_STUDIO_URL (or /setup)")
@@ -342,7 +379,10 @@ class ImageLoader:
             raise ImageError(f"{ref}: local-files URL without ?d=")
         if "\x00" in relative:
             raise DisallowedSourceError("a local-files path with a null byte in it")
-        candidate = (self.local_root / relative.lstrip("/")).resolve()
+        try:
+            candidate = (self.local_root / relative.lstrip("/")).resolve()
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+            raise ImageError(f"local file {relative[:200]!r} cannot be resolved: {exc}") from exc
         if candidate != self.local_root and self.local_root not in candidate.parents:
             raise DisallowedSourceError(f"{relative!r} is outside LOCAL_FILES_DOCUMENT_ROOT")
         return candidate
@@ -357,32 +397,51 @@ class ImageLoader:
             return str(path.relative_to(self.local_root))
         return path.name
 
-    def _read_file(self, path: Path) -> bytes:
-        """A regular file's bytes, within CLIPSEG_MAX_DOWNLOAD_BYTES.
+    def _read_file(self, path: Path, deadline: float | None = None) -> bytes:
+        """A regular file's bytes within CLIPSEG_MAX_DOWNLOAD_BYTES and the time limit.
 
-        Opened without blocking and checked on the open descriptor (no race with a rename): a
-        FIFO, device or socket is refused instead of blocking a prediction slot forever."""
+        A FIFO, device or socket is refused before it is opened (a FIFO's open and reads block
+        until someone writes to it; opening a device can act on it). The file is opened
+        non-blocking and without following a symlink, and checked again on the open descriptor
+        (it may have been replaced since the path was checked); reads are in 1 MiB chunks, each
+        started only before the deadline (CLIPSEG_HTTP_TIMEOUT from now, or `deadline` when
+        sooner)."""
         shown = self._shown(path)
         cap = self.settings.max_download_bytes
+        limit = self.settings.http_timeout
+        end = time.monotonic() + limit
+        if deadline is not None and deadline < end:
+            end, limit = deadline, max(deadline - time.monotonic(), 0.0)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            _require_regular(os.stat(path).st_mode, shown)
+            flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+            fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
-            raise ImageError(f"cannot read local file {shown}: {exc.strerror}") from exc
-        with os.fdopen(fd, "rb", buffering=0) as file:
-            info = os.fstat(file.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise DisallowedSourceError(f"local file {shown} is not a regular file")
+            raise ImageError(f"cannot read local file {shown}: {exc.strerror or exc}") from exc
+        try:
+            info = os.fstat(fd)
+            _require_regular(info.st_mode, shown)
             if info.st_size > cap:
                 raise ImageError(
                     f"{shown} is {info.st_size} bytes, over CLIPSEG_MAX_DOWNLOAD_BYTES={cap}"
                 )
-            try:
-                data = file.read(cap + 1)
-            except OSError as exc:
-                raise ImageError(f"cannot read local file {shown}: {exc.strerror}") from exc
-        if data is None or len(data) > cap:
-            raise ImageError(f"{shown} grew over CLIPSEG_MAX_DOWNLOAD_BYTES={cap} while read")
-        return data
+            chunks, total = [], 0
+            while True:
+                if time.monotonic() > end:
+                    raise ImageError(
+                        f"reading local file {shown} took over {limit:.3g} s ({total} bytes read)"
+                    )
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    return b"".join(chunks)
+                total += len(chunk)
+                if total > cap:
+                    raise ImageError(f"{shown} grew over CLIPSEG_MAX_DOWNLOAD_BYTES={cap}")
+                chunks.append(chunk)
+        except OSError as exc:
+            raise ImageError(f"cannot read local file {shown}: {exc.strerror or exc}") from exc
+        finally:
+            os.close(fd)
 
     # ---- downloads
     def _download(
@@ -467,6 +526,23 @@ class ImageLoader:
         return buf.getvalue()
 
 
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+def _require_regular(mode: int, name: str) -> None:
+    """DisallowedSourceError unless `mode` is a regular file's."""
+    if stat.S_ISREG(mode):
+        return
+    kind = next((what for test, what in _FILE_KINDS if test(mode)), "not a regular file")
+    raise DisallowedSourceError(f"local file {name} is {kind}, not a regular file")
+
+
 def _to_rgb(image: Image.Image) -> np.ndarray:
     """(H, W, 3) uint8 RGB by clipseg's one conversion (16-bit grey as the browser shows it)."""
     # imported here, as the backend imports clipseg (and so torch) only where it needs it
@@ -491,51 +567,117 @@ def _what_it_is(data: bytes) -> str:
     return f"not a supported image ({len(data)} bytes starting {data[:16]!r}; decoded: {formats})"
 
 
-def decode_image(data: bytes, settings: Settings, source: str = "") -> LoadedImage:
-    """Decode image bytes: format and pixel-count checks first, then EXIF orientation and RGB."""
+def open_header(data: bytes) -> Image.Image:
+    """`PIL.Image.open` of IMAGE_FORMATS without PIL's own decompression-bomb check.
+
+    Opening reads the header only (format, mode, size), no pixel: the caller checks the size
+    against CLIPSEG_MAX_IMAGE_PIXELS before decoding. (PIL's check refuses above twice its
+    MAX_IMAGE_PIXELS, about 179 Mpx, whatever CLIPSEG_MAX_IMAGE_PIXELS says, and with a message
+    that names neither.) The plugins are tried in IMAGE_FORMATS order, as `Image.open` does.
+    UnidentifiedImageError when none accepts the data."""
+    Image.init()
+    prefix = data[:16]
+    fp = io.BytesIO(data)
+    for fmt in IMAGE_FORMATS:
+        factory, accept = Image.OPEN[fmt]
+        accepted = accept(prefix) if accept is not None else True
+        if not accepted or isinstance(accepted, str):  # a str: "looks like it, unsupported"
+            continue
+        fp.seek(0)
+        try:
+            return factory(fp, "")
+        except (SyntaxError, IndexError, TypeError, struct.error):
+            continue  # not this format after all (what Image.open does too)
+    raise UnidentifiedImageError("cannot identify image data")
+
+
+def decode_image(
+    data: bytes,
+    settings: Settings,
+    source: str = "",
+    budget: PixelBudget | None = None,
+    wait: float = 0.0,
+) -> LoadedImage:
+    """Decode image bytes: format and pixel-count checks first, then EXIF orientation and RGB.
+
+    `budget`: the image's pixels are reserved in it (waiting at most `wait` seconds; ImagesBusy
+    when there is no room) before decoding, and held by the returned image."""
+    name = source or "image"
     try:
-        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+        image = open_header(data)
     except UnidentifiedImageError as exc:
-        raise ImageError(f"{source or 'image'}: {_what_it_is(data)}") from exc
-    except (Image.DecompressionBombError, OSError, ValueError) as exc:
-        raise ImageError(f"{source or 'image'}: not a supported image ({exc})") from exc
+        raise ImageError(f"{name}: {_what_it_is(data)}") from exc
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"{name}: not a supported image ({exc})") from exc
     with image:
         width, height = image.size
         if width * height > settings.max_image_pixels:
             raise ImageError(
-                f"{source or 'image'} is {width}x{height} = {width * height} pixels, over "
+                f"{name} is {width}x{height} = {width * height} pixels, over "
                 f"CLIPSEG_MAX_IMAGE_PIXELS={settings.max_image_pixels}"
             )
+        reservation = None
+        if budget is not None:
+            try:
+                reservation = budget.reserve(width * height, wait)
+            except PixelBudgetExceeded as exc:
+                raise ImagesBusy(f"{name}: {exc}; try again later") from exc
         try:
             image.load()
             oriented = ImageOps.exif_transpose(image)
-            array = _to_rgb(oriented)
-        except ImageError:
+            array = np.ascontiguousarray(_to_rgb(oriented))
+        except BaseException as exc:
+            if reservation is not None:
+                reservation.release()
+            if isinstance(exc, (OSError, ValueError, SyntaxError)):
+                raise ImageError(f"{name}: corrupt image ({exc})") from exc
             raise
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise ImageError(f"{source or 'image'}: corrupt image ({exc})") from exc
-    return LoadedImage(array=np.ascontiguousarray(array), source=source)
+    return LoadedImage(array=array, source=source, reservation=reservation)
 
 
 def label_studio_client(
     settings: Settings, hostname: str | None, access_token: str | None
 ) -> LabelStudioClient | None:
-    """The client for LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY, else for what /setup sent."""
-    if settings.label_studio_url:
-        # /setup's hostname is never used instead: LABEL_STUDIO_URL is where the key may go
-        url, key = settings.label_studio_url, settings.label_studio_api_key or (access_token or "")
-    elif settings.label_studio_api_key:
-        # the configured key goes only to a configured host, never to one a request chose
+    """The Label Studio a project's images and annotations come from, with its key.
+
+    `hostname` and `access_token` are what a /setup sent, and anyone who can reach the backend
+    can send one, so a request never chooses where the configured key goes:
+
+    - LABEL_STUDIO_URL set: always that URL. The key is LABEL_STUDIO_API_KEY; without one, the
+      `access_token` of a /setup whose `hostname` has LABEL_STUDIO_URL's origin (scheme, host,
+      port). A `hostname` with another origin is ignored (logged).
+    - LABEL_STUDIO_API_KEY set without LABEL_STUDIO_URL: no Label Studio; the key is never sent
+      to a `hostname` a request named (relative image URLs then fail, saying to set the URL).
+    - neither: `hostname` with the `access_token` of the same /setup, Label Studio's own
+      behaviour (a request's token goes to that request's host, never another); a `hostname`
+      without a token is not used.
+    """
+    hostname = (hostname or "").strip().rstrip("/")
+    token = (access_token or "").strip()
+    configured_url, configured_key = settings.label_studio_url, settings.label_studio_api_key
+    url, key = "", ""
+    if configured_url:
+        url, key = configured_url, configured_key
+        same = hostname and _same_origin(hostname, configured_url)
+        if hostname and not same:
+            logger.warning(
+                "/setup sent hostname %r, not LABEL_STUDIO_URL's origin: ignored, using %s",
+                hostname[:200],
+                configured_url,
+            )
+        if not key and token and same:
+            key = token
+    elif configured_key:
         if hostname:
             logger.warning(
-                "/setup sent hostname %r, which is not used: LABEL_STUDIO_API_KEY is set without "
-                "LABEL_STUDIO_URL; set LABEL_STUDIO_URL to where the key belongs",
+                "/setup sent hostname %r, but LABEL_STUDIO_API_KEY is only ever sent to "
+                "LABEL_STUDIO_URL, which is not set: set LABEL_STUDIO_URL to download from "
+                "Label Studio",
                 hostname[:200],
             )
         return None
-    else:
-        # Label Studio's own behaviour: the host and the token it sent together in /setup
-        url, key = (hostname or "").rstrip("/"), access_token or ""
+    elif hostname and token:
+        url, key = hostname, token
     if not url:
         return None
     try:
@@ -545,13 +687,22 @@ def label_studio_client(
         return None
 
 
+def _same_origin(a: str, b: str) -> bool:
+    try:
+        return parse_http_url(a).origin == parse_http_url(b).origin
+    except DisallowedSourceError:
+        return False
+
+
 __all__ = [
     "IMAGE_FORMATS",
     "DisallowedSourceError",
     "ImageError",
     "ImageLoader",
+    "ImagesBusy",
     "LabelStudioClient",
     "LoadedImage",
     "decode_image",
+    "open_header",
     "label_studio_client",
 ]

@@ -31,7 +31,14 @@ from backend.errors import (  # ModelLoadError, WebhookDataError: server.py impo
     environment_words,
 )
 from backend.exemplars import Exemplar, ExemplarStore, project_key
-from backend.images import ImageError, ImageLoader, LabelStudioClient, label_studio_client
+from backend.images import (
+    ImageError,
+    ImageLoader,
+    ImagesBusy,
+    LabelStudioClient,
+    LoadedImage,
+    label_studio_client,
+)
 from backend.interactive import parse_context
 from backend.label_config import (
     PROMPT_FIELD,
@@ -57,6 +64,9 @@ logger = logging.getLogger(__name__)
 #: Seconds a task's downloads may run past CLIPSEG_PREDICT_BUDGET (the budget only stops new
 #: tasks from starting): budget + grace + one task's inference stays under Label Studio's 100 s.
 DOWNLOAD_GRACE = 10.0
+
+#: Seconds a webhook's image waits for room in the pixel budget (a /predict waits 5 s).
+WEBHOOK_PIXEL_BUDGET_WAIT = 60.0
 
 #: Webhook actions `fit` acts on.
 FIT_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING")
@@ -242,12 +252,17 @@ class CLIPSegBackend:
                     task, controls, stored, context, client, downloads_end, fields
                 )
                 out.append(pred.answer(version, self.settings.score_mode))
+            except ImagesBusy:
+                if not out:  # nothing done yet: the whole request is answered 503, retry later
+                    raise
+                out.append(failed("the backend is busy (CLIPSEG_PIXEL_BUDGET); ask again"))
             except Exception as exc:  # one bad task must not sink the batch
                 if isinstance(exc, (ImageError, LabelStudioError)):
                     logger.error("task %s: %s", task.get("id"), exc)
-                else:
+                    out.append(failed(f"{type(exc).__name__}: {exc}"))
+                else:  # its text may hold server paths: it stays in the log
                     logger.exception("task %s: prediction failed", task.get("id"))
-                out.append(failed(f"{type(exc).__name__}: {exc}"))
+                    out.append(failed(f"{type(exc).__name__}: internal error, see the log"))
         return out
 
     def predict_task(
@@ -270,10 +285,10 @@ class CLIPSegBackend:
         for value_key, image_controls in by_image.items():
             if interactive and not parse_context(context, {c.to_name for c in image_controls}):
                 continue  # the annotator is working on another image of the task
-            image = self.images.load(task, value_key, client, deadline)
-            parts.append(
-                self.predict_image(image.array, image_controls, stored, context, prompt_fields)
-            )
+            with self.images.load(task, value_key, client, deadline) as image:  # pixel budget
+                parts.append(
+                    self.predict_image(image.array, image_controls, stored, context, prompt_fields)
+                )
         return merge_predictions(parts)
 
     def predict_image(
@@ -327,6 +342,13 @@ class CLIPSegBackend:
         ann_id = annotation.get("id")
         if ann_id is None:
             raise WebhookDataError("annotation without an id")
+        updated_at = annotation.get("updated_at")
+        if updated_at is not None and self.store.known_annotation(key, ann_id, updated_at):
+            # applied once already (a webhook delivered again, or replayed from the journal)
+            logger.info(
+                "project %s: annotation %s at %s is stored already", key, ann_id, updated_at
+            )
+            return 0
         if annotation.get("was_cancelled"):
             self.store.remove_annotations(key, [ann_id])
             return 0
@@ -388,7 +410,21 @@ class CLIPSegBackend:
             for spec in parse_label_config(label_config, self.settings.threshold):
                 value_keys[spec.to_name] = spec.value_key
         client = self._client(project)
-        images: dict[str, np.ndarray] = {}
+        images: dict[str, LoadedImage] = {}  # each held in the pixel budget until the end
+        try:
+            return self._exemplars_of(task, results, value_keys, client, images)
+        finally:
+            for image in images.values():
+                image.release()
+
+    def _exemplars_of(
+        self,
+        task: dict,
+        results: Sequence[dict],
+        value_keys: dict[str, str],
+        client: LabelStudioClient | None,
+        images: dict[str, LoadedImage],
+    ) -> list[Exemplar]:
         out: list[Exemplar] = []
         for item in results:
             kind = item.get("type") if isinstance(item, dict) else None
@@ -407,9 +443,11 @@ class CLIPSegBackend:
                 continue
             to_name = item.get("to_name") or ""
             value_key = value_keys.get(to_name, to_name)
-            if value_key not in images:
-                images[value_key] = self.images.load(task, value_key, client).array
-            image = images[value_key]
+            if value_key not in images:  # a background job: it may wait for the budget
+                images[value_key] = self.images.load(
+                    task, value_key, client, budget_wait=WEBHOOK_PIXEL_BUDGET_WAIT
+                )
+            image = images[value_key].array
             shape = _region_shape(item, kind, value, *image.shape[:2])
             if shape is None:
                 continue

@@ -1,9 +1,10 @@
 """The HTTP protocol Label Studio 1.23 speaks to ML backends, on Flask 3 (+ gunicorn).
 
 Routes: GET / and /health, POST /setup, POST /predict, POST /webhook. This module only does
-HTTP: auth, size limits, JSON in and out, and the webhook queue; the CLIPSeg work is the
-backend object's (`backend.model.CLIPSegBackend`: `health()`, `setup(...)`, `predict(...)`,
-`fit(event, data)`, `handles(event)`).
+HTTP: auth, size limits, JSON in and out, answering busy (503 with Retry-After); webhooks are
+checked and handed to `backend.webhooks` (journaled, then applied in the background); the
+CLIPSeg work is the backend object's (`backend.model.CLIPSegBackend`: `health()`,
+`setup(...)`, `predict(...)`, `fit(event, data)`, `handles(event)`).
 
 `clipseg-backend [--host H] [--port P] [--debug]` loads the model first and exits non-zero with
 a clear message when it cannot, then serves with gunicorn (WORKERS processes x THREADS threads)
@@ -16,86 +17,29 @@ import argparse
 import hmac
 import json
 import logging
-import os
-import queue
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from backend.images import ImageError
+from backend.images import ImageError, ImagesBusy
+from backend.journal import WebhookJournal
 from backend.label_config import LabelConfigError
 from backend.settings import Settings, SettingsError
-from backend.webhooks import WebhookDataError, validate_webhook
+from backend.webhooks import WebhookBusy, WebhookDataError, WebhookWorker, validate_webhook
 
 logger = logging.getLogger(__name__)
 
 
-class WebhookWorker:
-    """A background thread that runs webhook jobs one at a time, in arrival order.
-
-    Label Studio waits 1 s for a webhook answer, so /webhook only enqueues. The thread starts on
-    the first job of each process (gunicorn forks after the app is built).
-    """
-
-    def __init__(
-        self,
-        handler: Callable[[str, dict], Any],
-        maxsize: int = 1000,
-        expected: tuple[type[Exception], ...] = (),
-    ) -> None:
-        self.handler = handler
-        self.expected = expected  # failures that explain themselves: logged without traceback
-        self.queue: queue.Queue[tuple[str, dict]] = queue.Queue(maxsize=maxsize)
-        self._thread: threading.Thread | None = None
-        self._pid: int | None = None
-        self._lock = threading.Lock()
-
-    def _ensure_started(self) -> None:
-        with self._lock:
-            if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
-                return
-            self._pid = os.getpid()
-            self._thread = threading.Thread(target=self._run, name="webhook-worker", daemon=True)
-            self._thread.start()
-
-    def submit(self, event: str, data: dict) -> bool:
-        """Queue a job; False when the queue is full."""
-        self._ensure_started()
-        try:
-            self.queue.put_nowait((event, data))
-        except queue.Full:
-            return False
-        return True
-
-    def _run(self) -> None:
-        while True:
-            event, data = self.queue.get()
-            started = time.monotonic()
-            try:
-                self.handler(event, data)
-                logger.info("webhook %s handled in %.2f s", event, time.monotonic() - started)
-            except self.expected as exc:
-                logger.error("webhook %s failed: %s", event, exc)
-            except Exception:
-                logger.exception("webhook %s failed", event)
-            finally:
-                self.queue.task_done()
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait until every queued job is done; False if `timeout` seconds pass first."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self.queue.all_tasks_done:
-            while self.queue.unfinished_tasks:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self.queue.all_tasks_done.wait(remaining)
-        return True
+#: Seconds a client is told to wait (Retry-After) when the predict slots or pixels are taken.
+PREDICT_RETRY_AFTER = 5
+#: Seconds a client is told to wait (Retry-After) when the webhook queue or journal is full.
+WEBHOOK_RETRY_AFTER = 10
 
 
 def _error(status: int, message: str) -> Response:
@@ -107,6 +51,12 @@ def _error(status: int, message: str) -> Response:
 def _json_body() -> dict[str, Any]:
     """The request's JSON object; raises _BadBody with a message saying what is wrong."""
     raw = request.get_data(cache=True)
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(raw) >= limit:
+        # a body without Content-Length (chunked) is cut at the limit without an error
+        # (werkzeug reads up to it and stops): it is over the limit if anything is left
+        if request.environ["wsgi.input"].read(1):
+            raise RequestEntityTooLarge()
     if not raw.strip():
         raise _BadBody("empty request body: send a JSON object")
     try:
@@ -132,7 +82,8 @@ def create_app(backend: Any, settings: Settings) -> Flask:
     app.json.ensure_ascii = False
 
     expected = (ImageError, WebhookDataError, LabelConfigError)
-    worker = WebhookWorker(backend.fit, settings.webhook_queue_size, expected)
+    journal = WebhookJournal(Path(settings.model_dir) / "webhooks", settings.webhook_journal_bytes)
+    worker = WebhookWorker(backend.fit, settings.webhook_queue_size, expected, journal)
     app.extensions["clipseg_backend"] = backend
     app.extensions["clipseg_worker"] = worker
     user, password = settings.basic_auth_user, settings.basic_auth_pass
@@ -142,6 +93,12 @@ def create_app(backend: Any, settings: Settings) -> Flask:
     # a webhook that times out is lost).
     predict_slots = max(1, settings.threads - 1)
     predicting = threading.BoundedSemaphore(predict_slots)
+
+    @app.before_request
+    def _start_worker() -> None:
+        # the webhook thread of this process (it replays the journal first); `clipseg-backend`
+        # starts it when a gunicorn worker boots, this covers other servers
+        worker.start()
 
     @app.before_request
     def _check_auth() -> Response | None:
@@ -177,7 +134,8 @@ def create_app(backend: Any, settings: Settings) -> Flask:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         logger.exception("unhandled error on %s %s", request.method, request.path)
-        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+        # the exception's text may hold server paths: it stays in the log
+        return _error(500, f"internal error ({type(exc).__name__}); see the backend's log")
 
     @app.get("/")
     @app.get("/health")
@@ -212,7 +170,7 @@ def create_app(backend: Any, settings: Settings) -> Flask:
             response = _error(
                 503, f"busy: {predict_slots} /predict request(s) already running; try again"
             )
-            response.headers["Retry-After"] = "5"
+            response.headers["Retry-After"] = str(PREDICT_RETRY_AFTER)
             return response
         started = time.monotonic()
         try:
@@ -222,6 +180,10 @@ def create_app(backend: Any, settings: Settings) -> Flask:
                 project=body.get("project"),
                 label_config=label_config,
             )
+        except ImagesBusy as exc:  # the pixel budget had no room for the first image
+            response = _error(503, f"busy: {exc}")
+            response.headers["Retry-After"] = str(PREDICT_RETRY_AFTER)
+            return response
         finally:
             predicting.release()
         if len(results) != len(tasks):  # Label Studio would silently store nothing
@@ -241,9 +203,11 @@ def create_app(backend: Any, settings: Settings) -> Flask:
             validate_webhook(event, body)
         except WebhookDataError as exc:
             return _error(400, str(exc))
-        if not worker.submit(event, body):
-            response = _error(503, "webhook queue is full; try again later")
-            response.headers["Retry-After"] = "5"
+        try:
+            worker.submit(event, body)  # on disk (the journal) before the answer
+        except WebhookBusy as exc:
+            response = _error(503, f"{exc}; try again later")
+            response.headers["Retry-After"] = str(WEBHOOK_RETRY_AFTER)
             return response
         return jsonify({"status": "queued", "action": event})
 
@@ -280,19 +244,33 @@ def load_backend_or_exit(settings: Settings, status: int = 1) -> Any:
         sys.exit(status)
 
 
+def _start_webhook_worker(worker: Any) -> None:
+    """gunicorn's post_worker_init hook: the webhook thread (and the journal's replay) starts
+    when a worker boots, not at its first request."""
+    extensions = getattr(getattr(worker, "wsgi", None), "extensions", {})
+    if "clipseg_worker" in extensions:
+        extensions["clipseg_worker"].start()
+
+
 def _gunicorn(app_factory: Callable[[], Flask], settings: Settings, bind: str, preload: bool):
     from gunicorn.app.base import BaseApplication
+
+    from backend.http_worker import worker_class
 
     class _Server(BaseApplication):
         def load_config(self) -> None:
             self.cfg.set("bind", bind)
             self.cfg.set("workers", settings.workers)
             self.cfg.set("threads", settings.threads)
-            self.cfg.set("worker_class", "gthread")
+            # gthread whose main loop reads each request whole before a thread gets it: slow
+            # clients cannot take the threads (backend/http_worker.py says why this way)
+            self.cfg.set("worker_class", worker_class(settings))
+            self.cfg.set("keepalive", 0)
             self.cfg.set("timeout", settings.timeout)
             self.cfg.set("preload_app", preload)
             self.cfg.set("loglevel", settings.log_level.lower())
             self.cfg.set("accesslog", "-")
+            self.cfg.set("post_worker_init", _start_webhook_worker)
 
         def load(self) -> Flask:
             return app_factory()
@@ -325,6 +303,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     if args.debug:
         app = create_app(load_backend_or_exit(settings), settings)
+        app.extensions["clipseg_worker"].start()
         app.run(host=args.host, port=args.port, threaded=True, use_reloader=False)
         return
     if device.startswith("cuda"):

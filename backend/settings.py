@@ -127,6 +127,7 @@ class Settings:
     local_files_document_root: str = ""  # LOCAL_FILES_DOCUMENT_ROOT
     allowed_hosts: tuple[str, ...] = ()  # CLIPSEG_ALLOWED_HOSTS: extra hosts images may come from
     max_image_pixels: int = 50_000_000  # CLIPSEG_MAX_IMAGE_PIXELS
+    pixel_budget: int = 100_000_000  # CLIPSEG_PIXEL_BUDGET: decoded pixels in flight, per worker
     max_download_bytes: int = 64 * 1024 * 1024  # CLIPSEG_MAX_DOWNLOAD_BYTES
     http_timeout: float = 30.0  # CLIPSEG_HTTP_TIMEOUT: seconds per request, whole download
     predict_budget: float = 70.0  # CLIPSEG_PREDICT_BUDGET: seconds per /predict (0: no limit)
@@ -136,9 +137,14 @@ class Settings:
     basic_auth_pass: str = field(default="", repr=False)  # BASIC_AUTH_PASS
     max_content_length: int = 64 * 1024 * 1024  # MAX_CONTENT_LENGTH: request body limit, bytes
     webhook_queue_size: int = 1000  # CLIPSEG_WEBHOOK_QUEUE_SIZE
+    webhook_journal_bytes: int = (
+        256 * 1024 * 1024
+    )  # CLIPSEG_WEBHOOK_JOURNAL_BYTES: pending, on disk
     workers: int = 1  # WORKERS: gunicorn worker processes
     threads: int = 4  # THREADS: gunicorn threads per worker
     timeout: int = 300  # GUNICORN_TIMEOUT: seconds before gunicorn restarts a silent worker
+    header_timeout: float = 10.0  # CLIPSEG_HEADER_TIMEOUT: seconds to send the request header
+    body_timeout: float = 60.0  # CLIPSEG_BODY_TIMEOUT: seconds to send the whole request
     log_level: str = "INFO"  # LOG_LEVEL
 
     def __repr__(self) -> str:  # never print the API key or the password
@@ -158,6 +164,17 @@ class Settings:
         high = _float(env, "CLIPSEG_UNCERTAIN_HIGH", cls.uncertain_high, 0.0, 1.0)
         if low >= high:
             raise SettingsError("CLIPSEG_UNCERTAIN_LOW must be below CLIPSEG_UNCERTAIN_HIGH")
+        max_pixels = _int(env, "CLIPSEG_MAX_IMAGE_PIXELS", cls.max_image_pixels, 1)
+        pixel_budget = _int(env, "CLIPSEG_PIXEL_BUDGET", max(cls.pixel_budget, max_pixels), 1)
+        if pixel_budget < max_pixels:
+            raise SettingsError(
+                f"CLIPSEG_PIXEL_BUDGET={pixel_budget} is below CLIPSEG_MAX_IMAGE_PIXELS="
+                f"{max_pixels}: an image of the largest size allowed could never be decoded"
+            )
+        header_timeout = _float(env, "CLIPSEG_HEADER_TIMEOUT", cls.header_timeout, 0.1)
+        body_timeout = _float(env, "CLIPSEG_BODY_TIMEOUT", cls.body_timeout, 0.1)
+        if body_timeout < header_timeout:
+            raise SettingsError("CLIPSEG_BODY_TIMEOUT must not be below CLIPSEG_HEADER_TIMEOUT")
         user = _get(env, "BASIC_AUTH_USER", "")
         password = _get(env, "BASIC_AUTH_PASS", "")
         if bool(user) != bool(password):
@@ -183,7 +200,8 @@ class Settings:
             label_studio_api_key=_get(env, "LABEL_STUDIO_API_KEY", ""),
             local_files_document_root=_get(env, "LOCAL_FILES_DOCUMENT_ROOT", ""),
             allowed_hosts=_hosts(_get(env, "CLIPSEG_ALLOWED_HOSTS", "")),
-            max_image_pixels=_int(env, "CLIPSEG_MAX_IMAGE_PIXELS", cls.max_image_pixels, 1),
+            max_image_pixels=max_pixels,
+            pixel_budget=pixel_budget,
             max_download_bytes=_int(env, "CLIPSEG_MAX_DOWNLOAD_BYTES", cls.max_download_bytes, 1),
             http_timeout=_float(env, "CLIPSEG_HTTP_TIMEOUT", cls.http_timeout, 0.1),
             predict_budget=_float(env, "CLIPSEG_PREDICT_BUDGET", cls.predict_budget, 0.0),
@@ -192,9 +210,14 @@ class Settings:
             basic_auth_pass=password,
             max_content_length=_int(env, "MAX_CONTENT_LENGTH", cls.max_content_length, 1),
             webhook_queue_size=_int(env, "CLIPSEG_WEBHOOK_QUEUE_SIZE", cls.webhook_queue_size, 1),
+            webhook_journal_bytes=_int(
+                env, "CLIPSEG_WEBHOOK_JOURNAL_BYTES", cls.webhook_journal_bytes, 65536
+            ),
             workers=_int(env, "WORKERS", cls.workers, 1),
             threads=_int(env, "THREADS", cls.threads, 1),
             timeout=_int(env, "GUNICORN_TIMEOUT", cls.timeout, 1),
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
             log_level=_choice(
                 env, "LOG_LEVEL", cls.log_level.lower(), ("debug", "info", "warning", "error")
             ).upper(),

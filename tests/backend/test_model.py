@@ -115,8 +115,16 @@ def test_a_failed_interactive_request_still_has_a_result(tmp_path, local_root):
 
 def test_tasks_past_the_predict_budget_are_left_for_later(tmp_path, local_root, monkeypatch):
     backend = fake_backend(tmp_path, local_files_document_root=str(local_root), predict_budget=10.0)
-    clock = iter([0.0, 1.0, 5.0, 11.0, 12.0])  # the deadline is 10 s after the first reading
-    monkeypatch.setattr("backend.model.time.monotonic", lambda: next(clock))
+    # a clock that each encoded image moves 6 s on: the budget runs out after the second task
+    now = [1000.0]
+    monkeypatch.setattr("time.monotonic", lambda: now[0])
+    real_set_image = backend.predictor.set_image
+
+    def set_image(image):
+        now[0] += 6.0
+        real_set_image(image)
+
+    monkeypatch.setattr(backend.predictor, "set_image", set_image)
     preds = backend.predict([_task(i) for i in range(1, 6)], project=1, label_config=CONFIG)
     assert ["result" in p for p in preds] == [True, True, False, False, False]
     assert "CLIPSEG_PREDICT_BUDGET=10 s" in preds[2]["error"]
