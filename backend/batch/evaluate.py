@@ -613,6 +613,74 @@ def evaluate_files(
     return evaluate_sides(pred_side, truth_side, labels=labels, iou_threshold=iou_threshold)
 
 
+# ------------------------------------------------------------------------------- outputs
+def format_table(report: Report) -> str:
+    """The figures as a plain-text table, per label and overall, with what they mean."""
+    summary = report.evaluation.summary()
+    versions = report.to_json()["model_versions"]
+    how = ", ".join(f"{n} by {k}" for k, n in sorted(report.matched_by.items())) or "none"
+    lines = [
+        f"predictions: {report.predictions.path}"
+        + (f" ({', '.join(versions)})" if versions else ""),
+        f"truth:       {report.truth.path}",
+        f"{summary['tasks']} tasks evaluated (matched {how})",
+        "",
+    ]
+    width = max([len("overall"), *(len(k) for k in summary["labels"])])
+    columns = (width, 5, 5, 5, 4, 4, 4, 10, 11, 5)  # label, PQ SQ RQ, TP FP FN, per task, IoU
+    template = "  ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(columns))
+    lines.append(
+        template.format(
+            "label", "PQ", "SQ", "RQ", "TP", "FP", "FN", "false/task", "missed/task", "IoU"
+        )
+    )
+
+    def row(name: str, f: Mapping[str, Any]) -> str:
+        return template.format(
+            name,
+            *(f"{f[k]:.3f}" for k in ("pq", "sq", "rq")),
+            *(f[k] for k in ("tp", "fp", "fn")),
+            f"{f['false_per_task']:.2f}",
+            f"{f['missed_per_task']:.2f}",
+            f"{f['semantic_iou']:.3f}",
+        )
+
+    lines.extend(row(name, f) for name, f in summary["labels"].items())
+    lines.append("-" * len(lines[-1]))
+    lines.append(row("overall", summary["overall"]))
+    lines.append(
+        f"TP: regions to keep (IoU > {summary['iou_threshold']} with a true object of the label,"
+        " one to one); FP: false regions to delete; FN: missed objects to draw; SQ: mean IoU "
+        "of the kept ones; RQ = TP / (TP + FP/2 + FN/2); PQ = SQ x RQ; IoU: semantic, pixels "
+        "over all tasks (overall: mean over labels)."
+    )
+    return "\n".join(lines)
+
+
+def write_csv(path: str | Path, report: Report) -> Path:
+    """One row per task (`TaskScore.row`), in the truth's order."""
+    import csv
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    rows = [t.row() for t in report.evaluation.tasks]
+    fields = list(rows[0]) if rows else list(TaskScore(None, None, "", {}, {}, 0, 0).row())
+    with p.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return p
+
+
+def write_json(path: str | Path, report: Report) -> Path:
+    """Every figure (`Report.to_json`), written atomically."""
+    from backend.atomic import write_json_atomic
+
+    p = Path(path)
+    write_json_atomic(p, report.to_json(), indent=1)
+    return p
+
+
 def truth_labels(side: Side) -> list[str]:
     """Every label the truth's tasks name, sorted (the prompts of ``--model`` by default)."""
     return sorted(set().union(*(t.labels() for t in side.tasks)))
@@ -658,9 +726,12 @@ __all__ = [
     "draw",
     "evaluate_files",
     "evaluate_sides",
+    "format_table",
     "load_file",
     "match_tasks",
     "prediction_inputs",
     "task_size",
     "truth_labels",
+    "write_csv",
+    "write_json",
 ]
