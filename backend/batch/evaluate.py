@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import textwrap
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -648,12 +649,13 @@ def format_table(report: Report) -> str:
     lines.extend(row(name, f) for name, f in summary["labels"].items())
     lines.append("-" * len(lines[-1]))
     lines.append(row("overall", summary["overall"]))
-    lines.append(
-        f"TP: regions to keep (IoU > {summary['iou_threshold']} with a true object of the label,"
-        " one to one); FP: false regions to delete; FN: missed objects to draw; SQ: mean IoU "
-        "of the kept ones; RQ = TP / (TP + FP/2 + FN/2); PQ = SQ x RQ; IoU: semantic, pixels "
-        "over all tasks (overall: mean over labels)."
+    legend = (
+        f"TP: regions to keep (IoU > {summary['iou_threshold']} with a true object of the label, "
+        "one to one); FP: false regions to delete; FN: missed objects to draw; SQ: mean IoU of "
+        "the kept ones; RQ = TP / (TP + FP/2 + FN/2); PQ = SQ x RQ; IoU: semantic, pixels over "
+        "all tasks (overall: the mean over labels)."
     )
+    lines.extend(textwrap.wrap(legend, 100))
     return "\n".join(lines)
 
 
