@@ -453,14 +453,14 @@ class TaskScore:
 
 def _figures(counts: PanopticCounts, tasks: int) -> dict[str, Any]:
     return {
-        "pq": round(counts.pq, 4),
-        "sq": round(counts.sq, 4),
-        "rq": round(counts.rq, 4),
+        "pq": counts.pq,
+        "sq": counts.sq,
+        "rq": counts.rq,
         "tp": counts.tp,
         "fp": counts.fp,
         "fn": counts.fn,
-        "false_per_task": round(counts.fp / tasks, 4) if tasks else 0.0,
-        "missed_per_task": round(counts.fn / tasks, 4) if tasks else 0.0,
+        "false_per_task": counts.fp / tasks if tasks else 0.0,
+        "missed_per_task": counts.fn / tasks if tasks else 0.0,
     }
 
 
@@ -513,10 +513,10 @@ class Evaluation:
         n = len(self.tasks)
         labels = {}
         for label, (c, o) in self.by_label().items():
-            labels[label] = _figures(c, n) | {"semantic_iou": round(o.iou, 4)}
+            labels[label] = _figures(c, n) | {"semantic_iou": o.iou}
         overall = _figures(self.total, n)
         ious = [v["semantic_iou"] for v in labels.values()]
-        overall["semantic_iou"] = round(float(np.mean(ious)), 4) if ious else 1.0
+        overall["semantic_iou"] = float(np.mean(ious)) if ious else 1.0
         return {
             "tasks": n,
             "iou_threshold": self.iou_threshold,
