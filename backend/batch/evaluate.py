@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from backend.batch.export_coco import NON_REGION_TYPES, image_file_name
@@ -382,7 +383,11 @@ def draw(
         try:
             if task.categories is not None:
                 names = [task.categories[result["category_id"]]]
-                mask = segmentation_to_mask(result.get("segmentation"), height, width)
+                own = task.size or (height, width)  # COCO pixels are those of its image
+                mask = segmentation_to_mask(result.get("segmentation"), *own)
+                if own != (height, width):
+                    small = mask.view(np.uint8)
+                    mask = cv2.resize(small, (width, height), interpolation=cv2.INTER_NEAREST) > 0
             else:
                 kind = str(result.get("type", "")).lower()
                 if kind in IGNORED_TYPES:
@@ -540,12 +545,16 @@ class Report:
     def matched_by(self) -> Counter:
         return Counter(how for _, _, how in self.matching.pairs)
 
+    @property
+    def model_versions(self) -> list[str]:
+        """The model versions of the predictions evaluated."""
+        return sorted({p.model_version for p, _, _ in self.matching.pairs if p.model_version})
+
     def to_json(self) -> dict[str, Any]:
-        versions = sorted({p.model_version for p, _, _ in self.matching.pairs if p.model_version})
         return {
             "predictions": self.predictions.path,
             "truth": self.truth.path,
-            "model_versions": versions,
+            "model_versions": self.model_versions,
             **self.evaluation.summary(),
             "matched_by": dict(self.matched_by),
             "truth_without_predictions": [t.name for t in self.matching.truth_only],
@@ -618,7 +627,7 @@ def evaluate_files(
 def format_table(report: Report) -> str:
     """The figures as a plain-text table, per label and overall, with what they mean."""
     summary = report.evaluation.summary()
-    versions = report.to_json()["model_versions"]
+    versions = report.model_versions
     how = ", ".join(f"{n} by {k}" for k, n in sorted(report.matched_by.items())) or "none"
     lines = [
         f"predictions: {report.predictions.path}"

@@ -332,3 +332,42 @@ def test_demo_model_end_to_end(tmp_path):
     assert cli.main(["evaluate", str(export), "--predictions", str(out / "tasks.json"),
                      "--json", str(again), "-q"]) == 0  # fmt: skip
     assert json.loads(again.read_text())["overall"] == fig["overall"]
+
+
+def test_coco_predictions_at_another_size_and_bad_coco_annotations(tmp_path, capsys):
+    """COCO pixels are those of its image: a COCO file at twice the size is drawn there and
+    scaled to the truth's grid; an unknown category and a garbage segmentation are skipped."""
+    big = np.kron(A, np.ones((2, 2), bool))  # A at (2H, 2W)
+    rle = mask_utils.encode(np.asfortranarray(big.astype(np.uint8)))
+    coco = {
+        "images": [{"id": 7, "file_name": "1.png", "width": 2 * W, "height": 2 * H}],
+        "categories": [{"id": 1, "name": "cat"}],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 1,
+             "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}},
+            {"id": 2, "image_id": 7, "category_id": 9, "segmentation": []},
+            {"id": 3, "image_id": 7, "category_id": 1, "segmentation": {"size": [1, 1],
+                                                                         "counts": "zz"}},
+        ],
+    }  # fmt: skip
+    (tmp_path / "pred.json").write_text(json.dumps(coco))
+    code, fig = run_cli(
+        tmp_path, [task(1, [brush(A, "cat")])], "--predictions", str(tmp_path / "pred.json")
+    )
+    assert code == 1
+    assert fig["matched_by"] == {"file name": 1} and fig["overall"]["pq"] == 1.0
+    messages = sorted(p["message"] for p in fig["problems"])
+    assert len(messages) == 2
+    assert "RLE size" in messages[0] and "unknown category_id 9" in messages[1]
+
+
+def test_model_version_picks_the_predictions(tmp_path):
+    t = task(1, [brush(A, "cat")])
+    t["predictions"] = [
+        {"model_version": "old", "result": [brush(A, "cat")], "created_at": "2026-01-01"},
+        {"model_version": "new", "result": [brush(B, "cat")], "created_at": "2026-01-02"},
+    ]
+    _, newest = run_cli(tmp_path, [t])
+    _, old = run_cli(tmp_path, [t], "--model-version", "old")
+    assert newest["model_versions"] == ["new"] and newest["overall"]["fp"] == 1
+    assert old["model_versions"] == ["old"] and old["overall"]["pq"] == 1.0
