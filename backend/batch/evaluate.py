@@ -239,9 +239,11 @@ def _labelstudio_side(
             side.without.append(ref)
             continue
         results = item.get("result") or []
-        if not isinstance(results, list):
-            side.problems.append(Problem(path, ref, None, "its 'result' is not a list"))
-            results = []
+        if not isinstance(results, list):  # nothing of it can be trusted: the task is left out
+            what = "annotation" if source == "annotations" else "prediction"
+            message = f"its {what}'s 'result' is not a list; task left out"
+            side.problems.append(Problem(path, ref, None, message))
+            continue
         good = []
         for r in results:
             if isinstance(r, dict):
@@ -270,9 +272,9 @@ def _coco_side(path: str, data: dict[str, Any]) -> Side:
     by_image: dict[Any, list[dict[str, Any]]] = {}
     for a in annotations:
         ref = f"annotation {a.get('id')}" if isinstance(a, dict) else "an annotation"
-        if not isinstance(a, dict) or "image_id" not in a:
+        if not isinstance(a, dict) or not isinstance(a.get("image_id"), (int, str)):
             side.problems.append(Problem(path, ref, None, "not an annotation with an image_id"))
-        elif a.get("category_id") not in names:
+        elif not isinstance(a.get("category_id"), (int, str)) or a["category_id"] not in names:
             message = f"unknown category_id {a.get('category_id')!r}"
             side.problems.append(Problem(path, f"image {a['image_id']}", a.get("id"), message))
         else:
