@@ -4,9 +4,9 @@ Argument parsing only; the work is in `backend.batch` (and `backend.formats`). O
 subcommand, its parser beside its command (`add_parser`, `run`): `predict`, `push`, `rank`,
 `export_coco`, `exemplars`, `evaluate`; what they share is in `common`. Exit codes: 0 everything
 done, 1 some images or tasks failed (the rest is written; also a push that Label Studio stopped
-part way; results evaluate had to leave out), 2 usage errors (bad arguments, unreadable inputs, malformed exports or label configs, a
-model or device that cannot be used, a Label Studio that cannot be reached or refuses the
-first request).
+part way; results or tasks evaluate had to leave out), 2 usage errors (bad arguments, unreadable
+inputs, malformed exports or label configs, a model or device that cannot be used, a Label Studio
+that cannot be reached or refuses the first request).
 """
 
 from __future__ import annotations
