@@ -371,3 +371,15 @@ def test_model_version_picks_the_predictions(tmp_path):
     _, old = run_cli(tmp_path, [t], "--model-version", "old")
     assert newest["model_versions"] == ["new"] and newest["overall"]["fp"] == 1
     assert old["model_versions"] == ["old"] and old["overall"]["pq"] == 1.0
+
+
+def test_label_config_names_the_known_labels(tmp_path):
+    config = tmp_path / "config.xml"
+    config.write_text(
+        '<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'
+        '<Label value="cat"/></BrushLabels></View>'
+    )
+    pred = [brush(A, "cat"), brush(B, "dog", rid="dog")]
+    code, fig = run_cli(tmp_path, [task(1, [brush(A, "cat")], pred)], "--label-config", str(config))
+    assert code == 1 and [p["result"] for p in fig["problems"]] == ["dog"]
+    assert fig["overall"]["pq"] == 1.0
