@@ -5,10 +5,15 @@ For each scene the model is prompted with every label of :data:`unseen_scenes.LA
 ``"<color> <shape>"``: the labels of one BrushLabels control), and each label's map becomes
 regions as the backend makes them (``backend.formats.probability_to_regions``: pixels above the
 threshold, one region per 8-connected blob, blobs under the minimum area dropped; the backend's
-defaults, ``backend.settings.Settings``). ``clipseg.evaluate.panoptic_quality`` matches them to
-the scene's objects one to one at IoU > 0.5 per label. Reported: PQ, SQ, RQ pooled over the
-scenes, false regions (unmatched predicted regions) and missed objects per task, at the
-backend's threshold and over a sweep.
+defaults, ``backend.settings.Settings``). ``backend.batch.evaluate.Evaluation`` (the figures of
+``clipseg-label evaluate``) matches them to the scene's objects one to one at IoU > 0.5 per
+label. Reported: PQ, SQ, RQ pooled over the scenes, false regions (unmatched predicted regions)
+and missed objects per task, and semantic IoU (mean over labels), at the backend's threshold
+and over a sweep. ``clipseg-label evaluate`` gives the same figures at the backend's threshold
+from the CLI (docs/cli.md):
+
+    python benchmarks/unseen_scenes.py scenes/ --scenes 24 --export
+    clipseg-label evaluate scenes/export.json --model demo
 
 ``--timing`` also measures the CPU time of one 640 x 480 image (``set_image`` + ``predict`` of
 the 12 labels; median of ``--repeats``, one torch thread) and the checkpoint's size on disk.
@@ -32,10 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from unseen_scenes import LABELS, SEED_START, make_unseen_scene  # noqa: E402
 
+from backend.batch.evaluate import Evaluation  # noqa: E402
 from backend.formats import probability_to_regions  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 from clipseg import Predictor  # noqa: E402
-from clipseg.evaluate import PanopticCounts, panoptic_quality  # noqa: E402
 from clipseg.weights import resolve_checkpoint  # noqa: E402
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
@@ -43,9 +48,9 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 def score_scenes(
     predictor: Predictor, n_scenes: int, thresholds: tuple[float, ...], min_area_setting: float
-) -> dict[float, PanopticCounts]:
-    """Panoptic counts per threshold over ``n_scenes`` unseen-style scenes."""
-    counts = {t: PanopticCounts() for t in thresholds}
+) -> dict[float, Evaluation]:
+    """The evaluation of each threshold over ``n_scenes`` unseen-style scenes."""
+    counts = {t: Evaluation() for t in thresholds}
     for seed in range(SEED_START, SEED_START + n_scenes):
         scene = make_unseen_scene(seed)
         h, w = scene.image.shape[:2]
@@ -63,7 +68,7 @@ def score_scenes(
                     np.clip(p, 0.0, 1.0), label, threshold=t, mode="instance", min_area=min_area
                 )
             ]
-            counts[t] = counts[t] + panoptic_quality(predicted, truth)
+            counts[t].add(predicted, truth, task_id=seed)
     return counts
 
 
@@ -95,16 +100,21 @@ def main(argv: list[str] | None = None) -> None:
     counts = score_scenes(predictor, args.scenes, thresholds, settings.min_region_area)
     result: dict = {"model": args.model, "scenes": args.scenes, "labels": len(LABELS)}
     print(f"{args.scenes} unseen-style scenes, {len(LABELS)} labels in one control: {args.model}")
-    print("| threshold | PQ | SQ | RQ | false regions / task | missed / task | matched |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| threshold | PQ | SQ | RQ | false regions / task | missed / task | matched | "
+        "semantic IoU |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = {}
-    for t, c in counts.items():
+    for t, evaluation in counts.items():
         mark = " (backend default)" if t == settings.threshold else ""
+        c = evaluation.summary()["overall"]
         print(
-            f"| {t}{mark} | {c.pq:.3f} | {c.sq:.3f} | {c.rq:.3f} | {c.fp / args.scenes:.2f} | "
-            f"{c.fn / args.scenes:.2f} | {c.tp} |"
+            f"| {t}{mark} | {c['pq']:.3f} | {c['sq']:.3f} | {c['rq']:.3f} | "
+            f"{c['false_per_task']:.2f} | {c['missed_per_task']:.2f} | {c['tp']} | "
+            f"{c['semantic_iou']:.3f} |"
         )
-        rows[str(t)] = {"pq": c.pq, "sq": c.sq, "rq": c.rq, "tp": c.tp, "fp": c.fp, "fn": c.fn}
+        rows[str(t)] = c
     result["by_threshold"] = rows
     if args.timing:
         seconds = time_one_image(predictor, args.repeats)

@@ -6,7 +6,8 @@ maps -> regions -> results), plus the post-processing peak memory at 4000 x 3000
 
 Per setting: recall of the objects (a region of the right label at IoU > 0.5, one-to-one),
 false regions per image, panoptic quality (PQ = sum of matched IoUs / (TP + FP/2 + FN/2)),
-seconds per image and the number of tiles.
+seconds per image and the number of tiles. The figures are `backend.batch.evaluate`'s, those of
+`clipseg-label evaluate`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import resource
 import statistics
 import time
 
-from backend.formats import decode_brush_rle
+from backend.batch.evaluate import Evaluation, TaskRegions, draw
 from backend.label_config import parse_label_config
 from backend.model import CLIPSegBackend
 from backend.settings import Settings
@@ -34,34 +35,10 @@ def _config(labels: list[str], tile: int) -> str:
     )
 
 
-def _score(scene, results, height, width):
-    """(true positives, false regions, missed objects, sum of matched IoUs)."""
-    tp = fp = 0
-    iou_sum = 0.0
-    truths = [(o.name, o.mask) for o in scene.objects]
-    used = set()
-    for item in results:
-        label = item["value"]["brushlabels"][0]
-        mask = decode_brush_rle(item["value"]["rle"], height, width) > 0
-        best, best_iou = None, 0.5
-        for i, (name, truth) in enumerate(truths):
-            if name != label or i in used:
-                continue
-            iou = (mask & truth).sum() / max((mask | truth).sum(), 1)
-            if iou > best_iou:
-                best, best_iou = i, iou
-        if best is None:
-            fp += 1
-        else:
-            used.add(best)
-            tp += 1
-            iou_sum += best_iou
-    return tp, fp, len(truths) - len(used), iou_sum
-
-
 def run(backend, scenes, tile: int) -> dict:
-    tp = fp = fn = 0
-    iou_sum = 0.0
+    """Figures of one setting, through `backend.batch.evaluate` (what `clipseg-label evaluate`
+    computes): each result drawn by its control tag, matched one to one per label."""
+    evaluation = Evaluation()
     seconds, tiles = [], []
     for scene in scenes:
         labels = sorted({o.name for o in scene.objects})
@@ -71,12 +48,15 @@ def run(backend, scenes, tile: int) -> dict:
         pred = backend.predict_image(scene.image, controls)
         seconds.append(time.perf_counter() - start)
         tiles.append(len(tile_boxes(width, height, tile, 0.25)) if tile else 0)
-        a, b, c, d = _score(scene, pred.results, height, width)
-        tp, fp, fn, iou_sum = tp + a, fp + b, fn + c, iou_sum + d
+        regions = TaskRegions(None, None, tuple(pred.results))
+        predicted, problems = draw(regions, height, width, file="bench_tiling")
+        assert not problems, problems
+        evaluation.add(predicted, [(o.name, o.mask) for o in scene.objects])
+    c = evaluation.total
     return {
-        "recall": tp / max(tp + fn, 1),
-        "false/img": fp / len(scenes),
-        "PQ": iou_sum / max(tp + 0.5 * fp + 0.5 * fn, 1e-9),
+        "recall": c.tp / max(c.tp + c.fn, 1),
+        "false/img": c.fp / len(scenes),
+        "PQ": c.pq,
         "s/img": statistics.median(seconds),
         "tiles": statistics.median(tiles),
     }

@@ -16,7 +16,9 @@ instance. Every scene holds at least two objects of one color with different sha
 where a model that only knows colors brings a false region for each.
 
 Everything is a pure function of the seed. Run ``python benchmarks/unseen_scenes.py OUT_DIR`` to
-write a few as PNG files to look at.
+write a few as PNG files to look at; with ``--export``, also ``OUT_DIR/export.json``, a Label
+Studio export of them whose annotations are the objects' exact brush masks, the truth for
+``clipseg-label evaluate OUT_DIR/export.json --model demo``.
 """
 
 from __future__ import annotations
@@ -166,12 +168,43 @@ def make_unseen_scene(seed: int) -> UnseenScene:
     return UnseenScene(seed, np.asarray(out, dtype=np.uint8).copy(), objects)
 
 
+def write_export(out_dir: Path, seeds: range | list[int]) -> Path:
+    """Write the scenes of ``seeds`` as PNGs and ``out_dir/export.json``: one Label Studio task
+    per scene (id = its position + 1, data.image = the PNG's absolute path) with one accepted
+    annotation, a brush of one BrushLabels control "label" per object."""
+    import json
+
+    from backend.formats.labelstudio import brush_result
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    size = {"original_width": WIDTH, "original_height": HEIGHT}
+    tasks = []
+    for n, seed in enumerate(seeds, start=1):
+        scene = make_unseen_scene(seed)
+        path = (out_dir / f"unseen_{seed}.png").resolve()
+        Image.fromarray(scene.image).save(path)
+        results = [
+            brush_result(o.mask, o.label, from_name="label", to_name="image", **size)
+            for o in scene.objects
+        ]
+        annotation = {"id": n, "result": results, "was_cancelled": False}
+        tasks.append({"id": n, "data": {"image": str(path)}, "annotations": [annotation]})
+    export = out_dir / "export.json"
+    export.write_text(json.dumps(tasks), encoding="utf-8")
+    return export
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Write a few unseen-style benchmark scenes as PNGs.")
     p.add_argument("out_dir", type=Path)
     p.add_argument("--scenes", type=int, default=6)
+    p.add_argument("--export", action="store_true", help="also write OUT_DIR/export.json")
     args = p.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.export:
+        seeds = range(SEED_START, SEED_START + args.scenes)
+        print(write_export(args.out_dir, seeds))
+        return
     for seed in range(SEED_START, SEED_START + args.scenes):
         scene = make_unseen_scene(seed)
         Image.fromarray(scene.image).save(args.out_dir / f"unseen_{seed}.png")

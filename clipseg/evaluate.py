@@ -15,9 +15,12 @@ target is empty) are scored separately: ``absent_fp_rate`` is the fraction of th
 thresholded map has at least :data:`FP_MIN_PIXELS` pixels, ``absent_area`` the mean predicted area
 as a fraction of the image.
 
-:func:`panoptic_quality` scores instance regions (label, mask) against ground-truth instances:
-panoptic quality (Kirillov et al., 2019) with one-to-one matching at IoU > 0.5 within each label,
-pooled over labels (and, by adding :class:`PanopticCounts`, over images).
+:func:`match_regions` scores instance regions (label, mask) against ground-truth instances, per
+label: panoptic quality (Kirillov et al., 2019) with one-to-one matching at IoU > 0.5 within each
+label; :func:`panoptic_quality` pools them over labels (and, by adding :class:`PanopticCounts`,
+over images). :func:`semantic_overlap` gives each label's semantic IoU (:class:`OverlapCounts`).
+These are the one implementation of those figures: ``clipseg-label evaluate``
+(``backend.batch.evaluate``) and the benchmarks use them.
 """
 
 from __future__ import annotations
@@ -101,11 +104,11 @@ class PanopticCounts:
         return self.sq * self.rq
 
 
-def panoptic_quality(
+def match_regions(
     predicted: Sequence[tuple[str, np.ndarray]],
     truth: Sequence[tuple[str, np.ndarray]],
     iou_threshold: float = 0.5,
-) -> PanopticCounts:
+) -> dict[str, PanopticCounts]:
     """Match one image's predicted regions to its true instances, label by label.
 
     Args:
@@ -116,16 +119,16 @@ def panoptic_quality(
             argument); pairs are taken by decreasing IoU, each region and instance at most once.
 
     Returns:
-        The counts; ``.pq``, ``.sq`` and ``.rq`` give the figures. A region of one label never
-        matches an instance of another: a white circle found as "white square" is a false region
-        and a missed instance.
+        The counts of each label found on either side (sorted by label). A region of one label
+        never matches an instance of another: a white circle found as "white square" is a false
+        region of "white square" and a missed instance of "white circle".
     """
     if not 0.0 <= iou_threshold < 1.0:
         raise ValueError(f"iou_threshold must be in [0, 1), got {iou_threshold}")
     shapes = {m.shape for _, m in list(predicted) + list(truth)}
     if len(shapes) > 1:
         raise ValueError(f"predicted and true masks must share one (H, W) grid, got {shapes}")
-    counts = PanopticCounts()
+    out: dict[str, PanopticCounts] = {}
     for label in sorted({lab for lab, _ in predicted} | {lab for lab, _ in truth}):
         preds = [m.astype(bool) for lab, m in predicted if lab == label]
         trues = [m.astype(bool) for lab, m in truth if lab == label]
@@ -145,8 +148,62 @@ def panoptic_quality(
                 used_t.add(j)
                 iou_sum += iou
         tp = len(used_p)
-        counts = counts + PanopticCounts(tp, len(preds) - tp, len(trues) - tp, iou_sum)
-    return counts
+        out[label] = PanopticCounts(tp, len(preds) - tp, len(trues) - tp, iou_sum)
+    return out
+
+
+def panoptic_quality(
+    predicted: Sequence[tuple[str, np.ndarray]],
+    truth: Sequence[tuple[str, np.ndarray]],
+    iou_threshold: float = 0.5,
+) -> PanopticCounts:
+    """The counts of :func:`match_regions` pooled over labels; ``.pq``, ``.sq`` and ``.rq``
+    give the figures."""
+    return sum(match_regions(predicted, truth, iou_threshold).values(), PanopticCounts())
+
+
+@dataclass(frozen=True)
+class OverlapCounts:
+    """Semantic overlap of one label: pixels in both the union of its predicted regions and the
+    union of its true instances (``intersection``), and in either (``union``). Counts of
+    several images add up with ``+``, so that ``.iou`` is accumulated over them (each pixel
+    weighs the same, as in the semantic-segmentation benchmarks)."""
+
+    intersection: int = 0
+    union: int = 0
+
+    def __add__(self, other: OverlapCounts) -> OverlapCounts:
+        return OverlapCounts(self.intersection + other.intersection, self.union + other.union)
+
+    @property
+    def iou(self) -> float:
+        """intersection / union; 1 when the label is neither predicted nor true anywhere."""
+        return self.intersection / self.union if self.union else 1.0
+
+
+def semantic_overlap(
+    predicted: Sequence[tuple[str, np.ndarray]], truth: Sequence[tuple[str, np.ndarray]]
+) -> dict[str, OverlapCounts]:
+    """Per label (sorted), the overlap of the union of its predicted masks with the union of its
+    true masks (all bool (H, W) on one grid): instances do not matter here, pixels do."""
+    shapes = {m.shape for _, m in list(predicted) + list(truth)}
+    if len(shapes) > 1:
+        raise ValueError(f"predicted and true masks must share one (H, W) grid, got {shapes}")
+    if not shapes:
+        return {}
+    (shape,) = shapes
+    out: dict[str, OverlapCounts] = {}
+    for label in sorted({lab for lab, _ in predicted} | {lab for lab, _ in truth}):
+        p = np.zeros(shape, bool)
+        t = np.zeros(shape, bool)
+        for lab, m in predicted:
+            if lab == label:
+                p |= m.astype(bool)
+        for lab, m in truth:
+            if lab == label:
+                t |= m.astype(bool)
+        out[label] = OverlapCounts(int(np.count_nonzero(p & t)), int(np.count_nonzero(p | t)))
+    return out
 
 
 def _ious(probs: np.ndarray, targets: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:

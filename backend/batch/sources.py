@@ -120,6 +120,12 @@ def _task_ref(task: Any, image_key: str | None) -> tuple[str | None, str | None]
     return None, f"task {task.get('id')} has no {want}; pass --image-key if it uses another key"
 
 
+def task_image_ref(task: Any, image_key: str | None = None) -> str | None:
+    """The image reference of an export task: ``data[image_key]``, else ``data.image`` or
+    another image URL in its data; None when it has none."""
+    return _task_ref(task, image_key)[0]
+
+
 def _looks_like_image(value: str) -> bool:
     path = urlparse(value).path.lower()
     return path.endswith(IMAGE_SUFFIXES) or "/data/local-files" in value or "/data/upload" in value

@@ -2,11 +2,11 @@
 
 Argument parsing only; the work is in `backend.batch` (and `backend.formats`). One module per
 subcommand, its parser beside its command (`add_parser`, `run`): `predict`, `push`, `rank`,
-`export_coco`, `exemplars`; what they share is in `common`. Exit codes: 0 everything done,
-1 some images or tasks failed (the rest is written; also a push that Label Studio stopped part
-way), 2 usage errors (bad arguments, unreadable inputs, malformed exports or label configs, a
-model or device that cannot be used, a Label Studio that cannot be reached or refuses the
-first request).
+`export_coco`, `exemplars`, `evaluate`; what they share is in `common`. Exit codes: 0 everything
+done, 1 some images or tasks failed (the rest is written; also a push that Label Studio stopped
+part way; results or tasks evaluate had to leave out), 2 usage errors (bad arguments, unreadable
+inputs, malformed exports or label configs, a model or device that cannot be used, a Label Studio
+that cannot be reached or refuses the first request).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from backend.cli import exemplars, export_coco, predict, push, rank
+from backend.cli import evaluate, exemplars, export_coco, predict, push, rank
 from backend.cli.common import EXIT_PARTIAL, EXIT_USAGE, Formatter, UsageError, option_words
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ COMMANDS = {
     "rank": rank,
     "export-coco": export_coco,
     "exemplars": exemplars,
+    "evaluate": evaluate,
 }
 
 
@@ -41,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="clipseg-label",
         description=(
             "Batch tools around CLIPSeg for Label Studio, no server needed: pre-label images, "
-            "rank tasks by uncertainty, export exact COCO masks, push to a project, and build "
-            "exemplar stores."
+            "rank tasks by uncertainty, export exact COCO masks, push to a project, build "
+            "exemplar stores, and measure predictions against accepted annotations."
         ),
         epilog=(
             "Exit codes: 0 done, 1 some images/tasks failed (everything else is written), "

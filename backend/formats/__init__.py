@@ -24,6 +24,7 @@ from backend.formats.coco import (
     rle_area,
     rle_bbox,
     rle_to_mask,
+    segmentation_to_mask,
 )
 from backend.formats.labelstudio import (
     brush_result,
@@ -90,5 +91,6 @@ __all__ = [
     "rle_area",
     "rle_bbox",
     "rle_to_mask",
+    "segmentation_to_mask",
     "to_edge_coordinates",
 ]

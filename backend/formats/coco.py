@@ -57,6 +57,50 @@ def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
     return mask_utils.decode(_for_pycocotools(rle)).astype(bool)
 
 
+def segmentation_to_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """bool (height, width) of a COCO ``segmentation``, as pycocotools' ``annToMask`` draws it:
+    RLE (compressed or uncompressed counts; its size must be (height, width)) decoded, polygons
+    (a list of flat [x0, y0, x1, y1, ...] lists in pixel-edge coordinates) rasterised and
+    united. Points further than one image size outside the image are refused, as for Label
+    Studio polygons (`backend.formats.labelstudio.EXTENT_PERCENT`: pycocotools would crash or
+    allocate without bound on them).
+
+    Raises:
+        ValueError: naming what is malformed.
+    """
+    from backend.formats.labelstudio import EXTENT_PERCENT, rasterize_polygon
+
+    if isinstance(segmentation, dict):
+        size = segmentation.get("size")
+        if not isinstance(size, (list, tuple)) or [int(v) for v in size] != [height, width]:
+            raise ValueError(f"RLE size {size!r} is not the image's [{height}, {width}]")
+        try:
+            return rle_to_mask(segmentation)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(f"malformed COCO RLE: {exc}") from exc
+    if not isinstance(segmentation, list) or not segmentation:
+        raise ValueError("segmentation must be an RLE dict or a non-empty list of polygons")
+    low, high = EXTENT_PERCENT
+    mask = np.zeros((height, width), bool)
+    for polygon in segmentation:
+        try:
+            pts = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)  # (N, 2) x, y pixels
+        except (TypeError, ValueError):
+            raise ValueError(
+                "a polygon must be a flat list of numbers x0, y0, x1, y1, ..."
+            ) from None
+        if len(pts) < 3 or not np.isfinite(pts).all():
+            raise ValueError("a polygon needs 3 or more finite (x, y) points")
+        percent = pts * (100.0 / np.array([width, height]))
+        if not ((percent >= low) & (percent <= high)).all():
+            raise ValueError(
+                "a polygon point lies more than one image size outside the image "
+                f"({width} x {height})"
+            )
+        mask |= rasterize_polygon(pts, height, width)
+    return mask
+
+
 def rle_area(rle: dict[str, Any]) -> int:
     return int(mask_utils.area(_for_pycocotools(rle)))
 

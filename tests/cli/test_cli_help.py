@@ -18,6 +18,7 @@ COMMANDS = [
     ["exemplars"],
     ["exemplars", "build"],
     ["exemplars", "show"],
+    ["evaluate"],
 ]
 
 
@@ -52,7 +53,7 @@ def test_top_level_help_lists_every_command(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    for command in ("predict", "push", "rank", "export-coco", "exemplars"):
+    for command in ("predict", "push", "rank", "export-coco", "exemplars", "evaluate"):
         assert command in text
     assert "Exit codes" in text
 
