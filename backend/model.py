@@ -47,12 +47,13 @@ from backend.label_config import (
     parse_label_config,
     prompt_fields,
 )
+from backend.learning.states import LearnedState, StateStore
 from backend.loading import (  # noqa: F401 (server.py imports these two from here)
     check_checkpoint_or_exit,
     load_model,
     resolve_device,
 )
-from backend.segmenter import ImagePrediction, Segmenter, merge_predictions
+from backend.segmenter import ImagePrediction, Resolvers, Segmenter, merge_predictions
 from backend.settings import Settings
 from backend.webhooks import validate_webhook
 
@@ -107,6 +108,9 @@ class CLIPSegBackend:
             Path(settings.model_dir) / "exemplars" / self.base_version,
             settings.max_exemplars_per_label,
         )
+        self.learned = StateStore(
+            Path(settings.model_dir) / "learning" / self.base_version, settings.learn_keep
+        )
         self._predictor_lock = self.segmenter.lock  # every use of the predictor takes it
         self._connections: dict[str, tuple[str | None, str | None]] = {}
         self._clients: dict[tuple[str | None, str | None], LabelStudioClient | None] = {}
@@ -145,12 +149,30 @@ class CLIPSegBackend:
         return event in FIT_EVENTS
 
     def model_version(self, project: Any = None) -> str:
-        """`<model>@<weights hash>+ex<count>-<hash>`: changes when the project's exemplars do."""
+        """`<model>@<weights hash>+ex<count>-<hash>[+<learned state>]`: changes when the
+        project's exemplars or its serving learned state (`backend.learning`) do."""
         try:
             key = project_key(project)
         except ValueError:
             return f"{self.base_version}+ex0"
-        return f"{self.base_version}+{self.store.version(key)}"
+        version = f"{self.base_version}+{self.store.version(key)}"
+        state = self.serving_state(key)
+        return f"{version}+{state.id}" if state is not None else version
+
+    def serving_state(self, project: Any) -> LearnedState | None:
+        """The project's serving learned state (None: the base model; also when its files do
+        not read, which is logged: predictions go on with the base model)."""
+        try:
+            key = project_key(project)
+        except ValueError:
+            return None
+        try:
+            return self.learned.serving(key)
+        except (OSError, ValueError, KeyError) as exc:
+            logger.error(
+                "project %s: learned state unreadable, serving the base model: %s", key, exc
+            )
+            return None
 
     def setup(
         self,
@@ -227,6 +249,8 @@ class CLIPSegBackend:
             stored = self.store.embeddings(project_key(project))
         except ValueError:
             stored = {}
+        state = self.serving_state(project)
+        resolvers = state.resolvers if state is not None else None
         client = self._client(project)
         fields = prompt_fields(label_config or "")
         budget = self.settings.predict_budget
@@ -249,7 +273,7 @@ class CLIPSegBackend:
             downloads_end = None if deadline is None else deadline + DOWNLOAD_GRACE
             try:
                 pred = self.predict_task(
-                    task, controls, stored, context, client, downloads_end, fields
+                    task, controls, stored, context, client, downloads_end, fields, resolvers
                 )
                 out.append(pred.answer(version, self.settings.score_mode))
             except ImagesBusy:
@@ -274,9 +298,11 @@ class CLIPSegBackend:
         client: LabelStudioClient | None,
         deadline: float | None = None,
         prompt_fields: Collection[str] = (PROMPT_FIELD,),
+        resolvers: Resolvers | None = None,
     ) -> ImagePrediction:
         """Results of every control for one task, each of its images loaded (downloads over by
-        `deadline`, a `time.monotonic()` value, when given) and encoded once."""
+        `deadline`, a `time.monotonic()` value, when given) and encoded once; `resolvers`: the
+        project's learned ones by control name."""
         by_image: dict[str, list[ControlSpec]] = {}
         for control in controls:
             by_image.setdefault(control.value_key, []).append(control)
@@ -287,7 +313,9 @@ class CLIPSegBackend:
                 continue  # the annotator is working on another image of the task
             with self.images.load(task, value_key, client, deadline) as image:  # pixel budget
                 parts.append(
-                    self.predict_image(image.array, image_controls, stored, context, prompt_fields)
+                    self.predict_image(
+                        image.array, image_controls, stored, context, prompt_fields, resolvers
+                    )
                 )
         return merge_predictions(parts)
 
@@ -298,19 +326,23 @@ class CLIPSegBackend:
         stored: dict[str, np.ndarray] | None = None,
         context: dict | None = None,
         prompt_fields: Collection[str] = (PROMPT_FIELD,),
+        resolvers: Resolvers | None = None,
     ) -> ImagePrediction:
         """Predict `controls` on one (H, W, 3) uint8 image (`Segmenter.predict_image`)."""
-        return self.segmenter.predict_image(image, controls, stored, context, prompt_fields)
+        return self.segmenter.predict_image(
+            image, controls, stored, context, prompt_fields, resolvers
+        )
 
     def predict_images(
         self,
         images: Sequence[np.ndarray],
         controls: Sequence[ControlSpec],
         stored: dict[str, np.ndarray] | None = None,
+        resolvers: Resolvers | None = None,
     ) -> list[ImagePrediction]:
         """`predict_image` for several images without interactive context, encoded together
         (`Segmenter.predict_images`)."""
-        return self.segmenter.predict_images(images, controls, stored)
+        return self.segmenter.predict_images(images, controls, stored, resolvers)
 
     # ------------------------------------------------------------------ exemplars (fit)
     def fit(self, event: str, data: dict) -> None:

@@ -14,13 +14,17 @@ Scores (see docs/backend.md):
 - `uncertainty` of an image: the mean over its labels of the fraction of uncertain pixels,
   those with a probability in [CLIPSEG_UNCERTAIN_LOW, CLIPSEG_UNCERTAIN_HIGH], among the
   label's candidate pixels (probability >= CLIPSEG_UNCERTAIN_LOW; 0 when there are none).
+
+A project that learned from its annotations (`backend.learning`) has a region resolver per
+control: the regions of all of a control's labels are then grouped into objects and each object
+gets the one label (or none) the resolver gives it, scored by its class probability.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +40,11 @@ from backend.settings import Settings
 if TYPE_CHECKING:
     import torch
 
+    from backend.learning.regions import RegionResolver
     from clipseg.predictor import Predictor
+
+#: control name -> the project's learned resolver for it (`backend.learning`)
+Resolvers = Mapping[str, "RegionResolver"]
 
 logger = logging.getLogger(__name__)
 
@@ -173,13 +181,16 @@ class Segmenter:
         stored: dict[str, np.ndarray] | None = None,
         context: dict | None = None,
         prompt_fields: Collection[str] = (PROMPT_FIELD,),
+        resolvers: Resolvers | None = None,
     ) -> ImagePrediction:
         """Predict `controls` on one (H, W, 3) uint8 image.
 
         `stored`: label -> (N, D) exemplar embeddings; `context`: Label Studio's interactive
         context (`backend.interactive`): its smart regions on this image serve as exemplars of
         their labels, the text of its `prompt_fields` TextAreas as the prompts of the labels
-        they name, and then only those labels are answered.
+        they name, and then only those labels are answered; `resolvers`: the project's learned
+        region resolvers by control name (not used for interactive answers: the annotator
+        asked for those labels).
         """
         interaction = parse_context(context, {c.to_name for c in controls}, prompt_fields)
         with self.lock:
@@ -190,13 +201,16 @@ class Segmenter:
             if query is None:
                 return ImagePrediction([], [], 0.0, 0.0)
             probs_all = self._probabilities(image, controls, query)  # (K, H, W)
-        return self._prediction(image.shape[:2], controls, query, probs_all)
+        if interaction:
+            resolvers = None
+        return self._prediction(image, controls, query, probs_all, resolvers)
 
     def predict_images(
         self,
         images: Sequence[np.ndarray],
         controls: Sequence[ControlSpec],
         stored: dict[str, np.ndarray] | None = None,
+        resolvers: Resolvers | None = None,
     ) -> list[ImagePrediction]:
         """`predict_image` for several images without interactive context: the prompts are
         embedded once and the images go through the vision encoder together."""
@@ -204,7 +218,9 @@ class Segmenter:
             return []
         if any(self._tile_sizes(controls).values()):
             # the tiles of one image already fill an encoder batch: one image at a time
-            return [self.predict_image(image, controls, stored) for image in images]
+            return [
+                self.predict_image(image, controls, stored, resolvers=resolvers) for image in images
+            ]
         with self.lock:
             query = self._conditioning(controls, stored, {})
             if query is None:
@@ -212,9 +228,39 @@ class Segmenter:
             self.predictor.set_images(list(images))
             probs_per_image = self.predictor.predict_embeddings(query.embeddings)
         return [
-            self._prediction(image.shape[:2], controls, query, probs)
+            self._prediction(image, controls, query, probs, resolvers)
             for image, probs in zip(images, probs_per_image, strict=True)
         ]
+
+    def label_maps(
+        self,
+        image: np.ndarray,
+        controls: Sequence[ControlSpec],
+        stored: dict[str, np.ndarray] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """label -> (H, W) float32 probability map on one image, as `predict_image` computes
+        them before regions (what `backend.learning` learns from)."""
+        with self.lock:
+            query = self._conditioning(controls, stored, {})
+            if query is None:
+                return {}
+            probs_all = self._probabilities(image, controls, query)
+        return self._label_maps(query, probs_all)
+
+    def control_regions(self, control: ControlSpec, maps: Mapping[str, np.ndarray]) -> list[Region]:
+        """The regions of all of a control's labels on their maps (`label_maps`), as served
+        before a resolver groups them, best first."""
+        height, width = next(iter(maps.values())).shape
+        min_area = min_area_pixels(self.settings.min_region_area, height, width)
+        regions = [
+            region
+            for lab in control.labels
+            if lab.value in maps
+            for region in find_regions(
+                lab.value, maps[lab.value], control.threshold, self.settings.region_mode, min_area
+            )
+        ]
+        return sorted(regions, key=lambda r: -r.score)
 
     def _tile_sizes(self, controls: Sequence[ControlSpec]) -> dict[str, int]:
         """label -> its tile size: its control's `model_tile_size`, else CLIPSEG_TILE_SIZE (0:
@@ -337,22 +383,30 @@ class Segmenter:
         best = {lab: max(similarity[index[p]] for p in ps) for lab, ps in candidates.items()}
         return max(best, key=best.__getitem__)
 
-    def _prediction(
-        self,
-        size: tuple[int, int],
-        controls: Sequence[ControlSpec],
-        query: _Query,
-        probs_all: np.ndarray,
-    ) -> ImagePrediction:
-        """Probability maps (K, H, W) of one image's rows -> regions and Label Studio results."""
-        height, width = size
-        probs: dict[str, np.ndarray] = {}  # label -> (H, W); a view of probs_all when it can be
+    @staticmethod
+    def _label_maps(query: _Query, probs_all: np.ndarray) -> dict[str, np.ndarray]:
+        """label -> (H, W): its row's map (a view, no copy: K full-size maps can be gigabytes,
+        a 50 MP image), or the mean of its rows' maps when it has several prompts."""
+        probs: dict[str, np.ndarray] = {}
         for lab in query.labels:
             rows_of = [i for i, (name, _) in enumerate(query.rows) if name == lab]
-            if len(rows_of) == 1:  # no copy: K full-size maps can be gigabytes (a 50 MP image)
+            if len(rows_of) == 1:
                 probs[lab] = np.asarray(probs_all[rows_of[0]], dtype=np.float32)
             else:
                 probs[lab] = np.asarray(probs_all[rows_of], dtype=np.float32).mean(axis=0)
+        return probs
+
+    def _prediction(
+        self,
+        image: np.ndarray,
+        controls: Sequence[ControlSpec],
+        query: _Query,
+        probs_all: np.ndarray,
+        resolvers: Resolvers | None = None,
+    ) -> ImagePrediction:
+        """Probability maps (K, H, W) of one image's rows -> regions and Label Studio results."""
+        height, width = image.shape[:2]
+        probs = self._label_maps(query, probs_all)  # label -> (H, W)
         min_area = min_area_pixels(self.settings.min_region_area, height, width)
         results: list[dict[str, Any]] = []
         all_regions: list[Region] = []
@@ -360,6 +414,16 @@ class Segmenter:
         found: dict[tuple[str, float], list[Region]] = {}
         for control in controls:
             tag = tag_for(control, self.tags)
+            resolver = (resolvers or {}).get(control.name)
+            if resolver is not None and resolver.fits(control, probs):
+                regions = resolver.resolve(
+                    image,
+                    np.stack([probs[lab] for lab in resolver.labels]),
+                    self.control_regions(control, probs),
+                )
+                all_regions.extend(regions)
+                results.extend(tag.results(control, regions))
+                continue
             for lab in control.labels:
                 if lab.value not in probs:
                     continue

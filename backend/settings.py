@@ -117,6 +117,8 @@ class Settings:
     # --- exemplars
     exemplar_weight: float = 0.5  # CLIPSEG_EXEMPLAR_WEIGHT: w in w * text + (1 - w) * exemplars
     max_exemplars_per_label: int = 16  # CLIPSEG_MAX_EXEMPLARS_PER_LABEL (the newest are kept)
+    # --- learning from annotations (backend.learning)
+    learn_keep: int = 5  # CLIPSEG_LEARN_KEEP: learned states kept per project (+ the serving one)
     # --- scores
     score_mode: str = "confidence"  # CLIPSEG_SCORE: what the prediction's top-level score is
     uncertain_low: float = 0.2  # CLIPSEG_UNCERTAIN_LOW: lower edge of the uncertain band
@@ -193,6 +195,7 @@ class Settings:
             max_exemplars_per_label=_int(
                 env, "CLIPSEG_MAX_EXEMPLARS_PER_LABEL", cls.max_exemplars_per_label, 1
             ),
+            learn_keep=_int(env, "CLIPSEG_LEARN_KEEP", cls.learn_keep, 1),
             score_mode=_choice(env, "CLIPSEG_SCORE", "confidence", ("confidence", "uncertainty")),
             uncertain_low=low,
             uncertain_high=high,

@@ -82,6 +82,8 @@ class TaskRegions:
     size: tuple[int, int] | None = None
     categories: Mapping[Any, str] | None = None
     model_version: str | None = None
+    annotation_id: Any = None  # the chosen annotation's id (Label Studio truth)
+    data: Mapping[str, Any] | None = None  # the task's data (Label Studio files)
 
     @property
     def name(self) -> str:
@@ -251,7 +253,17 @@ def _labelstudio_side(
             else:
                 side.problems.append(Problem(path, ref, None, "a result is not an object"))
         version = item.get("model_version") if source == "predictions" else None
-        side.tasks.append(TaskRegions(task_id, image, tuple(good), model_version=version))
+        annotation = item.get("id") if source == "annotations" else None
+        side.tasks.append(
+            TaskRegions(
+                task_id,
+                image,
+                tuple(good),
+                model_version=version,
+                annotation_id=annotation,
+                data=task["data"],
+            )
+        )
     return side
 
 

@@ -182,8 +182,8 @@ class Annotator(Protocol):
 
 class BackendAnnotator:
     """The `Annotator` of a batch: `CLIPSegBackend.predict_images` (the batch goes through the
-    vision encoder together) for the parsed controls, with the exemplars of ``project`` from the
-    backend's store when one is given."""
+    vision encoder together) for the parsed controls, with the exemplars and the serving learned
+    state of ``project`` from the backend's stores when one is given."""
 
     def __init__(
         self, backend: CLIPSegBackend, controls: Sequence[ControlSpec], project: Any = None
@@ -191,6 +191,8 @@ class BackendAnnotator:
         self.backend = backend
         self.controls = list(controls)
         self.stored = backend.store.embeddings(project) if project is not None else {}
+        state = backend.serving_state(project) if project is not None else None
+        self.resolvers = state.resolvers if state is not None else None
         self.model_version = backend.model_version(project)
         labels: dict[str, None] = {}
         for control in self.controls:
@@ -199,7 +201,7 @@ class BackendAnnotator:
         self.labels = tuple(labels)
 
     def annotate(self, images: Sequence[np.ndarray]) -> list[ImagePrediction]:
-        return self.backend.predict_images(images, self.controls, self.stored)
+        return self.backend.predict_images(images, self.controls, self.stored, self.resolvers)
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """`clipseg-label`: pre-label, rank, export and push without a running server.
 
-Argument parsing only; the work is in `backend.batch` (and `backend.formats`). One module per
-subcommand, its parser beside its command (`add_parser`, `run`): `predict`, `push`, `rank`,
-`export_coco`, `exemplars`, `evaluate`; what they share is in `common`. Exit codes: 0 everything
-done, 1 some images or tasks failed (the rest is written; also a push that Label Studio stopped
-part way; results or tasks evaluate had to leave out), 2 usage errors (bad arguments, unreadable
+Argument parsing only; the work is in `backend.batch`, `backend.learning` (and
+`backend.formats`). One module per subcommand, its parser beside its command (`add_parser`,
+`run`): `predict`, `push`, `rank`, `export_coco`, `exemplars`, `evaluate`, `learn`; what they
+share is in `common`. Exit codes: 0 everything done, 1 some images or tasks failed (the rest is
+written; also a push that Label Studio stopped part way; results or tasks evaluate or learn had
+to leave out), 2 usage errors (bad arguments, unreadable
 inputs, malformed exports or label configs, a model or device that cannot be used, a Label Studio
 that cannot be reached or refuses the first request).
 """
@@ -17,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from backend.cli import evaluate, exemplars, export_coco, predict, push, rank
+from backend.cli import evaluate, exemplars, export_coco, learn, predict, push, rank
 from backend.cli.common import EXIT_PARTIAL, EXIT_USAGE, Formatter, UsageError, option_words
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ COMMANDS = {
     "export-coco": export_coco,
     "exemplars": exemplars,
     "evaluate": evaluate,
+    "learn": learn,
 }
 
 

@@ -1,0 +1,261 @@
+"""One training run: annotated images -> a new learned state, validated against the serving one.
+
+1. Every annotated image goes through the model once (`Segmenter.label_maps`, the vision encoder
+   once per image), and each control's regions are found as they are served.
+2. The examples are split by task: a fixed fraction (by a hash of the task's id, so a task stays
+   on its side as the project grows) is held out for validation, at least one.
+3. Per control, a `RegionResolver` is fitted to the training tasks' candidate regions, once
+   with the model's masks and once with the masks refined by color
+   (`backend.learning.regions.refine_by_color`); the one with the higher validation PQ is kept
+   (the figures of both are in the record).
+4. On the validation tasks, panoptic quality (`clipseg.evaluate.panoptic_quality`, IoU > 0.5) of
+   the base model, of the serving state and of the new one decides: the new state is promoted
+   only when its PQ is strictly higher than the serving one's. Otherwise it is kept as rejected,
+   with its figures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from backend.controls import tag_for
+from backend.label_config import ControlSpec
+from backend.learning.regions import (
+    RegionResolver,
+    candidate_objects,
+    candidate_targets,
+    fit_resolver,
+    region_features,
+)
+from backend.learning.states import LearnedState, StateStore
+from backend.segmenter import Segmenter
+from clipseg.evaluate import PanopticCounts, panoptic_quality
+
+logger = logging.getLogger(__name__)
+
+#: Fraction of the annotated tasks held out to decide promotion.
+VALIDATION_FRACTION = 0.25
+#: Candidate masks as the model draws them, and refined by color.
+REFINE_CHOICES = (False, True)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One annotated image: ``task`` its task's id, ``image`` (H, W, 3) uint8 RGB, ``truth``
+    (label, bool (H, W) mask) per annotated region, ``annotation`` the annotation's id."""
+
+    task: Any
+    image: np.ndarray
+    truth: tuple[tuple[str, np.ndarray], ...]
+    annotation: Any = None
+
+
+def is_validation(task: Any, fraction: float = VALIDATION_FRACTION) -> bool:
+    """Whether a task is held out: a hash of its id, so the split never moves."""
+    digest = hashlib.sha256(str(task).encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32 < fraction
+
+
+def split(
+    examples: Sequence[Example], fraction: float = VALIDATION_FRACTION
+) -> tuple[list[Example], list[Example]]:
+    """(training, validation). With two examples or more, both sides get at least one (the
+    tasks with the lowest hashes go to validation when none fell there)."""
+    val = [e for e in examples if is_validation(e.task, fraction)]
+    train = [e for e in examples if not is_validation(e.task, fraction)]
+    if len(examples) >= 2 and (not val or not train):
+        ranked = sorted(
+            examples, key=lambda e: hashlib.sha256(str(e.task).encode("utf-8")).digest()
+        )
+        cut = max(1, round(fraction * len(examples)))
+        val, train = ranked[:cut], ranked[cut:]
+    return train, val
+
+
+@dataclass
+class _Seen:
+    """What the model made of one example: its label maps, and per control its served regions
+    and, per refine choice, their candidates (one per object)."""
+
+    example: Example
+    maps: dict[str, np.ndarray]
+    regions: dict[str, list]
+    candidates: dict[tuple[str, bool], list]
+
+
+def learnable_controls(segmenter: Segmenter, controls: Sequence[ControlSpec]) -> list[ControlSpec]:
+    """The controls that get regions with masks (brush, polygon, rectangle)."""
+    out = []
+    for control in segmenter.answered(controls):
+        tag = tag_for(control, segmenter.tags)
+        if tag is not None and tag.has_mask:
+            out.append(control)
+    return out
+
+
+def _truth_of(example: Example, control: ControlSpec) -> list[tuple[str, np.ndarray]]:
+    names = {lab.value for lab in control.labels}
+    return [(label, mask) for label, mask in example.truth if label in names]
+
+
+def _stack(maps: Mapping[str, np.ndarray], labels: Sequence[str]) -> np.ndarray:
+    return np.stack([maps[label] for label in labels])
+
+
+def _counts(
+    seen: Sequence[_Seen], control: ControlSpec, resolver: RegionResolver | None
+) -> PanopticCounts:
+    labels = [lab.value for lab in control.labels]
+    total = PanopticCounts()
+    for s in seen:
+        regions = s.regions[control.name]
+        if resolver is not None:
+            regions = resolver.resolve(s.example.image, _stack(s.maps, labels), regions)
+        predicted = [(r.label, r.mask) for r in regions]
+        total = total + panoptic_quality(predicted, _truth_of(s.example, control))
+    return total
+
+
+def _fit(control: ControlSpec, seen: Sequence[_Seen], refine: bool) -> RegionResolver | None:
+    """The resolver of ``control`` fitted to the candidates of ``seen`` (None without any)."""
+    labels = [lab.value for lab in control.labels]
+    rows, classes = [], []
+    for s in seen:
+        found = s.candidates[(control.name, refine)]
+        if not found:
+            continue
+        stack = _stack(s.maps, labels)
+        rows.extend(region_features(s.example.image, stack, r.mask) for r in found)
+        classes.extend(candidate_targets(found, _truth_of(s.example, control), labels))
+    if not rows:
+        return None
+    return fit_resolver(labels, np.stack(rows), np.asarray(classes), refine=refine)
+
+
+def _figures(counts: PanopticCounts, tasks: int) -> dict[str, Any]:
+    return {
+        "pq": round(counts.pq, 4),
+        "sq": round(counts.sq, 4),
+        "rq": round(counts.rq, 4),
+        "false_per_task": round(counts.fp / tasks, 3) if tasks else 0.0,
+        "missed_per_task": round(counts.fn / tasks, 3) if tasks else 0.0,
+    }
+
+
+def train_state(
+    segmenter: Segmenter,
+    controls: Sequence[ControlSpec],
+    examples: Sequence[Example],
+    stored: dict[str, np.ndarray] | None,
+    serving: LearnedState | None,
+    validation_fraction: float = VALIDATION_FRACTION,
+) -> tuple[dict[str, RegionResolver], dict[str, Any]]:
+    """Fit a resolver per learnable control and measure it: (resolvers, record). The record
+    holds the validation figures of "base", "serving" and "new", and "promote" (bool) with its
+    "reason". ValueError when nothing can be learned (no learnable control, no examples)."""
+    started = time.monotonic()
+    learnable = learnable_controls(segmenter, controls)
+    if not learnable:
+        raise ValueError("the label config has no brush, polygon or rectangle control to learn")
+    if not examples:
+        raise ValueError("no annotated image to learn from")
+    seen = []
+    for example in examples:
+        maps = segmenter.label_maps(example.image, learnable, stored)
+        regions = {c.name: segmenter.control_regions(c, maps) for c in learnable}
+        candidates = {
+            (name, refine): candidate_objects(example.image, found, refine)
+            for name, found in regions.items()
+            for refine in REFINE_CHOICES
+        }
+        seen.append(_Seen(example, maps, regions, candidates))
+    train, _ = split(examples, validation_fraction)
+    train_ids = {id(e) for e in train}
+    held_out = [s for s in seen if id(s.example) not in train_ids]
+    resolvers: dict[str, RegionResolver] = {}
+    choices: dict[str, dict[str, float]] = {}
+    for control in learnable:
+        fitted = {}
+        for refine in REFINE_CHOICES:
+            resolver = _fit(control, [s for s in seen if id(s.example) in train_ids], refine)
+            if resolver is not None:
+                fitted[refine] = (_counts(held_out, control, resolver).pq, resolver)
+        if fitted:
+            # the better on held-out tasks; a tie keeps the model's own masks
+            best = max(fitted, key=lambda refine: (fitted[refine][0], not refine))
+            resolvers[control.name] = fitted[best][1]
+            choices[control.name] = {
+                ("refined" if refine else "model masks"): round(pq, 4)
+                for refine, (pq, _) in fitted.items()
+            }
+    figures: dict[str, dict[str, Any]] = {}
+    for name, chosen in (
+        ("base", {}),
+        ("serving", serving.resolvers if serving is not None else {}),
+        ("new", resolvers),
+    ):
+        total = PanopticCounts()
+        for control in learnable:
+            total = total + _counts(held_out, control, chosen.get(control.name))
+        figures[name] = _figures(total, len(held_out))
+    if not held_out:
+        promote, reason = False, "too few annotated tasks to hold one out for validation (need 2)"
+    elif not resolvers:
+        promote, reason = False, "no candidate region in the training tasks"
+    elif figures["new"]["pq"] > figures["serving"]["pq"]:
+        promote, reason = True, "validation PQ above the serving state's"
+    else:
+        promote, reason = False, "validation PQ not above the serving state's"
+    record = {
+        "train_tasks": len(train),
+        "validation_tasks": len(held_out),
+        "annotations": sorted({str(e.annotation) for e in examples if e.annotation is not None}),
+        "validation": figures,
+        "masks": choices,
+        "serving_before": serving.id if serving is not None else "base",
+        "promote": promote,
+        "reason": reason,
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    return resolvers, record
+
+
+def run_training(
+    segmenter: Segmenter,
+    controls: Sequence[ControlSpec],
+    examples: Sequence[Example],
+    stored: dict[str, np.ndarray] | None,
+    states: StateStore,
+    project: str,
+) -> dict[str, Any]:
+    """Train, save the new state, and promote it when validation says so (and the project is
+    not pinned); returns the state's record (with "id" and "promoted")."""
+    serving = states.serving(project)
+    resolvers, record = train_state(segmenter, controls, examples, stored, serving)
+    if not resolvers:
+        record.update(id=None, promoted=False)
+        return record
+    state_id = states.save(project, resolvers, {**record, "promoted": False})
+    promoted = bool(record["promote"]) and states.promote(project, state_id)
+    if record["promote"] and not promoted:
+        record["reason"] = "pinned: the serving state is kept (clipseg-label learn --unpin)"
+    states.update_info(project, state_id, promoted=promoted, reason=record["reason"])
+    record.update(id=state_id, promoted=promoted)
+    logger.info(
+        "project %s: state %s %s (validation PQ new %.3f, serving %.3f, base %.3f): %s",
+        project,
+        state_id,
+        "promoted" if promoted else "rejected",
+        record["validation"]["new"]["pq"],
+        record["validation"]["serving"]["pq"],
+        record["validation"]["base"]["pq"],
+        record["reason"],
+    )
+    return record
