@@ -17,7 +17,8 @@ Scores (see docs/backend.md):
 
 A project that learned from its annotations (`backend.learning`) has a region resolver per
 control: the regions of all of a control's labels are then grouped into objects and each object
-gets the one label (or none) the resolver gives it, scored by its class probability.
+gets the one label (or none) the resolver gives it, scored by its class probability; the image's
+`uncertainty` is then the mean over its objects of 1 - the probability of the answer given.
 """
 
 from __future__ import annotations
@@ -412,15 +413,17 @@ class Segmenter:
         all_regions: list[Region] = []
         details: dict[str, dict[str, Any]] = {}
         found: dict[tuple[str, float], list[Region]] = {}
+        resolved_uncertainty: list[float] = []
         for control in controls:
             tag = tag_for(control, self.tags)
             resolver = (resolvers or {}).get(control.name)
             if resolver is not None and resolver.fits(control, probs):
-                regions = resolver.resolve(
+                regions, doubt = resolver.resolve_with_uncertainty(
                     image,
                     np.stack([probs[lab] for lab in resolver.labels]),
                     self.control_regions(control, probs),
                 )
+                resolved_uncertainty.append(doubt)
                 all_regions.extend(regions)
                 results.extend(tag.results(control, regions))
                 continue
@@ -447,6 +450,8 @@ class Segmenter:
                 "exemplars": query.exemplars[lab],
             }
         uncertainty = float(np.mean([d["uncertainty"] for d in details.values()]))
+        if resolved_uncertainty:  # a learned project: how unsure its label choices are
+            uncertainty = float(np.mean(resolved_uncertainty))
         scores = [r["score"] for r in results]
         confidence = float(np.mean(scores)) if scores else 0.0
         return ImagePrediction(results, all_regions, uncertainty, confidence, details)

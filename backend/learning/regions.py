@@ -183,18 +183,29 @@ class RegionResolver:
         """The control's regions (all labels, as `probability_to_regions` found them on
         ``probs`` (K, H, W) in ``labels`` order) -> one region per object that is not
         "nothing", labelled with its most probable class, scored by that class's probability."""
+        return self.resolve_with_uncertainty(image, probs, regions)[0]
+
+    def resolve_with_uncertainty(
+        self, image: np.ndarray, probs: np.ndarray, regions: Sequence[Region]
+    ) -> tuple[list[Region], float]:
+        """`resolve`, and its uncertainty: the mean over the candidate objects of the chance
+        that the answer given for them (a label, or dropping it) is wrong, 1 - its probability
+        (0 without candidates). This is what an annotator would have to check, so it is what
+        ranks the next tasks to label once a project has learned."""
         candidates = candidate_objects(image, regions, self.refine)
         if not candidates:
-            return []
+            return [], 0.0
         features = np.stack([region_features(image, probs, r.mask) for r in candidates])
         p = self.probabilities(features)
-        out = []
+        out, doubts = [], []
         for region, row in zip(candidates, p, strict=True):
             if row[0] >= 0.5:  # more likely nothing than any object
+                doubts.append(1.0 - float(row[0]))
                 continue
             best = int(row[1:].argmax()) + 1
+            doubts.append(1.0 - float(row[best]))
             out.append(Region(region.mask, float(row[best]), self.labels[best - 1]))
-        return out
+        return out, float(np.mean(doubts))
 
     def fits(self, control: ControlSpec, maps: Mapping[str, np.ndarray]) -> bool:
         """Whether it was learned for this control's labels as they are now (a label added to
