@@ -42,7 +42,7 @@ from backend.formats.coco import rle_to_mask
 from backend.images import ImageError
 from backend.label_config import ControlSpec, parse_label_config
 from backend.model import CLIPSegBackend
-from backend.overlays import label_colors, save_overlay
+from backend.overlays import label_colors, overlay_png, save_overlay
 from backend.segmenter import ImagePrediction
 from backend.settings import Settings
 
@@ -231,7 +231,8 @@ def run_predict(
     image_key: str = "image",
     progress: Progress | None = None,
 ) -> RunSummary:
-    """Predict every source not done yet, store each record, and rebuild the outputs.
+    """Predict every source not done yet, store each record, and rebuild the outputs: the local
+    engine (the Ray engine, `backend.batch.ray_engine`, runs the same steps on a cluster).
 
     ``image_value`` gives each output task's ``data[image_key]`` (see `task_image_value`);
     ``score_mode`` picks the prediction's top-level score ("confidence" or "uncertainty").
@@ -240,12 +241,101 @@ def run_predict(
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    run = start_run(sources, out_dir, run_fingerprint, annotator.labels, progress)
+    colors = run.colors if overlays else None
+    for batch in _batches(run.todo, batch_size):
+        loaded = []
+        for src in batch:
+            try:
+                loaded.append((src, reader.read(src).array))
+            except ImageError as exc:
+                run.add(Outcome(src, failure=_failure(src, str(exc))))
+        for outcome in predict_batch(annotator, loaded, score_mode=score_mode, colors=colors):
+            run.add(outcome)
+    return finish_run(run, sources, reader, overlays, image_value, image_key)
+
+
+@dataclass
+class Outcome:
+    """What one image gave: its state record (`image_record`; with its overlay picture as PNG
+    bytes when overlays are drawn), or the failure that stopped it."""
+
+    source: ImageSource
+    record: dict[str, Any] | None = None
+    failure: Failure | None = None
+    overlay_png: bytes | None = None
+
+
+def predict_batch(
+    annotator: Annotator,
+    loaded: Sequence[tuple[ImageSource, np.ndarray]],
+    *,
+    score_mode: str = "confidence",
+    colors: dict[str, tuple[int, int, int]] | None = None,
+) -> list[Outcome]:
+    """The model's work on one batch of decoded images, the same in both engines: predictions
+    (`_annotate`: one image the model cannot take is a failure, the others are done), records,
+    and with ``colors`` the overlay pictures. ``loaded`` holds (source, (H, W, 3) uint8 RGB)
+    pairs; one `Outcome` each, in order."""
+    outcomes = []
+    for (src, array), prediction in _annotate(annotator, list(loaded)):
+        if isinstance(prediction, str):
+            outcomes.append(Outcome(src, failure=_failure(src, prediction)))
+            continue
+        record = image_record(src, array.shape[:2], prediction, annotator.model_version, score_mode)
+        png = None
+        if colors is not None:
+            png = overlay_png(array, [(r.label, r.mask) for r in prediction.regions], colors)
+        outcomes.append(Outcome(src, record=record, overlay_png=png))
+    return outcomes
+
+
+@dataclass
+class Run:
+    """A run in progress on the driver: its store, summary and bar; `add` takes each
+    `Outcome` as it arrives (from this process or from Ray workers)."""
+
+    out: Path
+    store: StateStore
+    summary: RunSummary
+    labels: Sequence[str]  # COCO categories, in order
+    colors: dict[str, tuple[int, int, int]]  # overlay color of each label
+    todo: list[ImageSource]
+    progress: Progress | None = None
+
+    def add(self, outcome: Outcome) -> None:
+        """Store the record (and overlay) of a done image at once, or note its failure."""
+        src = outcome.source
+        if outcome.record is None:
+            if outcome.failure is not None:
+                self.summary.failures.append(outcome.failure)
+        else:
+            record = outcome.record
+            if outcome.overlay_png is not None:
+                name = overlay_name(src.key, src.ref)
+                path = self.out / OVERLAY_DIR / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(outcome.overlay_png)
+                record = {**record, "overlay": f"{OVERLAY_DIR}/{name}"}
+            self.store.save(src.key, record)
+            self.summary.done += 1
+        if self.progress is not None:
+            self.progress.update(1)
+
+
+def start_run(
+    sources: Sequence[ImageSource],
+    out_dir: str | Path,
+    run_fingerprint: str,
+    labels: Sequence[str],
+    progress: Progress | None = None,
+) -> Run:
+    """The run's state: the output folder, the sources already done by an earlier run with
+    the same settings (skipped: resume) and those to do (`Run.todo`, in input order)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     store = StateStore(out, run_fingerprint)
     summary = RunSummary(total=len(sources))
-    colors = label_colors(annotator.labels)
-
     todo = []
     for src in sources:
         if store.load(src.key) is not None:
@@ -256,57 +346,45 @@ def run_predict(
         progress.update(summary.skipped)
     if summary.skipped:
         logger.info("resuming: %d of %d images already done", summary.skipped, len(sources))
+    return Run(out, store, summary, labels, label_colors(labels), todo, progress)
 
-    for batch in _batches(todo, batch_size):
-        loaded = []
-        for src in batch:
-            try:
-                loaded.append((src, reader.read(src)))
-            except ImageError as exc:
-                summary.failures.append(_failure(src, str(exc)))
-                if progress is not None:
-                    progress.update(1)
-        if not loaded:
-            continue
-        for (src, img), outcome in _annotate(annotator, loaded, summary):
-            size = img.array.shape[:2]
-            record = image_record(src, size, outcome, annotator.model_version, score_mode)
-            if overlays:
-                name = overlay_name(src.key, src.ref)
-                pairs = [(r.label, r.mask) for r in outcome.regions]
-                save_overlay(out / OVERLAY_DIR / name, img.array, pairs, colors)
-                record["overlay"] = f"{OVERLAY_DIR}/{name}"
-            store.save(src.key, record)
-            summary.done += 1
-            if progress is not None:
-                progress.update(1)
 
+def finish_run(
+    run: Run,
+    sources: Sequence[ImageSource],
+    reader: SourceReader,
+    overlays: bool,
+    image_value: Callable[[ImageSource], str],
+    image_key: str,
+) -> RunSummary:
+    """Draw the overlays missing from earlier runs, rebuild the outputs from every record."""
+    summary = run.summary
     if overlays:
-        _missing_overlays(sources, store, reader, out, colors, summary)
+        _missing_overlays(sources, run.store, reader, run.out, run.colors, summary)
     summary.outputs = write_outputs(
-        sources, store, out, annotator.labels, summary.failures, image_value, image_key
+        sources, run.store, run.out, run.labels, summary.failures, image_value, image_key
     )
     return summary
 
 
 def _annotate(
-    annotator: Annotator, loaded: list[tuple[ImageSource, Any]], summary: RunSummary
-) -> list[tuple[tuple[ImageSource, Any], ImagePrediction]]:
+    annotator: Annotator, loaded: list[tuple[ImageSource, np.ndarray]]
+) -> list[tuple[tuple[ImageSource, np.ndarray], ImagePrediction | str]]:
     """Annotate a batch; if the model fails on it, image by image, so that one image the model
-    cannot take (an error, not a crash of the process) is a failure and the others are done."""
+    cannot take (an error, not a crash of the process) is a failure (its error message in place
+    of the prediction) and the others are done."""
+    if not loaded:
+        return []
     try:
-        outcomes = annotator.annotate([img.array for _, img in loaded])
+        outcomes = annotator.annotate([array for _, array in loaded])
         return list(zip(loaded, outcomes, strict=True))
     except Exception as exc:  # retried one by one below; each failure is logged and reported
         if len(loaded) == 1:
-            src = loaded[0][0]
-            logger.debug("prediction failed for %s", src.ref, exc_info=True)
-            error = f"prediction failed: {type(exc).__name__}: {exc}"
-            summary.failures.append(_failure(src, error))
-            return []
+            logger.debug("prediction failed for %s", loaded[0][0].ref, exc_info=True)
+            return [(loaded[0], f"prediction failed: {type(exc).__name__}: {exc}")]
     done = []
     for item in loaded:
-        done.extend(_annotate(annotator, [item], summary))
+        done.extend(_annotate(annotator, [item]))
     return done
 
 
