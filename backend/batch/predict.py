@@ -19,9 +19,9 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
@@ -46,7 +46,14 @@ from backend.overlays import label_colors, overlay_png, save_overlay
 from backend.segmenter import ImagePrediction
 from backend.settings import Settings
 
+if TYPE_CHECKING:
+    from backend.batch.ray_engine import RayOptions
+
 logger = logging.getLogger(__name__)
+
+#: The engines of `predict`: "local" (this process, the default) and "ray" (Ray Data; the
+#: optional extra ``ray``).
+ENGINES = ("local", "ray")
 
 
 # ------------------------------------------------------------------------------- entry point
@@ -68,12 +75,25 @@ def predict(
     exemplars_project: Any = None,
     backend: CLIPSegBackend | None = None,
     words: Words = environment_words,
+    engine: str = "local",
+    ray_options: RayOptions | None = None,
 ) -> RunSummary:
-    """Predict every image of ``inputs`` into ``out_dir`` (`run_predict`).
+    """Predict every image of ``inputs`` into ``out_dir``: ``engine`` "local" runs
+    `run_predict` in this process, "ray" `backend.batch.ray_engine.run_predict_ray` on a Ray
+    cluster (``ray_options``; the driver then loads the model on the CPU only to resolve the
+    controls and model_version, the actors load it on their devices).
 
     Usage problems (no input, a label config without usable controls, a path outside
-    ``image_root``) raise before the model loads. ``backend`` lets a caller reuse a loaded model.
+    ``image_root``, ray not installed) raise before the model loads. ``backend`` lets a caller
+    reuse a loaded model.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; use one of {ENGINES}")
+    if engine == "ray":
+        from backend.batch import ray_engine
+
+        ray_engine.require_ray()
+        (ray_options or ray_engine.RayOptions()).check()
     config, all_controls = load_controls(labels, label_config, result_type, settings.threshold)
     sources = collect_sources(inputs, recursive=recursive, image_key=image_key)
     if not sources:
@@ -85,7 +105,10 @@ def predict(
     for src in sources:
         image_value(src)  # a path outside --image-root is a usage error, found before any work
     if backend is None:
-        backend = CLIPSegBackend.load(settings, words)
+        # Ray's actors predict on their own devices: the driver's copy only answers questions
+        backend = CLIPSegBackend.load(
+            replace(settings, device="cpu") if engine == "ray" else settings, words
+        )
     controls = [c for c in all_controls if c in backend.controls(config)]
     if not controls:
         raise LabelConfigError(NOTHING_TO_PREDICT)
@@ -107,20 +130,30 @@ def predict(
         }
     )
     progress = make_progress(len(sources), quiet)
+    run_kwargs: dict[str, Any] = {
+        "run_fingerprint": run_fp,
+        "image_value": image_value,
+        "batch_size": batch_size,
+        "overlays": overlays,
+        "score_mode": settings.score_mode,
+        "image_key": key,
+        "progress": progress,
+    }
+    reader = SourceReader(settings, sources)
     try:
-        return run_predict(
-            sources,
-            annotator,
-            SourceReader(settings, sources),
-            out,
-            run_fingerprint=run_fp,
-            image_value=image_value,
-            batch_size=batch_size,
-            overlays=overlays,
-            score_mode=settings.score_mode,
-            image_key=key,
-            progress=progress,
-        )
+        if engine == "ray":
+            from backend.batch.ray_engine import RayOptions, run_predict_ray
+
+            return run_predict_ray(
+                sources,
+                annotator,
+                reader,
+                out,
+                settings=settings,
+                options=ray_options or RayOptions(),
+                **run_kwargs,
+            )
+        return run_predict(sources, annotator, reader, out, **run_kwargs)
     finally:
         progress.close()
 
@@ -183,14 +216,22 @@ class Annotator(Protocol):
 class BackendAnnotator:
     """The `Annotator` of a batch: `CLIPSegBackend.predict_images` (the batch goes through the
     vision encoder together) for the parsed controls, with the exemplars of ``project`` from the
-    backend's store when one is given."""
+    backend's store when one is given (or ``stored``, label -> (N, D) embeddings, as given)."""
 
     def __init__(
-        self, backend: CLIPSegBackend, controls: Sequence[ControlSpec], project: Any = None
+        self,
+        backend: CLIPSegBackend,
+        controls: Sequence[ControlSpec],
+        project: Any = None,
+        *,
+        stored: dict[str, np.ndarray] | None = None,
     ) -> None:
         self.backend = backend
         self.controls = list(controls)
-        self.stored = backend.store.embeddings(project) if project is not None else {}
+        if stored is not None:  # resolved elsewhere (the Ray engine's driver)
+            self.stored = stored
+        else:
+            self.stored = backend.store.embeddings(project) if project is not None else {}
         self.model_version = backend.model_version(project)
         labels: dict[str, None] = {}
         for control in self.controls:

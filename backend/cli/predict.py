@@ -20,6 +20,9 @@ from backend.cli.common import (
 )
 from backend.controls import RESULT_OPTIONS
 
+#: backend.batch.predict.ENGINES (not imported here: it loads torch, and --help should not)
+ENGINES = ("local", "ray")
+
 
 def add_parser(sub: Subparsers) -> None:
     env = defaults()
@@ -71,6 +74,44 @@ def add_parser(sub: Subparsers) -> None:
     )
     p.add_argument("--device", default=env.device, help=f"{DEVICES}; env CLIPSEG_DEVICE")
     p.add_argument("--batch-size", type=int, default=4, help="images per model batch")
+    ray = p.add_argument_group(
+        "engine",
+        "where the model runs: in this process (local), or on a Ray cluster with Ray Data "
+        '(ray; needs pip install "clipseg-label-studio[ray]"); both write the same outputs, '
+        "and either resumes the other's run (docs/cli.md, 'Ray engine')",
+    )
+    ray.add_argument("--engine", choices=ENGINES, default="local", help="the batch engine")
+    ray.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="the Ray cluster: 'auto' (a node of a running cluster), ray://HEAD:10001 (Ray "
+        "client), or unset: a local Ray for this run",
+    )
+    ray.add_argument(
+        "--num-workers", type=int, default=1, metavar="N", help="inference actors (Ray)"
+    )
+    ray.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=0.0,
+        metavar="G",
+        help="GPUs per inference actor, fractions allowed (Ray; 0: CPU)",
+    )
+    ray.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=1.0,
+        metavar="C",
+        help="CPUs per inference actor; torch threads (Ray)",
+    )
+    ray.add_argument(
+        "--max-retries",
+        type=int,
+        default=3,
+        metavar="R",
+        help="restarts of a dead actor, retries of its batch and of a failed decode task (Ray)",
+    )
     p.add_argument(
         "--tile-size",
         type=int,
@@ -174,6 +215,23 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--tile-size must be 0 (off) or a number of pixels")
     if not 0.0 <= args.tile_overlap < 0.9:
         raise UsageError("--tile-overlap must lie in [0, 0.9)")
+    ray_options = None
+    if args.engine == "ray":
+        from backend.batch.ray_engine import RayOptions
+
+        ray_options = RayOptions(
+            address=args.ray_address,
+            num_workers=args.num_workers,
+            gpus_per_worker=args.gpus_per_worker,
+            cpus_per_worker=args.cpus_per_worker,
+            max_retries=args.max_retries,
+        )
+        try:
+            ray_options.check()
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+    elif args.ray_address is not None:
+        raise UsageError("--ray-address needs --engine ray")
     settings = settings_from(
         model=args.model,
         device=args.device,
@@ -204,6 +262,8 @@ def run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         exemplars_project=args.exemplars_project,
         words=option_words,
+        engine=args.engine,
+        ray_options=ray_options,
     )
     if not args.quiet:
         print(
