@@ -290,7 +290,7 @@ def run_predict(
             try:
                 loaded.append((src, reader.read(src).array))
             except ImageError as exc:
-                run.add(Outcome(src, failure=_failure(src, str(exc))))
+                run.add(Outcome(src, failure=image_failure(src, str(exc))))
         for outcome in predict_batch(annotator, loaded, score_mode=score_mode, colors=colors):
             run.add(outcome)
     return finish_run(run, sources, reader, overlays, image_value, image_key)
@@ -321,7 +321,7 @@ def predict_batch(
     outcomes = []
     for (src, array), prediction in _annotate(annotator, list(loaded)):
         if isinstance(prediction, str):
-            outcomes.append(Outcome(src, failure=_failure(src, prediction)))
+            outcomes.append(Outcome(src, failure=image_failure(src, prediction)))
             continue
         record = image_record(src, array.shape[:2], prediction, annotator.model_version, score_mode)
         png = None
@@ -429,7 +429,7 @@ def _annotate(
     return done
 
 
-def _failure(src: ImageSource, error: str) -> Failure:
+def image_failure(src: ImageSource, error: str) -> Failure:
     return Failure(ref=src.ref, origin=src.origin, error=error, task_id=(src.task or {}).get("id"))
 
 
@@ -449,7 +449,7 @@ def _missing_overlays(
         try:
             image = reader.read(src).array
         except ImageError as exc:
-            summary.failures.append(_failure(src, f"overlay: {exc}"))
+            summary.failures.append(image_failure(src, f"overlay: {exc}"))
             continue
         name = overlay_name(src.key, src.ref)
         pairs = [(r["label"], rle_to_mask(r["segmentation"])) for r in record["regions"]]

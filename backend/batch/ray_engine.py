@@ -38,26 +38,18 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from backend.batch.predict import (
-    Annotator,
-    BackendAnnotator,
-    Outcome,
-    Progress,
-    RunSummary,
-    _failure,
-    finish_run,
-    predict_batch,
-    start_run,
-)
 from backend.batch.sources import ImageSource, SourceReader
 from backend.errors import EngineError
 from backend.images import ImageError
 from backend.label_config import ControlSpec
 from backend.settings import Settings
+
+if TYPE_CHECKING:  # the decode tasks import this module: no torch there (backend.batch.predict)
+    from backend.batch.predict import Annotator, BackendAnnotator, Outcome, Progress, RunSummary
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +72,7 @@ class RayOptions:
     cpus_per_worker: float = 1.0  # CPUs per actor; torch uses as many threads (at least 1)
     decode_cpus: float = 0.5  # CPUs per decode task (read + decode one batch of images)
     max_retries: int = 3  # actor restarts, batch retries on a restarted actor, decode retries
+    actor_class: type[RayAnnotator] | None = None  # None: RayAnnotator (tests give a subclass)
 
     def check(self) -> None:
         """ValueError naming the option at fault."""
@@ -156,6 +149,7 @@ class RayAnnotator:
     ) -> None:
         import torch
 
+        from backend.batch.predict import BackendAnnotator
         from backend.model import CLIPSegBackend
 
         torch.set_num_threads(max(1, threads))
@@ -202,6 +196,8 @@ class RayAnnotator:
 
     def predict(self, loaded: list[tuple[ImageSource, np.ndarray]]) -> list[Outcome]:
         """The local engine's per-batch code (a test subclass makes it fail on purpose)."""
+        from backend.batch.predict import predict_batch
+
         return predict_batch(self.annotator, loaded, score_mode=self.score_mode, colors=self.colors)
 
     @staticmethod
@@ -238,7 +234,6 @@ def build_dataset(
     batch_size: int,
     score_mode: str,
     colors: dict[str, tuple[int, int, int]] | None,
-    actor_class: type[RayAnnotator] = RayAnnotator,
 ) -> Any:
     """The lazy Ray Dataset of the run (nothing runs until it is iterated): one output row per
     image of ``todo``: ``index`` (into ``todo``), ``record`` (JSON, or ""), ``error`` (or ""),
@@ -260,7 +255,7 @@ def build_dataset(
             max_retries=retries,
         )
         ds = ds.map_batches(
-            actor_class,
+            options.actor_class or RayAnnotator,
             batch_size=1,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=options.num_workers),
@@ -314,14 +309,21 @@ def run_predict_ray(
     score_mode: str = "confidence",
     image_key: str = "image",
     progress: Progress | None = None,
-    actor_class: type[RayAnnotator] = RayAnnotator,
 ) -> RunSummary:
     """`backend.batch.predict.run_predict` on Ray: the same records, outputs and resume.
 
     ``annotator`` must be a `BackendAnnotator` (its controls, exemplars and model_version go to
     the actors; the driver does not predict); ``settings`` are what each actor loads the model
-    with; ``actor_class`` is `RayAnnotator` or a subclass.
+    with.
     """
+    from backend.batch.predict import (
+        BackendAnnotator,
+        Outcome,
+        finish_run,
+        image_failure,
+        start_run,
+    )
+
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     if not isinstance(annotator, BackendAnnotator):
@@ -346,7 +348,6 @@ def run_predict_ray(
                 batch_size=batch_size,
                 score_mode=score_mode,
                 colors=run.colors if overlays else None,
-                actor_class=actor_class,
             )
             for row in ds.iter_rows():
                 index = int(row["index"])
@@ -356,7 +357,7 @@ def run_predict_ray(
                         src, record=json.loads(row["record"]), overlay_png=row["overlay"] or None
                     )
                 else:
-                    outcome = Outcome(src, failure=_failure(src, row["error"]))
+                    outcome = Outcome(src, failure=image_failure(src, row["error"]))
                     order[id(outcome.failure)] = index
                 run.add(outcome)
         finally:

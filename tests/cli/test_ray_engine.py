@@ -116,22 +116,33 @@ def assert_same_outputs(out: Path, expected: Path) -> None:
         assert (out / "overlays" / name).read_bytes() == (expected / "overlays" / name).read_bytes()
 
 
-def test_ray_engine_writes_what_the_local_engine_writes(
-    ray_cluster, images, settings, backend, local_out, tmp_path
-):
-    out = tmp_path / "ray"
-    summary = _predict(images, out, settings, backend, "ray")
+@pytest.fixture(scope="module")
+def ray_run(ray_cluster, images, settings, backend, tmp_path_factory):
+    """The module's one fresh Ray engine run of the images, with an inference actor that kills
+    itself on its first batch (once): (its summary, its output folder, the crash marker).
+
+    One run for three tests because each Ray Data run starts its actors anew (torch import and
+    model load, several seconds on a 2-core machine)."""
+    from backend.batch.ray_engine import RayOptions
+
+    tmp = tmp_path_factory.mktemp("ray")
+    marker = tmp / "crashed"
+    options = RayOptions(max_retries=2, actor_class=_crash_once_class(marker))
+    out = tmp / "out"
+    summary = _predict(images, out, settings, backend, "ray", ray_options=options)
+    return summary, out, marker
+
+
+def test_ray_engine_writes_what_the_local_engine_writes(ray_run, local_out):
+    summary, out, _ = ray_run
     assert summary.done == 5 and summary.skipped == 0
     assert_same_outputs(out, local_out)  # the same masks (RLE), scores and overlays
     coco = json.loads((out / "coco.json").read_text())
     assert len(coco["images"]) == 5 and coco["annotations"]
 
 
-def test_a_bad_image_is_a_failure_record_and_the_rest_is_done(
-    ray_cluster, images, settings, backend, local_out, tmp_path
-):
-    out = tmp_path / "ray"
-    summary = _predict(images, out, settings, backend, "ray")
+def test_a_bad_image_is_a_failure_record_and_the_rest_is_done(ray_run):
+    summary, out, _ = ray_run
     [failure] = summary.failures
     assert failure.ref.endswith("zz-broken.png") and "not a supported image" in failure.error
     assert json.loads((out / "failures.json").read_text()) == [failure.__dict__]
@@ -156,47 +167,33 @@ def _crash_once_class(marker: Path):
     return CrashingAnnotator
 
 
-def test_a_killed_actor_is_replaced_and_its_batch_retried(
-    ray_cluster, images, settings, backend, local_out, tmp_path, monkeypatch
-):
-    from backend.batch.ray_engine import RayOptions, run_predict_ray
-
-    marker = tmp_path / "crashed"
-    crashing = _crash_once_class(marker)
-
-    def run_with_crash(sources, annotator, reader, out, **kwargs):
-        kwargs.pop("options", None)
-        return run_predict_ray(
-            sources,
-            annotator,
-            reader,
-            out,
-            options=RayOptions(max_retries=2),
-            actor_class=crashing,
-            **kwargs,
-        )
-
-    monkeypatch.setattr("backend.batch.ray_engine.run_predict_ray", run_with_crash)
-    out = tmp_path / "ray"
-    summary = _predict(images, out, settings, backend, "ray")
-    assert marker.exists()  # an actor did die
-    assert summary.done == 5 and len(summary.failures) == 1
+def test_a_killed_actor_is_replaced_and_its_batch_retried(ray_run, local_out):
+    summary, out, marker = ray_run
+    assert marker.exists()  # an actor did die on its first batch
+    assert summary.done == 5 and len(summary.failures) == 1  # nothing lost, nothing doubled
     assert_same_outputs(out, local_out)
 
 
-def test_ray_resumes_a_run_and_redoes_only_what_is_missing(
+def test_ray_resumes_a_run_as_the_local_engine_does(
     ray_cluster, images, settings, backend, local_out, tmp_path
 ):
-    out = tmp_path / "resumed"
-    shutil.copytree(local_out, out)
-    records = sorted((out / STATE_DIR).glob("*.json"))
-    for record in records[:2]:  # as if the local run had been interrupted before these
+    """An interrupted local run (two records missing) resumed by either engine: the same
+    files (the redone images form other batches than in an uninterrupted run, which moves the
+    last bits of their floats, so the reference is the local engine's resume)."""
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(local_out, interrupted)
+    for record in sorted((interrupted / STATE_DIR).glob("*.json"))[:2]:
         record.unlink()
-    for name in ("tasks.json", "coco.json"):
-        (out / name).unlink()
-    summary = _predict(images, out, settings, backend, "ray")
-    assert summary.skipped == 3 and summary.done == 2 and len(summary.failures) == 1
-    assert_same_outputs(out, local_out)
+    for name in ("tasks.json", "coco.json", "failures.json"):
+        (interrupted / name).unlink()
+    resumed = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        shutil.copytree(interrupted, out)
+        summary = _predict(images, out, settings, backend, engine)
+        assert summary.skipped == 3 and summary.done == 2 and len(summary.failures) == 1
+        resumed[engine] = out
+    assert_same_outputs(resumed["ray"], resumed["local"])
 
 
 def test_engine_ray_without_ray_says_how_to_install_it(tmp_path, monkeypatch, capsys, images):
