@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -69,7 +70,7 @@ class RayOptions:
     address: str | None = None
     num_workers: int = 1  # inference actors; each loads the model once
     gpus_per_worker: float = 0.0  # GPUs per actor (0: CPU inference)
-    cpus_per_worker: float = 1.0  # CPUs per actor; torch uses as many threads (at least 1)
+    cpus_per_worker: float = 1.0  # CPUs per actor; torch threads: this rounded up
     decode_cpus: float = 0.5  # CPUs per decode task (read + decode one batch of images)
     max_retries: int = 3  # actor restarts, batch retries on a restarted actor, decode retries
     actor_class: type[RayAnnotator] | None = None  # None: RayAnnotator (tests give a subclass)
@@ -241,7 +242,7 @@ def build_dataset(
     ray = require_ray()
     rows = _batch_rows(todo, batch_size)
     retries = options.max_retries
-    threads = max(1, int(options.cpus_per_worker))
+    threads = max(1, math.ceil(options.cpus_per_worker))
     with warnings.catch_warnings():
         # Ray 2.60 deprecates the retry keywords below (removed in 2.64, hence the extra's
         # upper bound) and offers no named parameter for them yet; its defaults retry forever,

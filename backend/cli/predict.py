@@ -103,7 +103,7 @@ def add_parser(sub: Subparsers) -> None:
         type=float,
         default=1.0,
         metavar="C",
-        help="CPUs per inference actor; torch threads (Ray)",
+        help="CPUs per inference actor; its torch threads: C rounded up (Ray)",
     )
     ray.add_argument(
         "--max-retries",
