@@ -277,6 +277,12 @@ def build_dataset(
     return ds
 
 
+def _last_line(exc: BaseException) -> str:
+    """The last non-empty line of a Ray error's text (the user error under Ray's traceback)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
 def _connect(ray: Any, options: RayOptions) -> bool:
     """Initialise Ray unless this process already did; True when this call started it."""
     if ray.is_initialized():
@@ -350,17 +356,23 @@ def run_predict_ray(
                 score_mode=score_mode,
                 colors=run.colors if overlays else None,
             )
-            for row in ds.iter_rows():
-                index = int(row["index"])
-                src = run.todo[index]
-                if row["record"]:
-                    outcome = Outcome(
-                        src, record=json.loads(row["record"]), overlay_png=row["overlay"] or None
-                    )
-                else:
-                    outcome = Outcome(src, failure=image_failure(src, row["error"]))
-                    order[id(outcome.failure)] = index
-                run.add(outcome)
+            try:
+                for row in ds.iter_rows():
+                    index = int(row["index"])
+                    src = run.todo[index]
+                    if row["record"]:
+                        record = json.loads(row["record"])
+                        outcome = Outcome(src, record=record, overlay_png=row["overlay"] or None)
+                    else:
+                        outcome = Outcome(src, failure=image_failure(src, row["error"]))
+                        order[id(outcome.failure)] = index
+                    run.add(outcome)
+            except ray.exceptions.RayError as exc:  # retries spent, an actor that cannot start
+                raise EngineError(
+                    f"the Ray pipeline stopped after {run.summary.done} images of "
+                    f"{len(run.todo)}: {_last_line(exc)} (the records done are kept: run the "
+                    "same command again to resume; -v shows Ray's logs)"
+                ) from exc
         finally:
             run.summary.failures.sort(key=lambda f: order.get(id(f), -1))
             if started:
