@@ -77,6 +77,9 @@ def predict(
     words: Words = environment_words,
     engine: str = "local",
     ray_options: RayOptions | None = None,
+    project: int | None = None,
+    client: Any = None,
+    push: bool = False,
 ) -> RunSummary:
     """Predict every image of ``inputs`` into ``out_dir``: ``engine`` "local" runs
     `run_predict` in this process, "ray" `backend.batch.ray_engine.run_predict_ray` on a Ray
@@ -86,6 +89,10 @@ def predict(
     Usage problems (no input, a label config without usable controls, a path outside
     ``image_root``, ray not installed) raise before the model loads. ``backend`` lets a caller
     reuse a loaded model.
+
+    With ``project`` (and ``client``, label-studio-sdk's), the inputs are that project's tasks
+    without a prediction of this model_version (`backend.batch.project`), and with ``push``
+    their predictions are imported into it in batches as they are done.
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; use one of {ENGINES}")
@@ -95,8 +102,16 @@ def predict(
         ray_engine.require_ray()
         (ray_options or ray_engine.RayOptions()).check()
     config, all_controls = load_controls(labels, label_config, result_type, settings.threshold)
-    sources = collect_sources(inputs, recursive=recursive, image_key=image_key)
-    if not sources:
+    if project is not None and (inputs or client is None):
+        raise SourceError("a project is the input: give no INPUT, and a Label Studio client")
+    if push and project is None:
+        raise SourceError("--push needs --project")
+    sources = (
+        []
+        if project is not None
+        else collect_sources(inputs, recursive=recursive, image_key=image_key)
+    )
+    if project is None and not sources:
         raise SourceError("no images in the inputs")
 
     def image_value(src: ImageSource) -> str:
@@ -114,6 +129,13 @@ def predict(
         raise LabelConfigError(NOTHING_TO_PREDICT)
     key = image_key or controls[0].value_key
     annotator = BackendAnnotator(backend, controls, exemplars_project)
+    already = 0
+    if project is not None:
+        from backend.batch.project import project_sources
+
+        sources, already = project_sources(client, project, annotator.model_version, key)
+        for src in sources:
+            image_value(src)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / LABEL_CONFIG_FILE).write_text(config + "\n", encoding="utf-8")
@@ -129,8 +151,16 @@ def predict(
             "score_mode": settings.score_mode,
         }
     )
+    pusher = None
+    if push:
+        from backend.batch.project import PredictionPusher
+        from backend.batch.state import StateStore
+
+        pusher = PredictionPusher(client, project)
+        pusher.resume(sources, StateStore(out, run_fp))  # saved before, never sent
     progress = make_progress(len(sources), quiet)
     run_kwargs: dict[str, Any] = {
+        "on_record": pusher.add if pusher is not None else None,
         "run_fingerprint": run_fp,
         "image_value": image_value,
         "batch_size": batch_size,
@@ -144,7 +174,7 @@ def predict(
         if engine == "ray":
             from backend.batch.ray_engine import RayOptions, run_predict_ray
 
-            return run_predict_ray(
+            summary = run_predict_ray(
                 sources,
                 annotator,
                 reader,
@@ -153,9 +183,15 @@ def predict(
                 options=ray_options or RayOptions(),
                 **run_kwargs,
             )
-        return run_predict(sources, annotator, reader, out, **run_kwargs)
+        else:
+            summary = run_predict(sources, annotator, reader, out, **run_kwargs)
     finally:
         progress.close()
+        if pusher is not None:
+            pusher.close()  # what was saved goes to Label Studio, also after an interruption
+    summary.already = already
+    summary.pushed = pusher.report.created_predictions if pusher is not None else 0
+    return summary
 
 
 def label_config_for(labels: Sequence[str], result_type: str = "brush") -> str:
@@ -250,6 +286,8 @@ class RunSummary:
     total: int = 0
     done: int = 0  # predicted in this run
     skipped: int = 0  # already done in an earlier run (resume)
+    already: int = 0  # --project: tasks that hold a prediction of this model_version already
+    pushed: int = 0  # --push: predictions imported into the project
     failures: list[Failure] = field(default_factory=list)
     outputs: dict[str, Path] = field(default_factory=dict)
 
@@ -271,18 +309,20 @@ def run_predict(
     score_mode: str = "confidence",
     image_key: str = "image",
     progress: Progress | None = None,
+    on_record: Callable[[ImageSource, dict[str, Any]], None] | None = None,
 ) -> RunSummary:
     """Predict every source not done yet, store each record, and rebuild the outputs: the local
     engine (the Ray engine, `backend.batch.ray_engine`, runs the same steps on a cluster).
 
     ``image_value`` gives each output task's ``data[image_key]`` (see `task_image_value`);
     ``score_mode`` picks the prediction's top-level score ("confidence" or "uncertainty").
-    ``progress`` is a tqdm-like bar or None. Returns the summary;
-    the caller decides the exit code (failures -> 1).
+    ``progress`` is a tqdm-like bar or None; ``on_record(source, record)`` is called after each
+    record is saved (``--push``). Returns the summary; the caller decides the exit code
+    (failures -> 1).
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    run = start_run(sources, out_dir, run_fingerprint, annotator.labels, progress)
+    run = start_run(sources, out_dir, run_fingerprint, annotator.labels, progress, on_record)
     colors = run.colors if overlays else None
     for batch in _batches(run.todo, batch_size):
         loaded = []
@@ -343,6 +383,7 @@ class Run:
     colors: dict[str, tuple[int, int, int]]  # overlay color of each label
     todo: list[ImageSource]
     progress: Progress | None = None
+    on_record: Callable[[ImageSource, dict[str, Any]], None] | None = None  # after each save
 
     def add(self, outcome: Outcome) -> None:
         """Store the record (and overlay) of a done image at once, or note its failure."""
@@ -360,6 +401,8 @@ class Run:
                 record = {**record, "overlay": f"{OVERLAY_DIR}/{name}"}
             self.store.save(src.key, record)
             self.summary.done += 1
+            if self.on_record is not None:
+                self.on_record(src, record)
         if self.progress is not None:
             self.progress.update(1)
 
@@ -370,6 +413,7 @@ def start_run(
     run_fingerprint: str,
     labels: Sequence[str],
     progress: Progress | None = None,
+    on_record: Callable[[ImageSource, dict[str, Any]], None] | None = None,
 ) -> Run:
     """The run's state: the output folder, the sources already done by an earlier run with
     the same settings (skipped: resume) and those to do (`Run.todo`, in input order)."""
@@ -387,7 +431,7 @@ def start_run(
         progress.update(summary.skipped)
     if summary.skipped:
         logger.info("resuming: %d of %d images already done", summary.skipped, len(sources))
-    return Run(out, store, summary, labels, label_colors(labels), todo, progress)
+    return Run(out, store, summary, labels, label_colors(labels), todo, progress, on_record)
 
 
 def finish_run(

@@ -316,6 +316,7 @@ def run_predict_ray(
     score_mode: str = "confidence",
     image_key: str = "image",
     progress: Progress | None = None,
+    on_record: Callable[[ImageSource, dict[str, Any]], None] | None = None,
 ) -> RunSummary:
     """`backend.batch.predict.run_predict` on Ray: the same records, outputs and resume.
 
@@ -337,7 +338,7 @@ def run_predict_ray(
         raise TypeError("the Ray engine needs a BackendAnnotator (its controls go to the actors)")
     options.check()
     ray = require_ray()
-    run = start_run(sources, out_dir, run_fingerprint, annotator.labels, progress)
+    run = start_run(sources, out_dir, run_fingerprint, annotator.labels, progress, on_record)
     if run.todo:
         started = _connect(ray, options)
         if not logger.isEnabledFor(logging.DEBUG):  # Ray Data's plan and timing lines: -v

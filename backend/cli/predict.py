@@ -13,6 +13,7 @@ from backend.cli.common import (
     Subparsers,
     UsageError,
     add_ls_connection,
+    connect,
     defaults,
     option_words,
     report_failures,
@@ -47,7 +48,7 @@ def add_parser(sub: Subparsers) -> None:
     )
     p.add_argument(
         "inputs",
-        nargs="+",
+        nargs="*",
         metavar="INPUT",
         help="image files, folders, globs, .txt lists (one path/URL a line), Label Studio JSON "
         "exports (tasks with data.image) or http(s) URLs",
@@ -194,6 +195,19 @@ def add_parser(sub: Subparsers) -> None:
         help="the backend's MODEL_DIR holding exemplar stores; env MODEL_DIR",
     )
     add_ls_connection(p, required=False)
+    p.add_argument(
+        "--project",
+        type=int,
+        default=None,
+        metavar="ID",
+        help="predict the tasks of this Label Studio project (instead of INPUTs) that hold no "
+        "prediction of this model_version yet, fetched page by page with --url and --api-key",
+    )
+    p.add_argument(
+        "--push",
+        action="store_true",
+        help="with --project: import each prediction into its task, in batches as they are done",
+    )
     p.add_argument("--recursive", action="store_true", help="search folders recursively")
     p.add_argument("--overlays", action="store_true", help="also write OUT/overlays/*.png")
     p.add_argument(
@@ -215,6 +229,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--tile-size must be 0 (off) or a number of pixels")
     if not 0.0 <= args.tile_overlap < 0.9:
         raise UsageError("--tile-overlap must lie in [0, 0.9)")
+    if args.project is None and not args.inputs:
+        raise UsageError("give INPUTs, or --project ID to predict a Label Studio project's tasks")
+    if args.project is not None and args.inputs:
+        raise UsageError("give INPUTs or --project, not both")
+    if args.push and args.project is None:
+        raise UsageError("--push needs --project (for files: predict, then clipseg-label push)")
     ray_options = None
     if args.engine == "ray":
         from backend.batch.ray_engine import RayOptions
@@ -264,6 +284,9 @@ def run(args: argparse.Namespace) -> int:
         words=option_words,
         engine=args.engine,
         ray_options=ray_options,
+        project=args.project,
+        client=connect(args) if args.project is not None else None,
+        push=args.push,
     )
     if not args.quiet:
         print(
@@ -271,4 +294,10 @@ def run(args: argparse.Namespace) -> int:
             f"{len(summary.failures)} failed; outputs in {args.out}",
             file=sys.stderr,
         )
+        if args.project is not None:
+            print(
+                f"project {args.project}: {summary.already} tasks held this model_version's "
+                f"prediction already; {summary.pushed} predictions imported",
+                file=sys.stderr,
+            )
     return report_failures(summary.failures, Path(args.out) / "failures.json")
