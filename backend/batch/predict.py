@@ -128,6 +128,8 @@ def predict(
     if not controls:
         raise LabelConfigError(NOTHING_TO_PREDICT)
     key = image_key or controls[0].value_key
+    if project is not None and exemplars_project is None:
+        exemplars_project = project  # its stored exemplars and model_version, as the backend's
     annotator = BackendAnnotator(backend, controls, exemplars_project)
     already = 0
     if project is not None:
