@@ -105,6 +105,11 @@ class SourceError(ValueError):
     export): a usage error."""
 
 
+class EngineError(RuntimeError):
+    """The batch engine asked for cannot run (`clipseg-label predict --engine ray` without ray
+    installed, a Ray cluster that cannot be reached): a usage error; the message says the fix."""
+
+
 class WebhookDataError(ValueError):
     """A webhook body without what `fit` needs (a project id, an annotation id)."""
 

@@ -4,6 +4,7 @@ color with alpha, the mask outlines, and a legend (label names and colors) below
 from __future__ import annotations
 
 import colorsys
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -71,6 +72,18 @@ def _with_legend(canvas: np.ndarray, colors: dict[str, tuple[int, int, int]]) ->
         draw.text((_PAD * 2 + _SWATCH, y + 2), name, fill=(0, 0, 0), font=font)
         y += _ROW
     return np.asarray(picture)
+
+
+def overlay_png(
+    image: np.ndarray,
+    regions: Sequence[tuple[str, np.ndarray]],
+    colors: dict[str, tuple[int, int, int]],
+) -> bytes:
+    """The overlay picture (see :func:`draw_overlay`) as PNG bytes: what a worker that does not
+    share the output folder hands back (`backend.batch.ray_engine`)."""
+    buffer = io.BytesIO()
+    Image.fromarray(draw_overlay(image, regions, colors)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def save_overlay(

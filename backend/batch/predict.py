@@ -19,9 +19,9 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
@@ -42,11 +42,18 @@ from backend.formats.coco import rle_to_mask
 from backend.images import ImageError
 from backend.label_config import ControlSpec, parse_label_config
 from backend.model import CLIPSegBackend
-from backend.overlays import label_colors, save_overlay
-from backend.segmenter import ImagePrediction
+from backend.overlays import label_colors, overlay_png, save_overlay
+from backend.segmenter import ImagePrediction, Resolvers
 from backend.settings import Settings
 
+if TYPE_CHECKING:
+    from backend.batch.ray_engine import RayOptions
+
 logger = logging.getLogger(__name__)
+
+#: The engines of `predict`: "local" (this process, the default) and "ray" (Ray Data; the
+#: optional extra ``ray``).
+ENGINES = ("local", "ray")
 
 
 # ------------------------------------------------------------------------------- entry point
@@ -68,15 +75,43 @@ def predict(
     exemplars_project: Any = None,
     backend: CLIPSegBackend | None = None,
     words: Words = environment_words,
+    engine: str = "local",
+    ray_options: RayOptions | None = None,
+    project: int | None = None,
+    client: Any = None,
+    push: bool = False,
 ) -> RunSummary:
-    """Predict every image of ``inputs`` into ``out_dir`` (`run_predict`).
+    """Predict every image of ``inputs`` into ``out_dir``: ``engine`` "local" runs
+    `run_predict` in this process, "ray" `backend.batch.ray_engine.run_predict_ray` on a Ray
+    cluster (``ray_options``; the driver then loads the model on the CPU only to resolve the
+    controls and model_version, the actors load it on their devices).
 
     Usage problems (no input, a label config without usable controls, a path outside
-    ``image_root``) raise before the model loads. ``backend`` lets a caller reuse a loaded model.
+    ``image_root``, ray not installed) raise before the model loads. ``backend`` lets a caller
+    reuse a loaded model.
+
+    With ``project`` (and ``client``, label-studio-sdk's), the inputs are that project's tasks
+    without a prediction of this model_version (`backend.batch.project`), and with ``push``
+    their predictions are imported into it in batches as they are done.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; use one of {ENGINES}")
+    if engine == "ray":
+        from backend.batch import ray_engine
+
+        ray_engine.require_ray()
+        (ray_options or ray_engine.RayOptions()).check()
     config, all_controls = load_controls(labels, label_config, result_type, settings.threshold)
-    sources = collect_sources(inputs, recursive=recursive, image_key=image_key)
-    if not sources:
+    if project is not None and (inputs or client is None):
+        raise SourceError("a project is the input: give no INPUT, and a Label Studio client")
+    if push and project is None:
+        raise SourceError("--push needs --project")
+    sources = (
+        []
+        if project is not None
+        else collect_sources(inputs, recursive=recursive, image_key=image_key)
+    )
+    if project is None and not sources:
         raise SourceError("no images in the inputs")
 
     def image_value(src: ImageSource) -> str:
@@ -85,12 +120,24 @@ def predict(
     for src in sources:
         image_value(src)  # a path outside --image-root is a usage error, found before any work
     if backend is None:
-        backend = CLIPSegBackend.load(settings, words)
+        # Ray's actors predict on their own devices: the driver's copy only answers questions
+        backend = CLIPSegBackend.load(
+            replace(settings, device="cpu") if engine == "ray" else settings, words
+        )
     controls = [c for c in all_controls if c in backend.controls(config)]
     if not controls:
         raise LabelConfigError(NOTHING_TO_PREDICT)
     key = image_key or controls[0].value_key
+    if project is not None and exemplars_project is None:
+        exemplars_project = project  # its stored exemplars and model_version, as the backend's
     annotator = BackendAnnotator(backend, controls, exemplars_project)
+    already = 0
+    if project is not None:
+        from backend.batch.project import project_sources
+
+        sources, already = project_sources(client, project, annotator.model_version, key)
+        for src in sources:
+            image_value(src)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / LABEL_CONFIG_FILE).write_text(config + "\n", encoding="utf-8")
@@ -106,23 +153,47 @@ def predict(
             "score_mode": settings.score_mode,
         }
     )
+    pusher = None
+    if push:
+        from backend.batch.project import PredictionPusher
+        from backend.batch.state import StateStore
+
+        pusher = PredictionPusher(client, project)
+        pusher.resume(sources, StateStore(out, run_fp))  # saved before, never sent
     progress = make_progress(len(sources), quiet)
+    run_kwargs: dict[str, Any] = {
+        "on_record": pusher.add if pusher is not None else None,
+        "run_fingerprint": run_fp,
+        "image_value": image_value,
+        "batch_size": batch_size,
+        "overlays": overlays,
+        "score_mode": settings.score_mode,
+        "image_key": key,
+        "progress": progress,
+    }
+    reader = SourceReader(settings, sources)
     try:
-        return run_predict(
-            sources,
-            annotator,
-            SourceReader(settings, sources),
-            out,
-            run_fingerprint=run_fp,
-            image_value=image_value,
-            batch_size=batch_size,
-            overlays=overlays,
-            score_mode=settings.score_mode,
-            image_key=key,
-            progress=progress,
-        )
+        if engine == "ray":
+            from backend.batch.ray_engine import RayOptions, run_predict_ray
+
+            summary = run_predict_ray(
+                sources,
+                annotator,
+                reader,
+                out,
+                settings=settings,
+                options=ray_options or RayOptions(),
+                **run_kwargs,
+            )
+        else:
+            summary = run_predict(sources, annotator, reader, out, **run_kwargs)
     finally:
         progress.close()
+        if pusher is not None:
+            pusher.close()  # what was saved goes to Label Studio, also after an interruption
+    summary.already = already
+    summary.pushed = pusher.report.created_predictions if pusher is not None else 0
+    return summary
 
 
 def label_config_for(labels: Sequence[str], result_type: str = "brush") -> str:
@@ -183,16 +254,27 @@ class Annotator(Protocol):
 class BackendAnnotator:
     """The `Annotator` of a batch: `CLIPSegBackend.predict_images` (the batch goes through the
     vision encoder together) for the parsed controls, with the exemplars and the serving learned
-    state of ``project`` from the backend's stores when one is given."""
+    state of ``project`` from the backend's stores when one is given (or ``stored``, label ->
+    (N, D) embeddings, and ``resolvers``, control -> `RegionResolver`, as given)."""
 
     def __init__(
-        self, backend: CLIPSegBackend, controls: Sequence[ControlSpec], project: Any = None
+        self,
+        backend: CLIPSegBackend,
+        controls: Sequence[ControlSpec],
+        project: Any = None,
+        *,
+        stored: dict[str, np.ndarray] | None = None,
+        resolvers: Resolvers | None = None,
     ) -> None:
         self.backend = backend
         self.controls = list(controls)
-        self.stored = backend.store.embeddings(project) if project is not None else {}
-        state = backend.serving_state(project) if project is not None else None
-        self.resolvers = state.resolvers if state is not None else None
+        if stored is not None:  # resolved elsewhere (the Ray engine's driver)
+            self.stored = stored
+            self.resolvers = resolvers
+        else:
+            self.stored = backend.store.embeddings(project) if project is not None else {}
+            state = backend.serving_state(project) if project is not None else None
+            self.resolvers = state.resolvers if state is not None else None
         self.model_version = backend.model_version(project)
         labels: dict[str, None] = {}
         for control in self.controls:
@@ -211,6 +293,8 @@ class RunSummary:
     total: int = 0
     done: int = 0  # predicted in this run
     skipped: int = 0  # already done in an earlier run (resume)
+    already: int = 0  # --project: tasks that hold a prediction of this model_version already
+    pushed: int = 0  # --push: predictions imported into the project
     failures: list[Failure] = field(default_factory=list)
     outputs: dict[str, Path] = field(default_factory=dict)
 
@@ -232,22 +316,118 @@ def run_predict(
     score_mode: str = "confidence",
     image_key: str = "image",
     progress: Progress | None = None,
+    on_record: Callable[[ImageSource, dict[str, Any]], None] | None = None,
 ) -> RunSummary:
-    """Predict every source not done yet, store each record, and rebuild the outputs.
+    """Predict every source not done yet, store each record, and rebuild the outputs: the local
+    engine (the Ray engine, `backend.batch.ray_engine`, runs the same steps on a cluster).
 
     ``image_value`` gives each output task's ``data[image_key]`` (see `task_image_value`);
     ``score_mode`` picks the prediction's top-level score ("confidence" or "uncertainty").
-    ``progress`` is a tqdm-like bar or None. Returns the summary;
-    the caller decides the exit code (failures -> 1).
+    ``progress`` is a tqdm-like bar or None; ``on_record(source, record)`` is called after each
+    record is saved (``--push``). Returns the summary; the caller decides the exit code
+    (failures -> 1).
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    run = start_run(sources, out_dir, run_fingerprint, annotator.labels, progress, on_record)
+    colors = run.colors if overlays else None
+    for batch in _batches(run.todo, batch_size):
+        loaded = []
+        for src in batch:
+            try:
+                loaded.append((src, reader.read(src).array))
+            except ImageError as exc:
+                run.add(Outcome(src, failure=image_failure(src, str(exc))))
+        for outcome in predict_batch(annotator, loaded, score_mode=score_mode, colors=colors):
+            run.add(outcome)
+    return finish_run(run, sources, reader, overlays, image_value, image_key)
+
+
+@dataclass
+class Outcome:
+    """What one image gave: its state record (`image_record`; with its overlay picture as PNG
+    bytes when overlays are drawn), or the failure that stopped it."""
+
+    source: ImageSource
+    record: dict[str, Any] | None = None
+    failure: Failure | None = None
+    overlay_png: bytes | None = None
+
+
+def predict_batch(
+    annotator: Annotator,
+    loaded: Sequence[tuple[ImageSource, np.ndarray]],
+    *,
+    score_mode: str = "confidence",
+    colors: dict[str, tuple[int, int, int]] | None = None,
+) -> list[Outcome]:
+    """The model's work on one batch of decoded images, the same in both engines: predictions
+    (`_annotate`: one image the model cannot take is a failure, the others are done), records,
+    and with ``colors`` the overlay pictures. ``loaded`` holds (source, (H, W, 3) uint8 RGB)
+    pairs; one `Outcome` each, in order."""
+    outcomes = []
+    for (src, array), prediction in _annotate(annotator, list(loaded)):
+        if isinstance(prediction, str):
+            outcomes.append(Outcome(src, failure=image_failure(src, prediction)))
+            continue
+        record = image_record(src, array.shape[:2], prediction, annotator.model_version, score_mode)
+        png = None
+        if colors is not None:
+            png = overlay_png(array, [(r.label, r.mask) for r in prediction.regions], colors)
+        outcomes.append(Outcome(src, record=record, overlay_png=png))
+    return outcomes
+
+
+@dataclass
+class Run:
+    """A run in progress on the driver: its store, summary and bar; `add` takes each
+    `Outcome` as it arrives (from this process or from Ray workers)."""
+
+    out: Path
+    store: StateStore
+    summary: RunSummary
+    labels: Sequence[str]  # COCO categories, in order
+    colors: dict[str, tuple[int, int, int]]  # overlay color of each label
+    todo: list[ImageSource]
+    progress: Progress | None = None
+    on_record: Callable[[ImageSource, dict[str, Any]], None] | None = None  # after each save
+
+    def add(self, outcome: Outcome) -> None:
+        """Store the record (and overlay) of a done image at once, or note its failure."""
+        src = outcome.source
+        if outcome.record is None:
+            if outcome.failure is not None:
+                self.summary.failures.append(outcome.failure)
+        else:
+            record = outcome.record
+            if outcome.overlay_png is not None:
+                name = overlay_name(src.key, src.ref)
+                path = self.out / OVERLAY_DIR / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(outcome.overlay_png)
+                record = {**record, "overlay": f"{OVERLAY_DIR}/{name}"}
+            self.store.save(src.key, record)
+            self.summary.done += 1
+            if self.on_record is not None:
+                self.on_record(src, record)
+        if self.progress is not None:
+            self.progress.update(1)
+
+
+def start_run(
+    sources: Sequence[ImageSource],
+    out_dir: str | Path,
+    run_fingerprint: str,
+    labels: Sequence[str],
+    progress: Progress | None = None,
+    on_record: Callable[[ImageSource, dict[str, Any]], None] | None = None,
+) -> Run:
+    """The run's state: the output folder, the sources already done by an earlier run with
+    the same settings (skipped: resume) and those to do (`Run.todo`, in input order)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     store = StateStore(out, run_fingerprint)
     summary = RunSummary(total=len(sources))
-    colors = label_colors(annotator.labels)
-
     todo = []
     for src in sources:
         if store.load(src.key) is not None:
@@ -258,61 +438,49 @@ def run_predict(
         progress.update(summary.skipped)
     if summary.skipped:
         logger.info("resuming: %d of %d images already done", summary.skipped, len(sources))
+    return Run(out, store, summary, labels, label_colors(labels), todo, progress, on_record)
 
-    for batch in _batches(todo, batch_size):
-        loaded = []
-        for src in batch:
-            try:
-                loaded.append((src, reader.read(src)))
-            except ImageError as exc:
-                summary.failures.append(_failure(src, str(exc)))
-                if progress is not None:
-                    progress.update(1)
-        if not loaded:
-            continue
-        for (src, img), outcome in _annotate(annotator, loaded, summary):
-            size = img.array.shape[:2]
-            record = image_record(src, size, outcome, annotator.model_version, score_mode)
-            if overlays:
-                name = overlay_name(src.key, src.ref)
-                pairs = [(r.label, r.mask) for r in outcome.regions]
-                save_overlay(out / OVERLAY_DIR / name, img.array, pairs, colors)
-                record["overlay"] = f"{OVERLAY_DIR}/{name}"
-            store.save(src.key, record)
-            summary.done += 1
-            if progress is not None:
-                progress.update(1)
 
+def finish_run(
+    run: Run,
+    sources: Sequence[ImageSource],
+    reader: SourceReader,
+    overlays: bool,
+    image_value: Callable[[ImageSource], str],
+    image_key: str,
+) -> RunSummary:
+    """Draw the overlays missing from earlier runs, rebuild the outputs from every record."""
+    summary = run.summary
     if overlays:
-        _missing_overlays(sources, store, reader, out, colors, summary)
+        _missing_overlays(sources, run.store, reader, run.out, run.colors, summary)
     summary.outputs = write_outputs(
-        sources, store, out, annotator.labels, summary.failures, image_value, image_key
+        sources, run.store, run.out, run.labels, summary.failures, image_value, image_key
     )
     return summary
 
 
 def _annotate(
-    annotator: Annotator, loaded: list[tuple[ImageSource, Any]], summary: RunSummary
-) -> list[tuple[tuple[ImageSource, Any], ImagePrediction]]:
+    annotator: Annotator, loaded: list[tuple[ImageSource, np.ndarray]]
+) -> list[tuple[tuple[ImageSource, np.ndarray], ImagePrediction | str]]:
     """Annotate a batch; if the model fails on it, image by image, so that one image the model
-    cannot take (an error, not a crash of the process) is a failure and the others are done."""
+    cannot take (an error, not a crash of the process) is a failure (its error message in place
+    of the prediction) and the others are done."""
+    if not loaded:
+        return []
     try:
-        outcomes = annotator.annotate([img.array for _, img in loaded])
+        outcomes = annotator.annotate([array for _, array in loaded])
         return list(zip(loaded, outcomes, strict=True))
     except Exception as exc:  # retried one by one below; each failure is logged and reported
         if len(loaded) == 1:
-            src = loaded[0][0]
-            logger.debug("prediction failed for %s", src.ref, exc_info=True)
-            error = f"prediction failed: {type(exc).__name__}: {exc}"
-            summary.failures.append(_failure(src, error))
-            return []
+            logger.debug("prediction failed for %s", loaded[0][0].ref, exc_info=True)
+            return [(loaded[0], f"prediction failed: {type(exc).__name__}: {exc}")]
     done = []
     for item in loaded:
-        done.extend(_annotate(annotator, [item], summary))
+        done.extend(_annotate(annotator, [item]))
     return done
 
 
-def _failure(src: ImageSource, error: str) -> Failure:
+def image_failure(src: ImageSource, error: str) -> Failure:
     return Failure(ref=src.ref, origin=src.origin, error=error, task_id=(src.task or {}).get("id"))
 
 
@@ -332,7 +500,7 @@ def _missing_overlays(
         try:
             image = reader.read(src).array
         except ImageError as exc:
-            summary.failures.append(_failure(src, f"overlay: {exc}"))
+            summary.failures.append(image_failure(src, f"overlay: {exc}"))
             continue
         name = overlay_name(src.key, src.ref)
         pairs = [(r["label"], rle_to_mask(r["segmentation"])) for r in record["regions"]]

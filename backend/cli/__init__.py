@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     from backend.batch.push import PushError
-    from backend.errors import LabelConfigError, ModelLoadError, SourceError
+    from backend.errors import EngineError, LabelConfigError, ModelLoadError, SourceError
     from backend.settings import SettingsError
 
     prefix = f"clipseg-label {args.command}"
@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelLoadError as exc:
         print(f"{prefix}: error: {exc.worded(option_words)}", file=sys.stderr)
         return EXIT_USAGE
-    except (UsageError, SourceError, LabelConfigError, SettingsError) as exc:
+    except (UsageError, SourceError, LabelConfigError, SettingsError, EngineError) as exc:
         print(f"{prefix}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except PushError as exc:

@@ -13,12 +13,16 @@ from backend.cli.common import (
     Subparsers,
     UsageError,
     add_ls_connection,
+    connect,
     defaults,
     option_words,
     report_failures,
     settings_from,
 )
 from backend.controls import RESULT_OPTIONS
+
+#: backend.batch.predict.ENGINES (not imported here: it loads torch, and --help should not)
+ENGINES = ("local", "ray")
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -44,7 +48,7 @@ def add_parser(sub: Subparsers) -> None:
     )
     p.add_argument(
         "inputs",
-        nargs="+",
+        nargs="*",
         metavar="INPUT",
         help="image files, folders, globs, .txt lists (one path/URL a line), Label Studio JSON "
         "exports (tasks with data.image) or http(s) URLs",
@@ -71,6 +75,44 @@ def add_parser(sub: Subparsers) -> None:
     )
     p.add_argument("--device", default=env.device, help=f"{DEVICES}; env CLIPSEG_DEVICE")
     p.add_argument("--batch-size", type=int, default=4, help="images per model batch")
+    ray = p.add_argument_group(
+        "engine",
+        "where the model runs: in this process (local), or on a Ray cluster with Ray Data "
+        '(ray; needs pip install "clipseg-label-studio[ray]"); both write the same outputs, '
+        "and either resumes the other's run (docs/cli.md, 'Ray engine')",
+    )
+    ray.add_argument("--engine", choices=ENGINES, default="local", help="the batch engine")
+    ray.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="the Ray cluster: 'auto' (a node of a running cluster), ray://HEAD:10001 (Ray "
+        "client), or unset: a local Ray for this run",
+    )
+    ray.add_argument(
+        "--num-workers", type=int, default=1, metavar="N", help="inference actors (Ray)"
+    )
+    ray.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=0.0,
+        metavar="G",
+        help="GPUs per inference actor, fractions allowed (Ray; 0: CPU)",
+    )
+    ray.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=1.0,
+        metavar="C",
+        help="CPUs per inference actor; its torch threads: C rounded up (Ray)",
+    )
+    ray.add_argument(
+        "--max-retries",
+        type=int,
+        default=3,
+        metavar="R",
+        help="restarts of a dead actor, retries of its batch and of a failed decode task (Ray)",
+    )
     p.add_argument(
         "--tile-size",
         type=int,
@@ -153,6 +195,19 @@ def add_parser(sub: Subparsers) -> None:
         help="the backend's MODEL_DIR holding exemplar stores; env MODEL_DIR",
     )
     add_ls_connection(p, required=False)
+    p.add_argument(
+        "--project",
+        type=int,
+        default=None,
+        metavar="ID",
+        help="predict the tasks of this Label Studio project (instead of INPUTs) that hold no "
+        "prediction of this model_version yet, fetched page by page with --url and --api-key",
+    )
+    p.add_argument(
+        "--push",
+        action="store_true",
+        help="with --project: import each prediction into its task, in batches as they are done",
+    )
     p.add_argument("--recursive", action="store_true", help="search folders recursively")
     p.add_argument("--overlays", action="store_true", help="also write OUT/overlays/*.png")
     p.add_argument(
@@ -174,6 +229,29 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--tile-size must be 0 (off) or a number of pixels")
     if not 0.0 <= args.tile_overlap < 0.9:
         raise UsageError("--tile-overlap must lie in [0, 0.9)")
+    if args.project is None and not args.inputs:
+        raise UsageError("give INPUTs, or --project ID to predict a Label Studio project's tasks")
+    if args.project is not None and args.inputs:
+        raise UsageError("give INPUTs or --project, not both")
+    if args.push and args.project is None:
+        raise UsageError("--push needs --project (for files: predict, then clipseg-label push)")
+    ray_options = None
+    if args.engine == "ray":
+        from backend.batch.ray_engine import RayOptions
+
+        ray_options = RayOptions(
+            address=args.ray_address,
+            num_workers=args.num_workers,
+            gpus_per_worker=args.gpus_per_worker,
+            cpus_per_worker=args.cpus_per_worker,
+            max_retries=args.max_retries,
+        )
+        try:
+            ray_options.check()
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+    elif args.ray_address is not None:
+        raise UsageError("--ray-address needs --engine ray")
     settings = settings_from(
         model=args.model,
         device=args.device,
@@ -204,6 +282,11 @@ def run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         exemplars_project=args.exemplars_project,
         words=option_words,
+        engine=args.engine,
+        ray_options=ray_options,
+        project=args.project,
+        client=connect(args) if args.project is not None else None,
+        push=args.push,
     )
     if not args.quiet:
         print(
@@ -211,4 +294,10 @@ def run(args: argparse.Namespace) -> int:
             f"{len(summary.failures)} failed; outputs in {args.out}",
             file=sys.stderr,
         )
+        if args.project is not None:
+            print(
+                f"project {args.project}: {summary.already} tasks held this model_version's "
+                f"prediction already; {summary.pushed} predictions imported",
+                file=sys.stderr,
+            )
     return report_failures(summary.failures, Path(args.out) / "failures.json")
