@@ -46,6 +46,8 @@ from backend.label_config import ControlSpec
 SAME_OBJECT_IOU = 0.5
 #: Geometry and color features per candidate, before the per-label probabilities.
 BASE_FEATURES = 16
+#: Candidate objects per control and image at most (the best scored).
+MAX_CANDIDATES = 64
 #: `refine_by_color`: how far (CIE Lab units) beyond the core's own spread a pixel's color may
 #: lie from the core's median color and still belong to the object.
 COLOR_TOLERANCE = 15.0
@@ -56,14 +58,38 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return np.count_nonzero(a & b) / union if union else 0.0
 
 
-def group_regions(regions: Sequence[Region]) -> list[Region]:
+def _boxes_touch(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    """Whether two (x, y, w, h) boxes overlap (masks in boxes that do not have IoU 0)."""
+    ix = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    iy = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    return ix > 0 and iy > 0
+
+
+def group_regions(regions: Sequence[Region], limit: int | None = None) -> list[Region]:
     """One region per object: regions by decreasing score, each joining the first kept region
-    it overlaps by IoU > SAME_OBJECT_IOU (the kept region stands for the object)."""
+    it overlaps by IoU > SAME_OBJECT_IOU (the kept region stands for the object); at most
+    ``limit`` objects (MAX_CANDIDATES by default: a bound on the work per image), the best
+    scored. IoUs are computed only for regions whose boxes overlap, on their boxes."""
+    limit = MAX_CANDIDATES if limit is None else limit
     kept: list[Region] = []
     for region in sorted(regions, key=lambda r: -r.score):
-        if not any(mask_iou(region.mask, k.mask) > SAME_OBJECT_IOU for k in kept):
+        box = region.bbox
+        if not any(
+            _boxes_touch(box, k.bbox) and _crop_iou(region, k) > SAME_OBJECT_IOU for k in kept
+        ):
             kept.append(region)
+            if len(kept) >= limit:
+                break
     return kept
+
+
+def _crop_iou(a: Region, b: Region) -> float:
+    """`mask_iou` of two regions computed on the union of their boxes only."""
+    ax, ay, aw, ah = a.bbox
+    bx, by, bw, bh = b.bbox
+    x0, y0 = min(ax, bx), min(ay, by)
+    x1, y1 = max(ax + aw, bx + bw), max(ay + ah, by + bh)
+    return mask_iou(a.mask[y0:y1, x0:x1], b.mask[y0:y1, x0:x1])
 
 
 def refine_by_color(
@@ -196,16 +222,26 @@ class RegionResolver:
         if not candidates:
             return [], 0.0
         features = np.stack([region_features(image, probs, r.mask) for r in candidates])
-        p = self.probabilities(features)
         out, doubts = [], []
-        for region, row in zip(candidates, p, strict=True):
-            if row[0] >= 0.5:  # more likely nothing than any object
-                doubts.append(1.0 - float(row[0]))
-                continue
-            best = int(row[1:].argmax()) + 1
-            doubts.append(1.0 - float(row[best]))
-            out.append(Region(region.mask, float(row[best]), self.labels[best - 1]))
+        for region, (label, probability) in zip(candidates, self.answers(features), strict=True):
+            doubts.append(1.0 - probability)
+            if label is not None:
+                out.append(Region(region.mask, probability, label))
         return out, float(np.mean(doubts))
+
+    def answers(self, features: np.ndarray) -> list[tuple[str | None, float]]:
+        """Per candidate ((N, F) features): its label (None: nothing, dropped) and the
+        probability of that answer. Nothing when its probability is 0.5 or more; else the most
+        probable label (the argmax over all classes would drop an object whose label is unsure
+        between two shapes)."""
+        out: list[tuple[str | None, float]] = []
+        for row in self.probabilities(features):
+            if row[0] >= 0.5:
+                out.append((None, float(row[0])))
+            else:
+                best = int(row[1:].argmax()) + 1
+                out.append((self.labels[best - 1], float(row[best])))
+        return out
 
     def fits(self, control: ControlSpec, maps: Mapping[str, np.ndarray]) -> bool:
         """Whether it was learned for this control's labels as they are now (a label added to

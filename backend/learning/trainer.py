@@ -28,6 +28,7 @@ import numpy as np
 from backend.controls import tag_for
 from backend.label_config import ControlSpec
 from backend.learning.regions import (
+    BASE_FEATURES,
     RegionResolver,
     candidate_objects,
     candidate_targets,
@@ -79,15 +80,61 @@ def split(
     return train, val
 
 
+class _Masks:
+    """Bool (H, W) masks kept bit-packed (8 times smaller: a training holds every region of
+    every annotated image, never the probability maps)."""
+
+    def __init__(self, masks: Sequence[np.ndarray]) -> None:
+        self.shape = masks[0].shape if masks else (0, 0)
+        self._packed = [np.packbits(m, axis=None) for m in masks]
+
+    def __len__(self) -> int:
+        return len(self._packed)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        size = self.shape[0] * self.shape[1]
+        return np.unpackbits(self._packed[i], count=size).astype(bool).reshape(self.shape)
+
+
 @dataclass
 class _Seen:
-    """What the model made of one example: its label maps, and per control its served regions
-    and, per refine choice, their candidates (one per object)."""
+    """What the model made of one example, per control: the served regions (labels + masks),
+    and per refine choice the candidate objects (masks, features (N, F), classes (N,))."""
 
     example: Example
-    maps: dict[str, np.ndarray]
-    regions: dict[str, list]
-    candidates: dict[tuple[str, bool], list]
+    served: dict[str, tuple[list[str], _Masks]]
+    candidates: dict[tuple[str, bool], tuple[_Masks, np.ndarray, np.ndarray]]
+
+
+def _see(
+    segmenter: Segmenter,
+    learnable: Sequence[ControlSpec],
+    example: Example,
+    stored: dict[str, np.ndarray] | None,
+) -> _Seen:
+    """One example through the model (its maps are dropped once its features are made)."""
+    maps = segmenter.label_maps(example.image, learnable, stored)
+    served: dict[str, tuple[list[str], _Masks]] = {}
+    candidates: dict[tuple[str, bool], tuple[_Masks, np.ndarray, np.ndarray]] = {}
+    for control in learnable:
+        labels = [lab.value for lab in control.labels]
+        regions = segmenter.control_regions(control, maps)
+        served[control.name] = ([r.label for r in regions], _Masks([r.mask for r in regions]))
+        stack = _stack(maps, labels)
+        truth = _truth_of(example, control)
+        n_features = BASE_FEATURES + len(labels)
+        for refine in REFINE_CHOICES:
+            found = candidate_objects(example.image, regions, refine)
+            features = np.zeros((len(found), n_features), np.float32)
+            for i, region in enumerate(found):
+                features[i] = region_features(example.image, stack, region.mask)
+            classes = candidate_targets(found, truth, labels)
+            candidates[(control.name, refine)] = (
+                _Masks([r.mask for r in found]),
+                features,
+                classes,
+            )
+    return _Seen(example, served, candidates)
 
 
 def learnable_controls(segmenter: Segmenter, controls: Sequence[ControlSpec]) -> list[ControlSpec]:
@@ -112,31 +159,38 @@ def _stack(maps: Mapping[str, np.ndarray], labels: Sequence[str]) -> np.ndarray:
 def _counts(
     seen: Sequence[_Seen], control: ControlSpec, resolver: RegionResolver | None
 ) -> PanopticCounts:
+    """Panoptic counts of ``control`` on ``seen`` as served without a resolver, or with it (a
+    resolver learned for other labels, or another order of them, is not applied, as serving
+    does not apply it)."""
     labels = [lab.value for lab in control.labels]
+    if resolver is not None and list(resolver.labels) != labels:
+        resolver = None
     total = PanopticCounts()
     for s in seen:
-        regions = s.regions[control.name]
-        if resolver is not None:
-            regions = resolver.resolve(s.example.image, _stack(s.maps, labels), regions)
-        predicted = [(r.label, r.mask) for r in regions]
-        total = total + panoptic_quality(predicted, _truth_of(s.example, control))
+        truth = _truth_of(s.example, control)
+        if resolver is None:
+            names, masks = s.served[control.name]
+            predicted = [(name, masks[i]) for i, name in enumerate(names)]
+        else:
+            masks, features, _ = s.candidates[(control.name, resolver.refine)]
+            answers = resolver.answers(features) if len(features) else []
+            predicted = [
+                (label, masks[i]) for i, (label, _) in enumerate(answers) if label is not None
+            ]
+        total = total + panoptic_quality(predicted, truth)
     return total
 
 
 def _fit(control: ControlSpec, seen: Sequence[_Seen], refine: bool) -> RegionResolver | None:
     """The resolver of ``control`` fitted to the candidates of ``seen`` (None without any)."""
     labels = [lab.value for lab in control.labels]
-    rows, classes = [], []
-    for s in seen:
-        found = s.candidates[(control.name, refine)]
-        if not found:
-            continue
-        stack = _stack(s.maps, labels)
-        rows.extend(region_features(s.example.image, stack, r.mask) for r in found)
-        classes.extend(candidate_targets(found, _truth_of(s.example, control), labels))
-    if not rows:
+    parts = [s.candidates[(control.name, refine)] for s in seen]
+    parts = [(f, c) for _, f, c in parts if len(f)]
+    if not parts:
         return None
-    return fit_resolver(labels, np.stack(rows), np.asarray(classes), refine=refine)
+    features = np.concatenate([f for f, _ in parts])
+    classes = np.concatenate([c for _, c in parts])
+    return fit_resolver(labels, features, classes, refine=refine)
 
 
 def _figures(counts: PanopticCounts, tasks: int) -> dict[str, Any]:
@@ -166,16 +220,7 @@ def train_state(
         raise ValueError("the label config has no brush, polygon or rectangle control to learn")
     if not examples:
         raise ValueError("no annotated image to learn from")
-    seen = []
-    for example in examples:
-        maps = segmenter.label_maps(example.image, learnable, stored)
-        regions = {c.name: segmenter.control_regions(c, maps) for c in learnable}
-        candidates = {
-            (name, refine): candidate_objects(example.image, found, refine)
-            for name, found in regions.items()
-            for refine in REFINE_CHOICES
-        }
-        seen.append(_Seen(example, maps, regions, candidates))
+    seen = [_see(segmenter, learnable, example, stored) for example in examples]
     train, _ = split(examples, validation_fraction)
     train_ids = {id(e) for e in train}
     held_out = [s for s in seen if id(s.example) not in train_ids]
