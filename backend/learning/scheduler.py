@@ -116,7 +116,7 @@ class Trainer:
         logger.info("project %s: training over in %.1f s", key, time.monotonic() - started)
 
     def state(self, project: Any) -> str:
-        """"training", "queued" or "idle" (for any process of this MODEL_DIR)."""
+        """ "training", "queued" or "idle" (for any process of this MODEL_DIR)."""
         key = project_key(project)
         folder = self.root / key
         if not folder.is_dir():
