@@ -1,10 +1,11 @@
 """The HTTP protocol Label Studio 1.23 speaks to ML backends, on Flask 3 (+ gunicorn).
 
-Routes: GET / and /health, POST /setup, POST /predict, POST /webhook, GET /learning/<project>. This module only does
-HTTP: auth, size limits, JSON in and out, answering busy (503 with Retry-After); webhooks are
-checked and handed to `backend.webhooks` (journaled, then applied in the background); the
-CLIPSeg work is the backend object's (`backend.model.CLIPSegBackend`: `health()`,
-`setup(...)`, `predict(...)`, `fit(event, data)`, `handles(event)`).
+Routes: GET / and /health, POST /setup, POST /predict, POST /webhook, GET /learning/<project>.
+This module only does HTTP: auth, size limits, JSON in and out, answering busy (503 with
+Retry-After); webhooks are checked and handed to `backend.webhooks` (journaled, then applied in
+the background); the CLIPSeg work is the backend object's (`backend.model.CLIPSegBackend`:
+`health()`, `setup(...)`, `predict(...)`, `fit(event, data)`, `handles(event)`,
+`learning_status(project)`).
 
 `clipseg-backend [--host H] [--port P] [--debug]` loads the model first and exits non-zero with
 a clear message when it cannot, then serves with gunicorn (WORKERS processes x THREADS threads)
