@@ -1,0 +1,354 @@
+"""The learning loop in the backend (issue 19, item 2): webhooks keep a project's annotations,
+CLIPSEG_TRAIN_EVERY of them or START_TRAINING start a training in the background, a better
+state is promoted and served, GET /learning tells it all. On the demo model and scenes of a
+style it never trained on (benchmarks/unseen_scenes.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backend.learning.regions import BASE_FEATURES, RegionResolver
+from backend.learning.scheduler import Trainer
+from backend.model import CLIPSegBackend
+from backend.server import create_app
+from backend.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from unseen_scenes import HEIGHT, LABELS, WIDTH, write_export  # noqa: E402
+
+CONFIG = (
+    '<View><Image name="image" value="$image"/><BrushLabels name="label" toName="image">'
+    + "".join(f'<Label value="{label}"/>' for label in LABELS)
+    + "</BrushLabels></View>"
+)
+PROJECT = {"id": 3, "label_config": CONFIG}
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    """(images root, tasks): 6 annotated unseen-style scenes, images as local files."""
+    root = tmp_path_factory.mktemp("scenes")
+    export = write_export(root, range(7 * 10**9, 7 * 10**9 + 6))
+    tasks = json.loads(export.read_text(encoding="utf-8"))
+    for task in tasks:
+        task["data"]["image"] = "/data/local-files/?d=" + Path(task["data"]["image"]).name
+        for annotation in task["annotations"]:
+            annotation["updated_at"] = "2026-01-01T00:00:00+00:00"
+    return root, tasks
+
+
+@pytest.fixture(scope="module")
+def demo():
+    from backend.loading import load_model
+
+    return load_model(Settings(model="demo", device="cpu"))
+
+
+def make_backend(demo, root, model_dir, **settings) -> CLIPSegBackend:
+    settings = Settings(
+        model="demo",
+        device="cpu",
+        local_files_document_root=str(root),
+        model_dir=str(model_dir),
+        **settings,
+    )
+    return CLIPSegBackend(
+        settings,
+        demo.predictor,
+        model_name=demo.name,
+        weights_hash=demo.weights_hash,
+        is_demo=True,
+        device="cpu",
+        dtype=demo.dtype,
+    )
+
+
+def created(task: dict, project: dict = PROJECT, annotation: dict | None = None) -> dict:
+    annotation = annotation or task["annotations"][0]
+    plain = {k: v for k, v in task.items() if k != "annotations"}
+    return {
+        "action": "ANNOTATION_CREATED",
+        "annotation": annotation,
+        "task": plain,
+        "project": project,
+    }
+
+
+def bad_results() -> list[dict]:
+    """Results that cannot be drawn: garbage RLE, points out of range, an unknown label."""
+    size = {"original_width": WIDTH, "original_height": HEIGHT, "to_name": "image"}
+    return [
+        {
+            "id": "garbage",
+            "type": "brushlabels",
+            "from_name": "label",
+            **size,
+            "value": {"format": "rle", "rle": [7, 1, 2, 3], "brushlabels": ["red circle"]},
+        },
+        {
+            "id": "outside",
+            "type": "polygonlabels",
+            "from_name": "label",
+            **size,
+            "value": {"points": [[150, 10], [400, 20], [170, -90]], "polygonlabels": ["red star"]},
+        },
+        {
+            "id": "unknown",
+            "type": "polygonlabels",
+            "from_name": "label",
+            **size,
+            "value": {"points": [[10, 10], [20, 10], [20, 20]], "polygonlabels": ["purple blob"]},
+        },
+    ]
+
+
+def test_webhooks_start_a_training_that_is_promoted_and_served(demo, scenes, tmp_path):
+    root, tasks = scenes
+    backend = make_backend(demo, root, tmp_path / "md", train_every=5)
+    app = create_app(backend, backend.settings)
+    client = app.test_client()
+    before = backend.model_version(3)
+    bad = json.loads(json.dumps(tasks[0]))
+    bad["annotations"][0]["result"] += bad_results()  # stored, then skipped and reported
+    answered = []
+    for task in [bad, *tasks[1:5]]:
+        started = time.monotonic()
+        response = client.post("/webhook", json=created(task))
+        answered.append(time.monotonic() - started)
+        assert response.status_code == 200, response.get_json()
+    assert max(answered) < 1.0  # never waits for the exemplars nor the training
+    assert app.extensions["clipseg_worker"].join(180)
+    assert backend.trainer.join(3, 180)
+
+    status = client.get("/learning/3").get_json()
+    assert status["state"] == "idle" and status["annotations"] == 5
+    [run] = status["runs"]
+    assert run["promoted"] and run["id"] == status["serving"] == "s000001"
+    figures = run["validation"]
+    assert figures["new"]["pq"] > figures["serving"]["pq"] == figures["base"]["pq"]
+    problems = " | ".join(run["problems"])
+    assert "garbage" in problems and "outside" in problems and "purple blob" in problems
+    assert status["model_version"] != before and status["model_version"].endswith("+s000001")
+    body = {"tasks": [tasks[5]], "label_config": CONFIG, "project": "3.1700000000"}
+    [prediction] = client.post("/predict", json=body).get_json()["results"]
+    assert prediction["model_version"] == status["model_version"]
+    # a new backend (a restart) serves the same state
+    again = make_backend(demo, root, tmp_path / "md", train_every=5)
+    assert again.model_version(3) == status["model_version"]
+
+
+def test_learning_status_of_unknown_and_bad_projects(demo, scenes, tmp_path):
+    root, _ = scenes
+    backend = make_backend(demo, root, tmp_path / "md", basic_auth_user="u", basic_auth_pass="p")
+    client = create_app(backend, backend.settings).test_client()
+    assert client.get("/learning/7").status_code == 401
+    auth = {"Authorization": "Basic dTpw"}
+    status = client.get("/learning/7", headers=auth).get_json()
+    assert status["state"] == "idle" and status["annotations"] == 0 and status["runs"] == []
+    assert status["serving"] == "base" and status["pinned"] is False
+    assert client.get("/learning/not%20a%20project", headers=auth).status_code == 400
+    assert not (backend.learned.root / "7").exists()  # asking creates nothing
+
+
+def test_deletions_leave_training_and_projects_never_mix(demo, scenes, tmp_path):
+    root, tasks = scenes
+    backend = make_backend(demo, root, tmp_path / "md", train_every=0)
+    other = {"id": 4, "label_config": CONFIG}
+    for task in tasks[:3]:
+        backend.fit("ANNOTATION_CREATED", created(task))
+    backend.fit("ANNOTATION_CREATED", created(tasks[3], other))
+    first = tasks[0]["annotations"][0]["id"]
+    backend.fit("ANNOTATIONS_DELETED", {"annotations": [{"id": first}], "project": PROJECT})
+    # a late update of the deleted annotation does not bring it back
+    late = dict(tasks[0]["annotations"][0], updated_at="2026-02-01T00:00:00+00:00")
+    backend.fit("ANNOTATION_UPDATED", created(tasks[0], annotation=late))
+    assert backend.trainer.state(3) == "idle"  # CLIPSEG_TRAIN_EVERY=0: START_TRAINING only
+    assert backend.annotations.count(3) == 2 and backend.annotations.count(4) == 1
+
+    record = backend.train(3)
+    seen = {str(t["annotations"][0]["id"]) for t in tasks[1:3]}
+    assert set(record["annotations"]) == seen
+    assert backend.learning_status(4)["runs"] == []
+    assert backend.model_version(4) == backend.model_version("4")
+    assert "+s0" not in backend.model_version(4)
+
+
+def test_a_request_during_a_training_queues_exactly_one_more_run(tmp_path):
+    started, release = threading.Event(), threading.Event()
+    runs = []
+
+    def train(project):
+        runs.append(project)
+        started.set()
+        assert release.wait(30)
+
+    trainer = Trainer(tmp_path, train)
+    trainer.request(1)
+    assert started.wait(10)
+    assert trainer.state(1) == "training"
+    for _ in range(5):
+        trainer.request(1)
+    trainer.request(2)  # another project trains at the same time
+    release.set()
+    assert trainer.join(1, 30) and trainer.join(2, 30)
+    assert runs.count("1") == 2 and runs.count("2") == 1
+    assert trainer.state(1) == "idle"
+
+
+def test_a_second_process_does_not_train_the_same_project(tmp_path):
+    """Another process holding the project's lock: this one leaves the run to it (pending)."""
+    import fcntl
+
+    folder = tmp_path / "5"
+    folder.mkdir()
+    runs = []
+    trainer = Trainer(tmp_path, runs.append)
+    with open(folder / "training.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        trainer.request(5)
+        assert trainer.join(5, 10)
+        assert runs == [] and trainer.state(5) == "training"
+    assert trainer.state(5) == "queued"
+    trainer.request(5)
+    assert trainer.join(5, 10) and runs == ["5"] and trainer.state(5) == "idle"
+
+
+def _promote_a_state(backend: CLIPSegBackend) -> str:
+    labels = list(LABELS)
+    features = BASE_FEATURES + len(labels)
+    resolver = RegionResolver(
+        tuple(labels),
+        np.zeros(features, np.float32),
+        np.ones(features, np.float32),
+        np.zeros((features, len(labels) + 1), np.float32),
+        np.zeros(len(labels) + 1, np.float32),
+    )
+    state_id = backend.learned.save("3", {"label": resolver}, {"promoted": True})
+    assert backend.learned.promote("3", state_id)
+    return state_id
+
+
+KILLED_TRAINING = textwrap.dedent(
+    """
+    import sys, time
+    from backend.learning import states
+    from backend.model import CLIPSegBackend
+    from backend.settings import Settings
+
+    where = sys.argv[3]
+    save = states.StateStore.save
+
+    def saved(self, *args, **kwargs):
+        state_id = save(self, *args, **kwargs)
+        if where == "saved":  # written, not promoted yet
+            print("at saved", flush=True)
+            time.sleep(60)
+        return state_id
+
+    states.StateStore.save = saved
+    settings = Settings(model="demo", device="cpu", model_dir=sys.argv[1],
+                        local_files_document_root=sys.argv[2])
+    backend = CLIPSegBackend.load(settings)
+    maps = backend.segmenter.label_maps
+
+    def label_maps(*args, **kwargs):
+        print("at maps", flush=True)
+        return maps(*args, **kwargs)
+
+    backend.segmenter.label_maps = label_maps
+    backend.trainer.request(3)
+    time.sleep(120)
+    """
+)
+
+
+@pytest.mark.parametrize("where", ["maps", "saved"])
+def test_kill_during_training_leaves_the_serving_state(demo, scenes, tmp_path, where):
+    root, tasks = scenes
+    backend = make_backend(demo, root, tmp_path / "md")
+    serving = _promote_a_state(backend)
+    for task in tasks[:4]:
+        plain = {k: v for k, v in task.items() if k != "annotations"}
+        backend.annotations.put(3, task["annotations"][0], plain, CONFIG)
+    project_dir = backend.learned.root / "3"
+    pointer = (project_dir / "serving.json").read_bytes()
+    state_files = {p.name: p.read_bytes() for p in (project_dir / "states" / serving).iterdir()}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CLIPSEG_DEVICE": "cpu"}
+    script = tmp_path / "train.py"
+    script.write_text(KILLED_TRAINING, encoding="utf-8")
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "md"), str(root), where],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        line = ""
+        while time.monotonic() < deadline and line.strip() != f"at {where}":
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "the training process ended early"
+        assert line.strip() == f"at {where}"
+        assert backend.trainer.state(3) == "training"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert (project_dir / "serving.json").read_bytes() == pointer
+    assert {
+        p.name: p.read_bytes() for p in (project_dir / "states" / serving).iterdir()
+    } == state_files
+    fresh = make_backend(demo, root, tmp_path / "md")
+    assert fresh.serving_state(3).id == serving
+    assert fresh.learning_status(3)["state"] in ("idle", "queued")  # the lock died with it
+    assert fresh.annotations.count(3) == 4
+
+
+def test_predict_and_webhooks_answer_while_a_training_runs(demo, scenes, tmp_path):
+    root, tasks = scenes
+    backend = make_backend(demo, root, tmp_path / "md", train_every=0)
+    for task in tasks[:5]:
+        plain = {k: v for k, v in task.items() if k != "annotations"}
+        backend.annotations.put(3, task["annotations"][0], plain, CONFIG)
+    maps = backend.segmenter.label_maps
+    training, finish = threading.Event(), threading.Event()
+
+    def slow_maps(*args, **kwargs):  # each image waits outside the model lock
+        training.set()
+        finish.wait(30)
+        return maps(*args, **kwargs)
+
+    backend.segmenter.label_maps = slow_maps
+    app = create_app(backend, backend.settings)
+    client = app.test_client()
+    started = time.monotonic()
+    assert client.post("/webhook", json={"action": "START_TRAINING", "project": PROJECT})
+    assert training.wait(60)
+    assert client.get("/learning/3").get_json()["state"] == "training"
+    body = {"tasks": [tasks[5]], "label_config": CONFIG, "project": 3}
+    response = client.post("/predict", json=body)
+    assert response.status_code == 200 and "result" in response.get_json()["results"][0]
+    before = time.monotonic()
+    assert client.post("/webhook", json=created(tasks[5])).status_code == 200
+    assert time.monotonic() - before < 1.0
+    assert backend.trainer.state(3) == "training"
+    finish.set()
+    assert app.extensions["clipseg_worker"].join(120) and backend.trainer.join(3, 120)
+    assert time.monotonic() - started < 150
+    assert client.get("/learning/3").get_json()["runs"]
