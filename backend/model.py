@@ -506,6 +506,10 @@ class CLIPSegBackend:
             logger.error("project %s: nothing trained: %s", key, exc)
             last["error"] = str(exc)
             record = None
+        except Exception as exc:  # the Trainer logs the traceback; GET /learning says it failed
+            last.update(error=f"internal error ({type(exc).__name__}); see the log", id=None)
+            write_json_atomic(self.learned.root / key / "last_run.json", last, indent=1)
+            raise
         last["seconds"] = round(time.monotonic() - started, 2)
         last["id"] = record.get("id") if record else None
         last["promoted"] = bool(record and record.get("promoted"))

@@ -352,3 +352,38 @@ def test_predict_and_webhooks_answer_while_a_training_runs(demo, scenes, tmp_pat
     assert app.extensions["clipseg_worker"].join(120) and backend.trainer.join(3, 120)
     assert time.monotonic() - started < 150
     assert client.get("/learning/3").get_json()["runs"]
+
+
+def test_the_annotation_store_never_goes_back_in_time(tmp_path):
+    from backend.learning.store import AnnotationStore
+
+    store = AnnotationStore(tmp_path)
+    task = {"id": 1, "data": {"image": "a.png"}}
+
+    def annotation(ann_id, updated, label="red circle", **extra):
+        return {"id": ann_id, "updated_at": updated, "result": [{"label": label}], **extra}
+
+    assert store.put(1, annotation(1, "2026-01-02T00:00:00+00:00"), task, CONFIG)
+    assert not store.put(1, annotation(1, "2026-01-01T00:00:00+00:00", "old"), task)  # late
+    assert not store.put(1, annotation(1, "2026-01-02T00:00:00+00:00"), task)  # the same again
+    assert store.snapshot(1)["annotations"]["1"]["result"] == [{"label": "red circle"}]
+    assert store.snapshot(1)["label_config"] == CONFIG
+    assert store.put(1, annotation(2, "2026-01-01T00:00:00+00:00"), task)
+    assert store.put(1, annotation(2, "2026-01-03T00:00:00+00:00", was_cancelled=True), task)
+    assert store.ids(1) == {"1"} and store.changed_since_run(1) == 1
+    store.mark_run(1, store.snapshot(1)["seq"])
+    assert store.changed_since_run(1) == 0
+    assert store.remove(1, [1]) == 1 and store.count(1) == 0
+    assert not store.put(1, annotation(1, "2026-02-01T00:00:00+00:00"), task)  # deleted
+    export = [
+        {**task, "annotations": [annotation(3, "t"), annotation(4, "t")]},
+        {"id": 2, "data": {}, "annotations": [annotation(1, "t")]},  # deleted: stays deleted
+    ]
+    assert store.sync(1, export) == (2, 0)
+    assert store.ids(1) == {"3", "4"}
+    assert store.sync(1, [{**task, "annotations": [annotation(4, "t")]}]) == (0, 1)
+    assert store.ids(1) == {"4"} and store.count(2) == 0
+    (tmp_path / "1" / "annotations.json").write_text("{broken", encoding="utf-8")
+    assert store.count(1) == 0  # read as empty; moved aside before the next write
+    assert store.put(1, annotation(5, "t"), task)
+    assert list((tmp_path / "1").glob("annotations.json.unreadable-*"))
