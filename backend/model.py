@@ -580,7 +580,15 @@ class CLIPSegBackend:
         last["examples"] = len(examples)
         last["problems"] = [str(p) for p in problems]
         stored = self.store.embeddings(key)
-        record = run_training(self.segmenter, controls, examples, stored, self.learned, key)
+        record = run_training(
+            self.segmenter, controls, examples, stored, self.learned, key, deadline=deadline
+        )
+        if record.get("left_out"):
+            message = (
+                f"CLIPSEG_TRAIN_TIME_LIMIT={self.settings.train_time_limit:g} s passed: "
+                f"{record['left_out']} task(s) read but not encoded"
+            )
+            last["problems"].append(str(Problem(origin, "the run", None, message)))
         record["problems"] = last["problems"]
         if record.get("id"):
             self.learned.update_info(key, record["id"], problems=last["problems"])

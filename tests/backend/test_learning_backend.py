@@ -387,3 +387,23 @@ def test_the_annotation_store_never_goes_back_in_time(tmp_path):
     assert store.count(1) == 0  # read as empty; moved aside before the next write
     assert store.put(1, annotation(5, "t"), task)
     assert list((tmp_path / "1").glob("annotations.json.unreadable-*"))
+
+
+def test_a_run_reads_the_newest_tasks_within_its_time_limit(demo, scenes, tmp_path):
+    root, tasks = scenes
+    backend = make_backend(demo, root, tmp_path / "md", train_max_images=3, train_time_limit=1)
+    for task in tasks[:5]:
+        plain = {k: v for k, v in task.items() if k != "annotations"}
+        backend.annotations.put(3, task["annotations"][0], plain, CONFIG)
+    maps = backend.segmenter.label_maps
+
+    def slow_maps(*args, **kwargs):
+        time.sleep(0.6)
+        return maps(*args, **kwargs)
+
+    backend.segmenter.label_maps = slow_maps
+    record = backend.train(3)
+    newest = {str(t["annotations"][0]["id"]) for t in tasks[2:5]}
+    assert record["annotations"] and set(record["annotations"]) < newest  # not all 3 in 1 s
+    assert any("CLIPSEG_TRAIN_TIME_LIMIT=1 s" in p for p in record["problems"])
+    assert backend.learning_status(3)["last_run"]["problems"] == record["problems"]
