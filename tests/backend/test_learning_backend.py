@@ -407,3 +407,24 @@ def test_a_run_reads_the_newest_tasks_within_its_time_limit(demo, scenes, tmp_pa
     assert record["annotations"] and set(record["annotations"]) < newest  # not all 3 in 1 s
     assert any("CLIPSEG_TRAIN_TIME_LIMIT=1 s" in p for p in record["problems"])
     assert backend.learning_status(3)["last_run"]["problems"] == record["problems"]
+
+
+def test_start_training_syncs_with_the_export_then_trains(demo, scenes, tmp_path, fake_ls):
+    root, tasks = scenes
+    fake_ls.export = tasks[:4]
+    backend = make_backend(
+        demo,
+        root,
+        tmp_path / "md",
+        train_every=0,
+        label_studio_url=fake_ls.url,
+        label_studio_api_key="legacy-key",
+    )
+    gone = {"id": 999, "updated_at": "2026-01-01T00:00:00+00:00", "result": []}
+    backend.annotations.put(3, gone, {"id": 99, "data": {}}, CONFIG)  # deleted meanwhile
+    backend.fit("START_TRAINING", {"action": "START_TRAINING", "project": PROJECT})
+    assert backend.trainer.join(3, 120)
+    expected = {str(t["annotations"][0]["id"]) for t in tasks[:4]}
+    assert backend.annotations.ids(3) == expected
+    [run] = backend.learning_status(3)["runs"]
+    assert set(run["annotations"]) == expected and run["problems"] == []
