@@ -428,3 +428,27 @@ def test_start_training_syncs_with_the_export_then_trains(demo, scenes, tmp_path
     assert backend.annotations.ids(3) == expected
     [run] = backend.learning_status(3)["runs"]
     assert set(run["annotations"]) == expected and run["problems"] == []
+
+
+def test_training_settings():
+    from backend.settings import SettingsError
+
+    assert (Settings().train_every, Settings().train_time_limit, Settings().train_max_images) == (
+        10,
+        300.0,
+        200,
+    )
+    env = {
+        "CLIPSEG_TRAIN_EVERY": "0",
+        "CLIPSEG_TRAIN_TIME_LIMIT": "60",
+        "CLIPSEG_TRAIN_MAX_IMAGES": "50",
+    }
+    settings = Settings.from_env(env)
+    assert (settings.train_every, settings.train_time_limit, settings.train_max_images) == (
+        0,
+        60.0,
+        50,
+    )
+    for name, value in (("CLIPSEG_TRAIN_EVERY", "-1"), ("CLIPSEG_TRAIN_MAX_IMAGES", "1")):
+        with pytest.raises(SettingsError, match=name):
+            Settings.from_env({name: value})
