@@ -71,6 +71,13 @@ class Trainer:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    @contextlib.contextmanager
+    def exclusive(self, project: Any) -> Iterator[bool]:
+        """The project's training lock for a run outside the backend (`clipseg-label learn`):
+        True when it was free, False when a training is running."""
+        with self._try_lock(project_key(project), tries=10) as got:
+            yield got
+
     def request(self, project: Any, reason: str = "") -> None:
         """Ask for a training of ``project`` (one more after the running one, if any)."""
         key = project_key(project)

@@ -452,3 +452,23 @@ def test_training_settings():
     for name, value in (("CLIPSEG_TRAIN_EVERY", "-1"), ("CLIPSEG_TRAIN_MAX_IMAGES", "1")):
         with pytest.raises(SettingsError, match=name):
             Settings.from_env({name: value})
+
+
+def test_clipseg_label_learn_waits_for_no_backend_run(demo, scenes, tmp_path, capsys):
+    """The offline run and the backend's never train one project of one store together."""
+    import fcntl
+
+    from backend.cli import main
+    from backend.cli.common import EXIT_USAGE
+
+    root, _ = scenes
+    backend = make_backend(demo, root, tmp_path / "md")
+    folder = backend.learned.root / "3"
+    folder.mkdir(parents=True)
+    args = ["learn", "--export", str(root / "export.json"), "--labels", ",".join(LABELS)]
+    args += ["--model", "demo", "--device", "cpu", "--store", str(tmp_path / "md")]
+    with open(folder / "training.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # the backend is training project 3
+        assert main([*args, "--project", "3"]) == EXIT_USAGE
+    assert "being trained by the backend" in capsys.readouterr().err
+    assert backend.learned.runs("3") == []
