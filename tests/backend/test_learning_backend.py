@@ -472,3 +472,53 @@ def test_clipseg_label_learn_waits_for_no_backend_run(demo, scenes, tmp_path, ca
         assert main([*args, "--project", "3"]) == EXIT_USAGE
     assert "being trained by the backend" in capsys.readouterr().err
     assert backend.learned.runs("3") == []
+
+
+def test_the_loop_in_the_real_server_survives_kill_9_of_a_training(scenes, tmp_path):
+    """`clipseg-backend` with 2 gunicorn workers: webhooks train (one run at a time, whichever
+    worker got them); a kill -9 of the whole server during a training, then a restart, keeps
+    the promoted state and every annotation."""
+    from process_helpers import BackendProcess
+
+    root, tasks = scenes
+    env = {
+        "CLIPSEG_MODEL": "demo",
+        "MODEL_DIR": str(tmp_path / "md"),
+        "LOCAL_FILES_DOCUMENT_ROOT": str(root),
+        "WORKERS": "2",
+        "CLIPSEG_TRAIN_EVERY": "5",
+    }
+
+    def wait_idle(server, runs, timeout=120):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = server.get("/learning/3")
+            if status["state"] == "idle" and len(status["runs"]) >= runs:
+                return status
+            time.sleep(0.5)
+        raise AssertionError(f"no idle state with {runs} run(s): {status}")
+
+    server = BackendProcess(env, tmp_path / "server.log").start()
+    try:
+        for task in tasks[:5]:
+            assert server.post("/webhook", created(task))[0] == 200
+        status = wait_idle(server, 1)
+        assert status["annotations"] == 5 and status["serving"] == "s000001"
+        version = status["model_version"]
+        assert server.post("/webhook", {"action": "START_TRAINING", "project": PROJECT})[0] == 200
+        deadline = time.monotonic() + 60
+        while server.get("/learning/3")["state"] != "training":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for pid in [*server.worker_pids(), server.proc.pid]:
+            os.kill(pid, signal.SIGKILL)
+        server.proc.wait(10)
+    finally:
+        server.stop()
+    again = BackendProcess(env, tmp_path / "server2.log").start()
+    try:
+        status = again.get("/learning/3")
+        assert status["serving"] == "s000001" and status["model_version"] == version
+        assert status["annotations"] == 5
+    finally:
+        again.stop()
