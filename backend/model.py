@@ -3,8 +3,10 @@
 `CLIPSegBackend` composes the stages and runs the per-task loop: checkpoint -> Predictor
 (`backend.loading`), label config -> controls and prompts (`backend.label_config`), task ->
 images (`backend.images`), image + controls + exemplars -> results and scores
-(`backend.segmenter`), and annotations -> exemplars (`fit`, the webhook part; `backend.exemplars`
-holds the store). It keeps the time budget of a request and each project's model_version.
+(`backend.segmenter`), and annotations -> exemplars and training data (`fit`, the webhook part;
+`backend.exemplars` and `backend.learning.store` hold them), and training in the background
+(`train`, scheduled by `backend.learning.scheduler.Trainer`). It keeps the time budget of a
+request and each project's model_version.
 
 The prediction's top-level `score` is the confidence (CLIPSEG_SCORE=uncertainty makes it the
 uncertainty); both are also sent as separate fields (scores: `backend.segmenter`,
@@ -13,15 +15,18 @@ docs/backend.md).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Collection, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from backend.atomic import write_json_atomic
 from backend.controls import NOTHING_TO_PREDICT, REGION_TYPES, exemplar_shape
 from backend.errors import (  # ModelLoadError, WebhookDataError: server.py imports them from here
     LabelStudioError,
@@ -47,7 +52,9 @@ from backend.label_config import (
     parse_label_config,
     prompt_fields,
 )
+from backend.learning.scheduler import Trainer
 from backend.learning.states import LearnedState, StateStore
+from backend.learning.store import AnnotationStore
 from backend.loading import (  # noqa: F401 (server.py imports these two from here)
     check_checkpoint_or_exit,
     load_model,
@@ -111,6 +118,8 @@ class CLIPSegBackend:
         self.learned = StateStore(
             Path(settings.model_dir) / "learning" / self.base_version, settings.learn_keep
         )
+        self.annotations = AnnotationStore(self.learned.root)  # what training learns from
+        self.trainer = Trainer(self.learned.root, self.train)
         self._predictor_lock = self.segmenter.lock  # every use of the predictor takes it
         self._connections: dict[str, tuple[str | None, str | None]] = {}
         self._clients: dict[tuple[str | None, str | None], LabelStudioClient | None] = {}
@@ -344,29 +353,56 @@ class CLIPSegBackend:
         (`Segmenter.predict_images`)."""
         return self.segmenter.predict_images(images, controls, stored, resolvers)
 
-    # ------------------------------------------------------------------ exemplars (fit)
+    # ------------------------------------------------------------------ webhooks (fit)
     def fit(self, event: str, data: dict) -> None:
-        """Update the project's exemplars from a webhook (run on the background worker)."""
+        """Apply a webhook (run on the background worker): the project's exemplars and the
+        annotations kept for training are updated, and a training is requested on
+        START_TRAINING or after CLIPSEG_TRAIN_EVERY new or changed annotations (it runs in the
+        background: `fit` does not wait for it)."""
         validate_webhook(event, data)  # /webhook checked it already; fit is public
         project = data.get("project")
         key = project_key(project)
         if event == "ANNOTATIONS_DELETED":
             ids = [a.get("id") if isinstance(a, dict) else a for a in data.get("annotations") or []]
-            removed = self.store.remove_annotations(
-                key, [i for i in ids if i is not None], deleted=True
+            ids = [i for i in ids if i is not None]
+            removed = self.store.remove_annotations(key, ids, deleted=True)
+            dropped = self.annotations.remove(key, ids)
+            logger.info(
+                "project %s: deleted annotations: %d exemplar(s) and %d training annotation(s) "
+                "removed",
+                key,
+                removed,
+                dropped,
             )
-            logger.info("project %s: %d exemplar(s) of deleted annotations removed", key, removed)
             return
         label_config = project.get("label_config") if isinstance(project, dict) else None
         if event in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED") or (
             event == "START_TRAINING" and data.get("annotation") and data.get("task")
         ):
-            self._learn_annotation(key, data["task"], data["annotation"], label_config)
+            changed = self.annotations.put(key, data["annotation"], data["task"], label_config)
+            try:
+                self._learn_annotation(key, data["task"], data["annotation"], label_config)
+            finally:  # the exemplars may fail (an image not read); training is asked anyway
+                if event == "START_TRAINING":
+                    self.trainer.request(key, "START_TRAINING")
+                elif changed:
+                    self._train_if_due(key)
             return
         if event == "START_TRAINING":
-            self._learn_project(key, label_config)
+            try:
+                self._learn_project(key, label_config)
+            finally:  # without the export, what the webhooks brought is trained on
+                self.trainer.request(key, "START_TRAINING")
             return
         logger.debug("webhook %s ignored", event)
+
+    def _train_if_due(self, key: str) -> None:
+        every = self.settings.train_every
+        if every <= 0:
+            return
+        changed = self.annotations.changed_since_run(key)
+        if changed >= every:
+            self.trainer.request(key, f"{changed} new or changed annotations")
 
     def _learn_annotation(
         self, key: str, task: dict, annotation: dict, label_config: str | None
@@ -400,7 +436,8 @@ class CLIPSegBackend:
         return len(exemplars)
 
     def _learn_project(self, key: str, label_config: str | None) -> None:
-        """START_TRAINING: sync the exemplars with all of the project's annotations."""
+        """START_TRAINING: sync the exemplars and the training annotations with all of the
+        project's annotations (its export through Label Studio's API)."""
         client = self._client(key)
         if client is None:
             raise ImageError(
@@ -408,10 +445,21 @@ class CLIPSegBackend:
                 "LABEL_STUDIO_API_KEY (or connect the backend so that /setup sends them)"
             )
         tasks = client.get_json(f"/api/projects/{key}/export", params={"exportType": "JSON"})
+        if not isinstance(tasks, list):
+            raise LabelStudioError(f"project {key}: the export is not a list of tasks")
+        changed, dropped = self.annotations.sync(key, tasks, label_config)
+        logger.info(
+            "project %s: training annotations synced: %d new or changed, %d dropped",
+            key,
+            changed,
+            dropped,
+        )
         seen: set[str] = set()
         for task in tasks:
+            if not isinstance(task, dict):
+                continue
             for annotation in task.get("annotations") or []:
-                ann_id = annotation.get("id")
+                ann_id = annotation.get("id") if isinstance(annotation, dict) else None
                 if ann_id is None:
                     continue
                 seen.add(str(ann_id))
@@ -432,6 +480,146 @@ class CLIPSegBackend:
             len(seen),
             self.model_version(key),
         )
+
+    # ------------------------------------------------------------------ training
+    def train(self, project: Any) -> dict[str, Any] | None:
+        """One training run on the project's stored annotations (`backend.learning.trainer.
+        run_training`); the `Trainer` calls it in the background, one run per project at a
+        time. The newest CLIPSEG_TRAIN_MAX_IMAGES annotated tasks are read (no more once
+        CLIPSEG_TRAIN_TIME_LIMIT seconds have passed); results that cannot be drawn, and tasks
+        whose image does not read, are skipped and reported in the state's record and in
+        `last_run.json`. Returns the record (None when nothing could be trained)."""
+        from backend.learning.annotations import to_examples
+        from backend.learning.trainer import learnable_controls, run_training
+
+        key = project_key(project)
+        started = time.monotonic()
+        data = self.annotations.snapshot(key)
+        self.annotations.mark_run(key, data["seq"])
+        last: dict[str, Any] = {
+            "started": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "annotations": len(data["annotations"]),
+        }
+        try:
+            record = self._train(key, data, last, to_examples, learnable_controls, run_training)
+        except (ValueError, LabelConfigError) as exc:
+            logger.error("project %s: nothing trained: %s", key, exc)
+            last["error"] = str(exc)
+            record = None
+        except Exception as exc:  # the Trainer logs the traceback; GET /learning says it failed
+            last.update(error=f"internal error ({type(exc).__name__}); see the log", id=None)
+            write_json_atomic(self.learned.root / key / "last_run.json", last, indent=1)
+            raise
+        last["seconds"] = round(time.monotonic() - started, 2)
+        last["id"] = record.get("id") if record else None
+        last["promoted"] = bool(record and record.get("promoted"))
+        write_json_atomic(self.learned.root / key / "last_run.json", last, indent=1)
+        return record
+
+    def _train(self, key, data, last, to_examples, learnable_controls, run_training):
+        from backend.batch.evaluate import Problem, TaskRegions
+
+        label_config = data.get("label_config")
+        if not label_config:
+            raise ValueError("no label config stored yet (it comes with the webhooks)")
+        controls = self.controls(label_config)
+        learnable = learnable_controls(self.segmenter, controls)
+        if not learnable:
+            raise ValueError("the label config has no brush, polygon or rectangle control")
+        # one image per task: the first learnable control's (the others' results are left out)
+        value_key = learnable[0].value_key
+        to_names = {c.to_name for c in learnable if c.value_key == value_key}
+        newest: dict[Any, tuple[str, dict]] = {}  # task id -> its newest annotation
+        for ann_id, item in sorted(data["annotations"].items(), key=lambda kv: kv[1]["seq"]):
+            task = item.get("task") or {}
+            newest[task.get("id")] = (ann_id, item)
+        chosen = list(newest.values())[::-1][: self.settings.train_max_images]
+        tasks = []
+        for ann_id, item in chosen:
+            task = item.get("task") or {}
+            results = item.get("result") if isinstance(item.get("result"), list) else []
+            own = tuple(r for r in results if isinstance(r, dict) and r.get("to_name") in to_names)
+            tasks.append(
+                TaskRegions(
+                    task.get("id"),
+                    None,
+                    own,
+                    annotation_id=ann_id,
+                    data=task.get("data") if isinstance(task.get("data"), dict) else {},
+                )
+            )
+        client = self._client(key)
+
+        def read(task: TaskRegions) -> np.ndarray:
+            ls_task = {"id": task.task_id, "data": dict(task.data or {})}
+            try:
+                with self.images.load(
+                    ls_task, value_key, client, budget_wait=WEBHOOK_PIXEL_BUDGET_WAIT
+                ) as image:  # held in the pixel budget while it is decoded
+                    return np.array(image.array, copy=True)
+            except LabelStudioError as exc:  # reported with the task, like an unreadable image
+                raise ImageError(str(exc)) from exc
+
+        known = {lab.value for c in learnable for lab in c.labels}
+        origin = f"project {key}"
+        deadline = time.monotonic() + self.settings.train_time_limit
+        examples, problems = [], []
+        for n, task in enumerate(tasks):
+            if time.monotonic() > deadline:
+                message = (
+                    f"CLIPSEG_TRAIN_TIME_LIMIT={self.settings.train_time_limit:g} s passed: "
+                    f"{len(tasks) - n} older task(s) not read"
+                )
+                problems.append(Problem(origin, "the run", None, message))
+                break
+            got, bad = to_examples([task], read, known, origin)
+            examples.extend(got)
+            problems.extend(bad)
+        for problem in problems:
+            logger.warning("project %s: training skipped: %s", key, problem)
+        last["examples"] = len(examples)
+        last["problems"] = [str(p) for p in problems]
+        stored = self.store.embeddings(key)
+        record = run_training(
+            self.segmenter, controls, examples, stored, self.learned, key, deadline=deadline
+        )
+        if record.get("left_out"):
+            message = (
+                f"CLIPSEG_TRAIN_TIME_LIMIT={self.settings.train_time_limit:g} s passed: "
+                f"{record['left_out']} task(s) read but not encoded"
+            )
+            last["problems"].append(str(Problem(origin, "the run", None, message)))
+        record["problems"] = last["problems"]
+        if record.get("id"):
+            self.learned.update_info(key, record["id"], problems=last["problems"])
+        return record
+
+    def learning_status(self, project: Any) -> dict[str, Any]:
+        """What `GET /learning/<project>` answers (zeros and "idle" for a project never seen);
+        ValueError for a project id that is not one."""
+        key = project_key(project)
+        try:
+            serving = self.learned.serving_id(key) or "base"
+            pinned = self.learned.pinned(key)
+        except (OSError, ValueError) as exc:
+            logger.error("project %s: serving.json unreadable: %s", key, exc)
+            serving, pinned = "base", False
+        try:
+            last = json.loads((self.learned.root / key / "last_run.json").read_text("utf-8"))
+        except (OSError, ValueError):
+            last = None
+        return {
+            "project": key,
+            "model_version": self.model_version(key),
+            "serving": serving,
+            "pinned": pinned,
+            "state": self.trainer.state(key),
+            "annotations": self.annotations.count(key),
+            "changed_since_run": self.annotations.changed_since_run(key),
+            "train_every": self.settings.train_every,
+            "last_run": last,
+            "runs": self.learned.runs(key),
+        }
 
     def exemplars_of(
         self, task: dict, results: Sequence[dict], label_config: str | None, project: Any = None

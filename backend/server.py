@@ -1,10 +1,11 @@
 """The HTTP protocol Label Studio 1.23 speaks to ML backends, on Flask 3 (+ gunicorn).
 
-Routes: GET / and /health, POST /setup, POST /predict, POST /webhook. This module only does
-HTTP: auth, size limits, JSON in and out, answering busy (503 with Retry-After); webhooks are
-checked and handed to `backend.webhooks` (journaled, then applied in the background); the
-CLIPSeg work is the backend object's (`backend.model.CLIPSegBackend`: `health()`,
-`setup(...)`, `predict(...)`, `fit(event, data)`, `handles(event)`).
+Routes: GET / and /health, POST /setup, POST /predict, POST /webhook, GET /learning/<project>.
+This module only does HTTP: auth, size limits, JSON in and out, answering busy (503 with
+Retry-After); webhooks are checked and handed to `backend.webhooks` (journaled, then applied in
+the background); the CLIPSeg work is the backend object's (`backend.model.CLIPSegBackend`:
+`health()`, `setup(...)`, `predict(...)`, `fit(event, data)`, `handles(event)`,
+`learning_status(project)`).
 
 `clipseg-backend [--host H] [--port P] [--debug]` loads the model first and exits non-zero with
 a clear message when it cannot, then serves with gunicorn (WORKERS processes x THREADS threads)
@@ -190,6 +191,18 @@ def create_app(backend: Any, settings: Settings) -> Flask:
             raise RuntimeError(f"{len(results)} predictions for {len(tasks)} tasks")
         logger.info("predicted %d task(s) in %.2f s", len(tasks), time.monotonic() - started)
         return jsonify({"results": results})
+
+    @app.get("/learning/<project>")
+    def learning(project: str) -> Response:
+        """The project's learning loop: serving state, training state, stored annotations,
+        runs (`CLIPSegBackend.learning_status`)."""
+        status = getattr(backend, "learning_status", None)
+        if status is None:
+            return _error(404, "this backend does not learn")
+        try:
+            return jsonify(status(project))
+        except ValueError as exc:
+            return _error(400, f"bad project id: {exc}")
 
     @app.post("/webhook")
     def webhook() -> Response:

@@ -119,6 +119,9 @@ class Settings:
     max_exemplars_per_label: int = 16  # CLIPSEG_MAX_EXEMPLARS_PER_LABEL (the newest are kept)
     # --- learning from annotations (backend.learning)
     learn_keep: int = 5  # CLIPSEG_LEARN_KEEP: learned states kept per project (+ the serving one)
+    train_every: int = 10  # CLIPSEG_TRAIN_EVERY: new/changed annotations that start a training
+    train_time_limit: float = 300.0  # CLIPSEG_TRAIN_TIME_LIMIT: seconds reading a run's images
+    train_max_images: int = 200  # CLIPSEG_TRAIN_MAX_IMAGES: newest annotated images per run
     # --- scores
     score_mode: str = "confidence"  # CLIPSEG_SCORE: what the prediction's top-level score is
     uncertain_low: float = 0.2  # CLIPSEG_UNCERTAIN_LOW: lower edge of the uncertain band
@@ -196,6 +199,9 @@ class Settings:
                 env, "CLIPSEG_MAX_EXEMPLARS_PER_LABEL", cls.max_exemplars_per_label, 1
             ),
             learn_keep=_int(env, "CLIPSEG_LEARN_KEEP", cls.learn_keep, 1),
+            train_every=_int(env, "CLIPSEG_TRAIN_EVERY", cls.train_every, 0),
+            train_time_limit=_float(env, "CLIPSEG_TRAIN_TIME_LIMIT", cls.train_time_limit, 1.0),
+            train_max_images=_int(env, "CLIPSEG_TRAIN_MAX_IMAGES", cls.train_max_images, 2),
             score_mode=_choice(env, "CLIPSEG_SCORE", "confidence", ("confidence", "uncertainty")),
             uncertain_low=low,
             uncertain_high=high,

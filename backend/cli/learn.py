@@ -212,10 +212,16 @@ def run(args: argparse.Namespace) -> int:
     if len(problems) > SHOWN:
         print(f"... and {len(problems) - SHOWN} more problems (all of them in --json)")
     stored = backend.store.embeddings(project)
-    try:
-        record = run_training(backend.segmenter, controls, examples, stored, store, project)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+    with backend.trainer.exclusive(project) as free:  # never beside the backend's own run
+        if not free:
+            raise UsageError(
+                f"project {project} is being trained by the backend on this store; try again "
+                "when GET /learning/<project> says idle"
+            )
+        try:
+            record = run_training(backend.segmenter, controls, examples, stored, store, project)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
     record["problems"] = [str(p) for p in problems]
     v = record["validation"]
     print(

@@ -210,17 +210,26 @@ def train_state(
     stored: dict[str, np.ndarray] | None,
     serving: LearnedState | None,
     validation_fraction: float = VALIDATION_FRACTION,
+    deadline: float | None = None,
 ) -> tuple[dict[str, RegionResolver], dict[str, Any]]:
     """Fit a resolver per learnable control and measure it: (resolvers, record). The record
     holds the validation figures of "base", "serving" and "new", and "promote" (bool) with its
-    "reason". ValueError when nothing can be learned (no learnable control, no examples)."""
+    "reason". ValueError when nothing can be learned (no learnable control, no examples).
+    ``deadline`` (a `time.monotonic()` value): no image is encoded past it; the examples left
+    are counted in the record's "left_out" and the run goes on with those encoded."""
     started = time.monotonic()
     learnable = learnable_controls(segmenter, controls)
     if not learnable:
         raise ValueError("the label config has no brush, polygon or rectangle control to learn")
     if not examples:
         raise ValueError("no annotated image to learn from")
-    seen = [_see(segmenter, learnable, example, stored) for example in examples]
+    seen = []
+    for example in examples:
+        if deadline is not None and seen and time.monotonic() > deadline:
+            break
+        seen.append(_see(segmenter, learnable, example, stored))
+    left_out = len(examples) - len(seen)
+    examples = [s.example for s in seen]
     train, _ = split(examples, validation_fraction)
     train_ids = {id(e) for e in train}
     held_out = [s for s in seen if id(s.example) not in train_ids]
@@ -268,6 +277,7 @@ def train_state(
         "promote": promote,
         "reason": reason,
         "seconds": round(time.monotonic() - started, 2),
+        "left_out": left_out,
     }
     return resolvers, record
 
@@ -279,11 +289,15 @@ def run_training(
     stored: dict[str, np.ndarray] | None,
     states: StateStore,
     project: str,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     """Train, save the new state, and promote it when validation says so (and the project is
-    not pinned); returns the state's record (with "id" and "promoted")."""
+    not pinned); returns the state's record (with "id" and "promoted"). ``deadline``:
+    `train_state`'s."""
     serving = states.serving(project)
-    resolvers, record = train_state(segmenter, controls, examples, stored, serving)
+    resolvers, record = train_state(
+        segmenter, controls, examples, stored, serving, deadline=deadline
+    )
     if not resolvers:
         record.update(id=None, promoted=False)
         return record
