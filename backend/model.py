@@ -78,14 +78,6 @@ WEBHOOK_PIXEL_BUDGET_WAIT = 60.0
 
 #: Webhook actions `fit` acts on.
 FIT_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING")
-# The webhook / learning methods below (kept as they are until they move to their own module)
-# name the result types with a region, and their visual prompts, so:
-_REGION_TYPES = REGION_TYPES
-
-
-def _region_shape(item: dict, kind: str, value: dict, height: int, width: int) -> dict | None:
-    """`backend.controls.exemplar_shape` of `item` (whose type is `kind`, value `value`)."""
-    return exemplar_shape(item, height, width)
 
 
 class CLIPSegBackend:
@@ -649,9 +641,9 @@ class CLIPSegBackend:
         for item in results:
             kind = item.get("type") if isinstance(item, dict) else None
             kind = kind.lower() if isinstance(kind, str) else ""
-            value = item.get("value") if kind in _REGION_TYPES else None
+            value = item.get("value") if kind in REGION_TYPES else None
             names = value.get(kind) if isinstance(value, dict) else None
-            if kind not in _REGION_TYPES:
+            if kind not in REGION_TYPES:
                 continue  # not a region (a TextArea, Choices, ...)
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                 logger.warning(
@@ -668,7 +660,7 @@ class CLIPSegBackend:
                     task, value_key, client, budget_wait=WEBHOOK_PIXEL_BUDGET_WAIT
                 )
             image = images[value_key].array
-            shape = _region_shape(item, kind, value, *image.shape[:2])
+            shape = exemplar_shape(item, *image.shape[:2])
             if shape is None:
                 continue
             with self._predictor_lock:
