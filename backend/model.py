@@ -61,7 +61,7 @@ from backend.loading import (  # noqa: F401 (server.py imports these two from he
     resolve_device,
 )
 from backend.segmenter import ImagePrediction, Resolvers, Segmenter, merge_predictions
-from backend.settings import Settings
+from backend.settings import Settings, SettingsError
 from backend.webhooks import validate_webhook
 
 if TYPE_CHECKING:
@@ -110,6 +110,7 @@ class CLIPSegBackend:
         self.learned = StateStore(
             Path(settings.model_dir) / "learning" / self.base_version, settings.learn_keep
         )
+        self._pinned = self._load_pins(settings)  # CLIPSEG_LEARN_PIN: project -> state or None
         self.annotations = AnnotationStore(self.learned.root)  # what training learns from
         self.trainer = Trainer(self.learned.root, self.train)
         self._predictor_lock = self.segmenter.lock  # every use of the predictor takes it
@@ -160,13 +161,34 @@ class CLIPSegBackend:
         state = self.serving_state(key)
         return f"{version}+{state.id}" if state is not None else version
 
+    def _load_pins(self, settings: Settings) -> dict[str, LearnedState | None]:
+        """CLIPSEG_LEARN_PIN's states, loaded at start: a pin to a state that is not in the
+        store stops the start (SettingsError), never a silent fallback to another state."""
+        pinned: dict[str, LearnedState | None] = {}
+        for project, state_id in settings.learn_pins:
+            if state_id == "base":
+                pinned[project] = None
+                continue
+            try:
+                pinned[project] = self.learned.load(project, state_id)
+            except (OSError, ValueError, KeyError) as exc:
+                raise SettingsError(
+                    f"CLIPSEG_LEARN_PIN={project}={state_id}: no such learned state under "
+                    f"{self.learned.root / project} ({exc}); 'clipseg-label learn --list' shows "
+                    "the project's states"
+                ) from exc
+        return pinned
+
     def serving_state(self, project: Any) -> LearnedState | None:
         """The project's serving learned state (None: the base model; also when its files do
-        not read, which is logged: predictions go on with the base model)."""
+        not read, which is logged: predictions go on with the base model). A project pinned by
+        CLIPSEG_LEARN_PIN serves its pinned state whatever the store says."""
         try:
             key = project_key(project)
         except ValueError:
             return None
+        if key in self._pinned:
+            return self._pinned[key]
         try:
             return self.learned.serving(key)
         except (OSError, ValueError, KeyError) as exc:

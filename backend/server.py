@@ -255,6 +255,9 @@ def load_backend_or_exit(settings: Settings, status: int = 1) -> Any:
     except ModelLoadError as exc:
         logger.error("cannot start: %s", exc)
         sys.exit(status)
+    except SettingsError as exc:  # a setting that names what is not there (CLIPSEG_LEARN_PIN)
+        logger.error("cannot start: bad setting: %s", exc)
+        sys.exit(2 if status == 1 else status)
 
 
 def _start_webhook_worker(worker: Any) -> None:

@@ -92,6 +92,24 @@ def _overlap(env: Mapping[str, str]) -> float:
     return value
 
 
+def _pins(raw: str) -> tuple[tuple[str, str], ...]:
+    """CLIPSEG_LEARN_PIN: comma-separated `project=state`, a state id (s000002) or `base`."""
+    pins = []
+    for entry in (e.strip() for e in raw.split(",")):
+        if not entry:
+            continue
+        project, _, state = (part.strip() for part in entry.partition("="))
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", project) or not re.fullmatch(
+            r"s\d{6}|base", state
+        ):
+            raise SettingsError(
+                f"CLIPSEG_LEARN_PIN entry {entry!r}: expected <project id>=<state>, the state "
+                "a learned state's id (s000002) or 'base', e.g. 3=s000002,5=base"
+            )
+        pins.append((project, state))
+    return tuple(pins)
+
+
 def _hosts(raw: str) -> tuple[str, ...]:
     return tuple(h.strip().lower() for h in raw.split(",") if h.strip())
 
@@ -119,6 +137,7 @@ class Settings:
     max_exemplars_per_label: int = 16  # CLIPSEG_MAX_EXEMPLARS_PER_LABEL (the newest are kept)
     # --- learning from annotations (backend.learning)
     learn_keep: int = 5  # CLIPSEG_LEARN_KEEP: learned states kept per project (+ the serving one)
+    learn_pins: tuple[tuple[str, str], ...] = ()  # CLIPSEG_LEARN_PIN: project=state served, fixed
     train_every: int = 10  # CLIPSEG_TRAIN_EVERY: new/changed annotations that start a training
     train_time_limit: float = 300.0  # CLIPSEG_TRAIN_TIME_LIMIT: seconds reading a run's images
     train_max_images: int = 200  # CLIPSEG_TRAIN_MAX_IMAGES: newest annotated images per run
@@ -199,6 +218,7 @@ class Settings:
                 env, "CLIPSEG_MAX_EXEMPLARS_PER_LABEL", cls.max_exemplars_per_label, 1
             ),
             learn_keep=_int(env, "CLIPSEG_LEARN_KEEP", cls.learn_keep, 1),
+            learn_pins=_pins(_get(env, "CLIPSEG_LEARN_PIN", "")),
             train_every=_int(env, "CLIPSEG_TRAIN_EVERY", cls.train_every, 0),
             train_time_limit=_float(env, "CLIPSEG_TRAIN_TIME_LIMIT", cls.train_time_limit, 1.0),
             train_max_images=_int(env, "CLIPSEG_TRAIN_MAX_IMAGES", cls.train_max_images, 2),

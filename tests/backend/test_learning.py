@@ -310,3 +310,36 @@ def test_a_kill_during_training_leaves_the_serving_state(scenes, tmp_path: Path)
     assert serving.read_bytes() == before
     listed = _learn(*common, "--list")
     assert listed.returncode == 0 and "serving s000001" in listed.stdout
+
+
+def test_a_pin_by_setting_serves_that_state_and_a_missing_one_stops_the_start(
+    tmp_path: Path,
+) -> None:
+    from dataclasses import replace
+
+    from backend.model import CLIPSegBackend
+    from backend.settings import SettingsError
+
+    settings = Settings(model="demo", device="cpu", model_dir=str(tmp_path))
+    backend = CLIPSegBackend.load(settings)
+    first = backend.learned.save("3", {"label": _resolver()}, {})
+    backend.learned.promote("3", first)
+    second = backend.learned.save("3", {"label": _resolver()}, {})
+    backend.learned.promote("3", second)
+    pinned = CLIPSegBackend.load(replace(settings, learn_pins=(("3", first), ("4", "base"))))
+    assert pinned.serving_state("3").id == first
+    assert pinned.model_version("3").endswith(f"+{first}")
+    assert backend.serving_state("3").id == second  # unpinned: the store's serving state
+    assert pinned.serving_state("4") is None
+    with pytest.raises(SettingsError, match="CLIPSEG_LEARN_PIN=3=s000009"):
+        CLIPSegBackend.load(replace(settings, learn_pins=(("3", "s000009"),)))
+
+
+def test_the_pin_setting_is_parsed_or_refused() -> None:
+    from backend.settings import SettingsError
+
+    env = {"CLIPSEG_LEARN_PIN": " 3=s000002, 5=base "}
+    assert Settings.from_env(env).learn_pins == (("3", "s000002"), ("5", "base"))
+    for bad in ("3", "3=latest", "../x=base", "3=s2"):
+        with pytest.raises(SettingsError, match="CLIPSEG_LEARN_PIN entry"):
+            Settings.from_env({"CLIPSEG_LEARN_PIN": bad})
