@@ -618,6 +618,9 @@ class CLIPSegBackend:
         except (OSError, ValueError) as exc:
             logger.error("project %s: serving.json unreadable: %s", key, exc)
             serving, pinned = "base", False
+        if key in self._pinned:  # CLIPSEG_LEARN_PIN wins over the store
+            state = self._pinned[key]
+            serving, pinned = (state.id if state is not None else "base"), True
         try:
             last = json.loads((self.learned.root / key / "last_run.json").read_text("utf-8"))
         except (OSError, ValueError):

@@ -331,6 +331,9 @@ def test_a_pin_by_setting_serves_that_state_and_a_missing_one_stops_the_start(
     assert pinned.model_version("3").endswith(f"+{first}")
     assert backend.serving_state("3").id == second  # unpinned: the store's serving state
     assert pinned.serving_state("4") is None
+    status = pinned.learning_status(3)
+    assert (status["serving"], status["pinned"]) == (first, True)
+    assert backend.learning_status(3)["serving"] == second
     with pytest.raises(SettingsError, match="CLIPSEG_LEARN_PIN=3=s000009"):
         CLIPSegBackend.load(replace(settings, learn_pins=(("3", "s000009"),)))
 
