@@ -104,6 +104,12 @@ class PanopticCounts:
         return self.sq * self.rq
 
 
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two bool masks on one grid (0 when both are empty)."""
+    union = np.count_nonzero(a | b)
+    return np.count_nonzero(a & b) / union if union else 0.0
+
+
 def match_regions(
     predicted: Sequence[tuple[str, np.ndarray]],
     truth: Sequence[tuple[str, np.ndarray]],
@@ -135,8 +141,7 @@ def match_regions(
         pairs = []
         for i, p in enumerate(preds):
             for j, t in enumerate(trues):
-                union = np.count_nonzero(p | t)
-                iou = np.count_nonzero(p & t) / union if union else 0.0
+                iou = mask_iou(p, t)
                 if iou > iou_threshold:
                     pairs.append((iou, i, j))
         used_p: set[int] = set()

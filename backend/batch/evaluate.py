@@ -470,7 +470,8 @@ class TaskScore:
         }
 
 
-def _figures(counts: PanopticCounts, tasks: int) -> dict[str, Any]:
+def panoptic_figures(counts: PanopticCounts, tasks: int) -> dict[str, Any]:
+    """PQ, SQ, RQ, the counts, and false / missed regions per task of ``tasks`` tasks."""
     return {
         "pq": counts.pq,
         "sq": counts.sq,
@@ -532,8 +533,8 @@ class Evaluation:
         n = len(self.tasks)
         labels = {}
         for label, (c, o) in self.by_label().items():
-            labels[label] = _figures(c, n) | {"semantic_iou": o.iou}
-        overall = _figures(self.total, n)
+            labels[label] = panoptic_figures(c, n) | {"semantic_iou": o.iou}
+        overall = panoptic_figures(self.total, n)
         ious = [v["semantic_iou"] for v in labels.values()]
         overall["semantic_iou"] = float(np.mean(ious)) if ious else 1.0
         return {
@@ -754,6 +755,7 @@ __all__ = [
     "format_table",
     "load_file",
     "match_tasks",
+    "panoptic_figures",
     "prediction_inputs",
     "task_size",
     "truth_labels",

@@ -41,6 +41,7 @@ import numpy as np
 
 from backend.formats.regions import Region
 from backend.label_config import ControlSpec
+from clipseg.evaluate import mask_iou
 
 #: Two regions whose IoU is above this are one object.
 SAME_OBJECT_IOU = 0.5
@@ -51,11 +52,6 @@ MAX_CANDIDATES = 64
 #: `refine_by_color`: how far (CIE Lab units) beyond the core's own spread a pixel's color may
 #: lie from the core's median color and still belong to the object.
 COLOR_TOLERANCE = 15.0
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.count_nonzero(a | b)
-    return np.count_nonzero(a & b) / union if union else 0.0
 
 
 def _boxes_touch(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:

@@ -194,13 +194,12 @@ def _fit(control: ControlSpec, seen: Sequence[_Seen], refine: bool) -> RegionRes
 
 
 def _figures(counts: PanopticCounts, tasks: int) -> dict[str, Any]:
-    return {
-        "pq": round(counts.pq, 4),
-        "sq": round(counts.sq, 4),
-        "rq": round(counts.rq, 4),
-        "false_per_task": round(counts.fp / tasks, 3) if tasks else 0.0,
-        "missed_per_task": round(counts.fn / tasks, 3) if tasks else 0.0,
-    }
+    """`backend.batch.evaluate.panoptic_figures` (what `clipseg-label evaluate` reports), its
+    ratios rounded for the state's record."""
+    from backend.batch.evaluate import panoptic_figures
+
+    figures = panoptic_figures(counts, tasks)
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}
 
 
 def train_state(
