@@ -6,14 +6,16 @@ demo model does not know (RENAMED: "zorb" is a blue star, ...). A pool of tasks 
 fixed set of held-out tasks.
 
 Rounds: each round, ROUND_SIZE tasks of the pool are "annotated" (their true masks become an
-annotation), chosen by the project's uncertainty ranking (the served predictions' `uncertainty`,
-as `clipseg-label rank` sorts them) or at random, side by side. After each round the loop trains
+annotation), chosen by the project's ranking (`clipseg-label rank`'s default coverage order of
+the served predictions: `backend.batch.rank.coverage_order` of their labels and `uncertainty`) or
+at random, side by side; random picking runs with ``--random-seeds`` seeds, since one random draw
+can be lucky or not (the table gives their mean and range). After each round the loop trains
 (`backend.learning.trainer.run_training`, into a store of its own per strategy), and the held-out
 tasks are predicted with the serving state and scored like `clipseg-label evaluate`: PQ, false
 and missed regions per task, and the semantic IoU of the renamed labels.
 
-    python benchmarks/bench_learning.py --rounds 3 --json results/learning.json \
-        --plot docs/learning_loop.png
+    python benchmarks/bench_learning.py --rounds 3 --random-seeds 5 \
+        --json benchmarks/results/learning.json --plot docs/learning_loop.png
 
 With ``--speed N``, instead: one training on N annotated 640 x 480 tasks with the full-size model
 (CIDAS' rd64-refined shape, random weights: benchmarks/common.py build_checkpoint), its wall
@@ -37,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from unseen_scenes import LABELS, SEED_START, make_unseen_scene  # noqa: E402
 
 from backend.batch.predict import label_config_for  # noqa: E402
+from backend.batch.rank import coverage_order  # noqa: E402
 from backend.label_config import parse_label_config  # noqa: E402
 from backend.learning.trainer import Example, run_training  # noqa: E402
 from backend.model import CLIPSegBackend  # noqa: E402
@@ -94,11 +97,58 @@ def choose(backend, controls, project, pool, left, strategy, rng) -> list[int]:
         return rng.sample(sorted(left), min(ROUND_SIZE, len(left)))
     state = backend.serving_state(project)
     resolvers = state.resolvers if state is not None else None
-    scored = []
-    for i in sorted(left):
-        pred = backend.predict_image(pool[i][0], controls, resolvers=resolvers)
-        scored.append((-pred.uncertainty, i))
-    return [i for _, i in sorted(scored)[:ROUND_SIZE]]
+    candidates = sorted(left)
+    preds = [backend.predict_image(pool[i][0], controls, resolvers=resolvers) for i in candidates]
+    order = coverage_order(
+        [p.uncertainty for p in preds], [frozenset(r.label for r in p.regions) for p in preds]
+    )
+    return [candidates[j] for j in order[:ROUND_SIZE]]
+
+
+def run_strategy(backend, controls, project, pool, held_out, strategy, seed, rounds) -> list:
+    """The loop with one strategy, into project ``project`` of the store: figures per round."""
+    rng = random.Random(seed)
+    left = set(range(len(pool)))
+    annotated: list[int] = []
+    out = []
+    for r in range(1, rounds + 1):
+        picked = choose(backend, controls, project, pool, left, strategy, rng)
+        left -= set(picked)
+        annotated += picked
+        examples = [
+            Example(POOL_START + i, pool[i][0], pool[i][1], POOL_START + i) for i in annotated
+        ]
+        started = time.perf_counter()
+        record = run_training(backend.segmenter, controls, examples, {}, backend.learned, project)
+        seconds = time.perf_counter() - started
+        figures = evaluate(backend, controls, project, held_out)
+        figures.update(
+            annotated=len(annotated),
+            state=record["id"],
+            promoted=record["promoted"],
+            train_seconds=round(seconds, 1),
+            validation=record["validation"]["new"],
+        )
+        out.append(figures)
+        print(f"{strategy} (seed {seed}) round {r}: {figures}", flush=True)
+    return out
+
+
+def mean_rounds(runs: list[list[dict]]) -> list[dict]:
+    """Per round, the mean (and min, max) of PQ and false/missed regions over runs."""
+    out = []
+    for figures in zip(*runs, strict=True):
+        row: dict = {"annotated": figures[0]["annotated"]}
+        for key in ("pq", "false_per_task", "missed_per_task"):
+            values = [f[key] for f in figures]
+            row[key] = round(float(np.mean(values)), 4)
+            row[key + "_range"] = [min(values), max(values)]
+        names = figures[0]["unknown_name_iou"]
+        row["unknown_name_iou"] = {
+            n: round(float(np.mean([f["unknown_name_iou"][n] for f in figures])), 3) for n in names
+        }
+        out.append(row)
+    return out
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -114,34 +164,17 @@ def run(args: argparse.Namespace) -> dict:
     base = evaluate(backend, controls, "base", held_out)
     print(f"base model: {base}", flush=True)
     out = {"model": args.model, "held_out": args.held_out, "pool": args.pool, "base": base}
-    for project, strategy in (("1", "uncertainty"), ("2", "random")):
-        rng = random.Random(args.seed)
-        left = set(range(len(pool)))
-        annotated: list[int] = []
-        rounds = []
-        for r in range(1, args.rounds + 1):
-            picked = choose(backend, controls, project, pool, left, strategy, rng)
-            left -= set(picked)
-            annotated += picked
-            examples = [
-                Example(POOL_START + i, pool[i][0], pool[i][1], POOL_START + i) for i in annotated
-            ]
-            started = time.perf_counter()
-            record = run_training(
-                backend.segmenter, controls, examples, {}, backend.learned, project
-            )
-            seconds = time.perf_counter() - started
-            figures = evaluate(backend, controls, project, held_out)
-            figures.update(
-                annotated=len(annotated),
-                state=record["id"],
-                promoted=record["promoted"],
-                train_seconds=round(seconds, 1),
-                validation=record["validation"]["new"],
-            )
-            rounds.append(figures)
-            print(f"{strategy} round {r}: {figures}", flush=True)
-        out[strategy] = rounds
+    out["ranked"] = run_strategy(
+        backend, controls, "ranked", pool, held_out, "ranked", args.seed, args.rounds
+    )
+    seeds = [args.seed + n for n in range(args.random_seeds)]
+    out["random_runs"] = {
+        str(seed): run_strategy(
+            backend, controls, f"random{seed}", pool, held_out, "random", seed, args.rounds
+        )
+        for seed in seeds
+    }
+    out["random"] = mean_rounds(list(out["random_runs"].values()))
     return out
 
 
@@ -158,10 +191,14 @@ def table(result: dict) -> str:
         + ", ".join(f"{k} {v:.2f}" for k, v in base["unknown_name_iou"].items())
         + " |",
     ]
-    for strategy in ("uncertainty", "random"):
+    seeds = len(result["random_runs"])
+    for strategy, name in (("ranked", "ranking"), ("random", f"random, mean of {seeds} seeds")):
         for f in result[strategy]:
+            pq = f"{f['pq']:.3f}"
+            if "pq_range" in f:
+                pq += f" ({f['pq_range'][0]:.3f}-{f['pq_range'][1]:.3f})"
             lines.append(
-                f"| {strategy} | {f['annotated']} | {f['pq']:.3f} | {f['false_per_task']:.2f} | "
+                f"| {name} | {f['annotated']} | {pq} | {f['false_per_task']:.2f} | "
                 f"{f['missed_per_task']:.2f} | "
                 + ", ".join(f"{k} {v:.2f}" for k, v in f["unknown_name_iou"].items())
                 + " |"
@@ -178,9 +215,9 @@ def plot(result: dict, path: Path) -> None:
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     panels = (("PQ", "pq", 1.0), ("false regions / task", "false_per_task", None))
-    colors = {"uncertainty": (200, 60, 40), "random": (40, 90, 200)}
+    colors = {"ranked": (200, 60, 40), "random": (40, 90, 200)}
     panel_w = (width - 3 * pad) // 2
-    xs_max = max(f["annotated"] for s in ("uncertainty", "random") for f in result[s])
+    xs_max = max(f["annotated"] for s in ("ranked", "random") for f in result[s])
     for n, (title, key, top) in enumerate(panels):
         x0, y0, x1, y1 = (
             pad + n * (panel_w + pad),
@@ -208,8 +245,9 @@ def plot(result: dict, path: Path) -> None:
             draw.text((x - 6, y1 + 6), str(a), fill="black")
         draw.text(((x0 + x1) // 2 - 50, y1 + 24), "annotated tasks", fill="black")
     for i, (strategy, color) in enumerate(colors.items()):
-        draw.rectangle([width - 200, 10 + 18 * i, width - 188, 22 + 18 * i], fill=color)
-        draw.text((width - 182, 10 + 18 * i), strategy, fill="black")
+        draw.rectangle([width - 260, 10 + 18 * i, width - 248, 22 + 18 * i], fill=color)
+        legend = "ranking (coverage order)" if strategy == "ranked" else "random (mean)"
+        draw.text((width - 242, 10 + 18 * i), legend, fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
 
@@ -272,6 +310,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pool", type=int, default=60)
     p.add_argument("--held-out", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--random-seeds", type=int, default=5, help="random-picking runs (seeds from --seed)"
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--store", default=None, help="MODEL_DIR for the states (default: a temp dir)")
     p.add_argument("--json", type=Path, default=None)

@@ -22,7 +22,10 @@ def add_parser(sub: Subparsers) -> None:
         "rank",
         help="order tasks by uncertainty: what to label next",
         description=(
-            "Rank tasks by the model's uncertainty (most uncertain first). The figure is the one "
+            "Rank tasks by what to label next. By default (--order coverage) each next task is "
+            "the one whose predicted labels the tasks ranked before it cover least, the most "
+            "uncertain among equals, so that a batch from the top teaches every label; with "
+            "--order uncertainty, most uncertain first. The uncertainty is the one "
             "'predict' stores in meta.clipseg.uncertainty: the mean over labels of the fraction "
             "of candidate pixels (p >= CLIPSEG_UNCERTAIN_LOW) whose probability lies in the "
             "uncertain band [CLIPSEG_UNCERTAIN_LOW, CLIPSEG_UNCERTAIN_HIGH]; for tasks without "
@@ -42,6 +45,13 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--out", required=True, metavar="FILE", help="ranking file: .csv or .json")
     p.add_argument("--top", type=int, default=10, help="rows printed to stdout (0: none)")
     p.add_argument("--image-key", default="image", help="task data key of the image")
+    p.add_argument(
+        "--order",
+        choices=("coverage", "uncertainty"),
+        default="coverage",
+        help="coverage: least covered labels first, then most uncertain; uncertainty: most "
+        "uncertain first",
+    )
     p.add_argument(
         "--push",
         action="store_true",
@@ -63,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if args.push and args.project is None:
         raise UsageError("--push needs --project")
     tasks = read_tasks(args.tasks)
-    ranking = rank.rank_tasks(tasks, image_key=args.image_key)
+    ranking = rank.rank_tasks(tasks, image_key=args.image_key, order=args.order)
     rank.write_ranking(args.out, ranking)
     for row in ranking[: max(args.top, 0)]:
         value = "-" if row.uncertainty is None else f"{row.uncertainty:.4f}"

@@ -9,6 +9,8 @@ import re
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from backend.batch import push
 from backend.batch.rank import rank_tasks, write_ranking
@@ -307,3 +309,65 @@ def test_a_push_stopped_part_way_says_what_was_written_and_exits_1(
     assert "cannot reach Label Studio at http://ls.test" in err
     assert "1 tasks created, 1 predictions created" in err
     assert [t["data"]["image"] for t in fake.imported] == ["a.png"]
+
+
+# ------------------------------------------------------------------ coverage order
+
+
+def _labelled(image: str, uncertainty: float, labels: tuple[str, ...]) -> dict:
+    task = _task(image, uncertainty)
+    task["predictions"][0]["result"] = [
+        {"type": "brushlabels", "value": {"brushlabels": [label]}, "score": 0.9}
+        for label in labels
+    ]
+    return task
+
+
+def test_coverage_order_spreads_the_labels_before_uncertainty():
+    tasks = [
+        _labelled("cat1.png", 0.9, ("cat",)),
+        _labelled("cat2.png", 0.8, ("cat",)),
+        _labelled("dog.png", 0.1, ("dog",)),
+        _labelled("both.png", 0.2, ("cat", "bird")),
+        _labelled("none.png", 0.5, ()),
+    ]
+    ranked = [r.image for r in rank_tasks(tasks)]
+    # both.png brings two new labels; then dog (new) before another cat; the empty one last
+    assert ranked == ["both.png", "dog.png", "cat1.png", "cat2.png", "none.png"]
+    by_uncertainty = [r.image for r in rank_tasks(tasks, order="uncertainty")]
+    assert by_uncertainty == ["cat1.png", "cat2.png", "none.png", "both.png", "dog.png"]
+    with pytest.raises(ValueError, match="unknown ranking order 'best'"):
+        rank_tasks(tasks, order="best")
+
+
+def _greedy(uncertainty, labels):
+    """The coverage order by its definition, scored afresh at every step (n^2)."""
+    left, seen, out = list(range(len(labels))), {}, []
+    while left:
+        best = max(
+            left,
+            key=lambda i: (sum(1 / (1 + seen.get(lab, 0)) for lab in labels[i]), uncertainty[i], -i),
+        )
+        out.append(best)
+        left.remove(best)
+        for lab in labels[best]:
+            seen[lab] = seen.get(lab, 0) + 1
+    return out
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0.0, 0.25, 0.5, 1.0]),
+            st.frozensets(st.sampled_from("abcde"), max_size=3),
+        ),
+        max_size=25,
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_the_lazy_coverage_order_is_the_greedy_one(rows):
+    from backend.batch.rank import coverage_order
+
+    uncertainty = [u for u, _ in rows]
+    labels = [lab for _, lab in rows]
+    assert coverage_order(uncertainty, labels) == _greedy(uncertainty, labels)
