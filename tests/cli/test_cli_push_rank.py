@@ -317,8 +317,7 @@ def test_a_push_stopped_part_way_says_what_was_written_and_exits_1(
 def _labelled(image: str, uncertainty: float, labels: tuple[str, ...]) -> dict:
     task = _task(image, uncertainty)
     task["predictions"][0]["result"] = [
-        {"type": "brushlabels", "value": {"brushlabels": [label]}, "score": 0.9}
-        for label in labels
+        {"type": "brushlabels", "value": {"brushlabels": [label]}, "score": 0.9} for label in labels
     ]
     return task
 
@@ -346,7 +345,11 @@ def _greedy(uncertainty, labels):
     while left:
         best = max(
             left,
-            key=lambda i: (sum(1 / (1 + seen.get(lab, 0)) for lab in labels[i]), uncertainty[i], -i),
+            key=lambda i: (
+                sum(1 / (1 + seen.get(lab, 0)) for lab in labels[i]),
+                uncertainty[i],
+                -i,
+            ),
         )
         out.append(best)
         left.remove(best)
