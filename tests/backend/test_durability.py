@@ -6,7 +6,8 @@ embed, so that they arrive faster than they are applied) from SENDERS threads. A
 acknowledgements one gunicorn worker is killed with SIGKILL (gunicorn starts another); after
 KILL_ALL the master and every worker are (a machine losing power, the OOM killer); the server is
 started again on the same port while the senders go on. At the end every acknowledged id must
-be in the exemplar store. `python tests/backend/test_durability.py` runs it alone and prints
+be in the exemplar store and in the learning loop's annotation store (what the next training
+learns from; trainings run during the flood, every CLIPSEG_TRAIN_EVERY=10 annotations). `python tests/backend/test_durability.py` runs it alone and prints
 the figures docs/backend.md quotes.
 """
 
@@ -68,6 +69,11 @@ def _kill(pids: list[int]) -> None:
             pass
 
 
+def server_runs(server: BackendProcess) -> int:
+    """How many training runs of project 1 the store records (GET /learning/1)."""
+    return len(server.get("/learning/1")["runs"])
+
+
 def _gone(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -79,6 +85,17 @@ def _gone(pid: int) -> bool:
 def _stored_ids(model_dir: Path) -> set[int]:
     ids: set[int] = set()
     for path in (model_dir / "exemplars").glob("*/1.json"):
+        try:
+            ids |= {int(a) for a in json.loads(path.read_text())["annotations"]}
+        except (OSError, ValueError):
+            pass  # being replaced right now: read again later
+    return ids
+
+
+def _training_ids(model_dir: Path) -> set[int]:
+    """Annotation ids in the learning loop's store of project 1 (backend.learning.store)."""
+    ids: set[int] = set()
+    for path in (model_dir / "learning").glob("*/1/annotations.json"):
         try:
             ids |= {int(a) for a in json.loads(path.read_text())["annotations"]}
         except (OSError, ValueError):
@@ -167,15 +184,21 @@ def run_flood(tmp: Path) -> dict[str, float]:
             t.join(120)
         send_seconds = time.monotonic() - started
         deadline = time.monotonic() + 180
-        while not acked <= _stored_ids(model_dir) and time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (
+            acked <= _stored_ids(model_dir) and acked <= _training_ids(model_dir)
+        ):
             time.sleep(0.25)
         drain_seconds = time.monotonic() - started - send_seconds
         stored = _stored_ids(model_dir)
+        for_training = _training_ids(model_dir)
+        runs = server_runs(server)
     finally:
         server.stop()
     lost = sorted(acked - stored)
     assert not lost, f"{len(lost)} acknowledged webhooks lost: {lost[:20]}"
     assert stored <= set(range(1, FLOOD + 1))
+    lost = sorted(acked - for_training)
+    assert not lost, f"{len(lost)} acknowledged annotations lost to training: {lost[:20]}"
     return {
         "sent": FLOOD,
         "acknowledged": len(acked),
@@ -185,6 +208,8 @@ def run_flood(tmp: Path) -> dict[str, float]:
         "applied at the kill of master and workers": applied_at_second_kill,
         "applied after the restart": len(stored & acked),
         "lost": len(lost),
+        "in the training store after the restart": len(for_training & acked),
+        "training runs recorded": runs,
         "answer time of an acknowledged webhook, median ms": round(
             1000 * statistics.median(latencies), 1
         ),
