@@ -604,6 +604,7 @@ class Predictor:
         tile_size: int,
         tile_overlap: float = 0.25,
         templates: Sequence[str] | None = None,
+        found_threshold: float = 0.3,
     ) -> np.ndarray:
         """Like `segment`, for small objects in large images: float32 probabilities (K, H, W).
 
@@ -611,8 +612,9 @@ class Predictor:
         tiles share at least ``tile_overlap`` of a tile), each tile goes through the vision
         encoder as an image of its own (``chunk_size`` tiles per call), and the maps are merged
         with the whole image's, seen at the model's size (`clipseg.tiling.TileMerger` gives the
-        rule). The prompts (or a (K, D) tensor of their embeddings) are embedded once for all
-        tiles. ``tile_size=0``, or an image that fits in one tile, is exactly `segment`.
+        rule: tiles add only what the whole view did not find above ``found_threshold``; use the
+        threshold the regions are cut at). The prompts (or a (K, D) tensor of their embeddings)
+        are embedded once for all tiles. ``tile_size=0``, or an image that fits in one tile, is exactly `segment`.
         Afterwards the whole image is the current one, as after `set_image`.
 
         Memory: the (K, H, W) result and one weight map at the image's size, plus one tile's
@@ -629,7 +631,9 @@ class Predictor:
             if tile_size == 0 or (width <= tile_size and height <= tile_size):
                 self.set_image(pil)
                 return self.predict_embeddings(embeddings)
-            merger = TileMerger(len(embeddings), height, width, tile_size, tile_overlap)
+            merger = TileMerger(
+                len(embeddings), height, width, tile_size, tile_overlap, found_threshold
+            )
             boxes = merger.boxes()
             for start in range(0, len(boxes), self.chunk_size):
                 group = boxes[start : start + self.chunk_size]
@@ -640,8 +644,8 @@ class Predictor:
                     merger.add(box, logits_to_probs(tile_logits, size).cpu().numpy())
             self.set_image(pil)  # the whole-image view, and the current image from now on
             whole_logits = self._decode_logits(self._states[0], embeddings)[0]  # (K, h, w)
-            whole = (
-                logits_to_probs(label_logits, (height, width)).cpu().numpy()
-                for label_logits in whole_logits
-            )
+
+            def whole(k: int) -> np.ndarray:  # one full-size map at a time
+                return logits_to_probs(whole_logits[k], (height, width)).cpu().numpy()
+
             return merger.result(whole)

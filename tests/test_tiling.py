@@ -115,9 +115,28 @@ def test_the_whole_image_view_keeps_what_the_tiles_miss():
     for box in merged.boxes():
         x0, y0, x1, y1 = box
         merged.add(box, field[:, y0:y1, x0:x1] + 0.1)
-    out = merged.result(iter(whole))
+    out = merged.result(lambda k: whole[k])
     assert np.allclose(out[0], 0.1) and np.allclose(out[1][10:40, 20:100], 0.8)
     assert np.allclose(out[1][:10], 0.1)
+
+
+def test_what_the_whole_view_finds_it_decides_and_tiles_add_only_what_it_misses():
+    """Rule 2: tiles take a large object for "b" where the whole view sees it as "a": that tile
+    region goes; a small object only the tiles see stays."""
+    h, w = 60, 160
+    tiles = np.zeros((2, h, w), np.float32)
+    tiles[1, 10:50, 20:90] = 0.9  # "b" on the large object, as close-up tiles see it
+    tiles[1, 20:26, 130:136] = 0.9  # a small "b" the whole view misses
+    whole = np.zeros_like(tiles)
+    whole[0, 12:48, 22:88] = 0.8  # the whole view: the large object is "a"
+    merger = TileMerger(2, h, w, 60, 0.25, found_threshold=0.3)
+    for box in merger.boxes():
+        x0, y0, x1, y1 = box
+        merger.add(box, tiles[:, y0:y1, x0:x1])
+    out = merger.result(lambda k: whole[k])
+    assert (out[1][10:50, 20:90] < 0.3).all(), "the tiles' 'b' on the whole view's object stays"
+    assert (out[1][20:26, 130:136] > 0.8).all(), "the small object only tiles see is lost"
+    np.testing.assert_allclose(out[0], whole[0])
 
 
 def test_a_missing_tile_or_view_is_an_error_not_a_hole():
@@ -127,8 +146,8 @@ def test_a_missing_tile_or_view_is_an_error_not_a_hole():
         merger.result()
     merger = TileMerger(2, 40, 40, 50, 0.25)
     merger.add(merger.boxes()[0], np.zeros((2, 40, 40), np.float32))
-    with pytest.raises(ValueError, match="1 maps for 2 labels"):
-        merger.result(iter([np.zeros((40, 40), np.float32)]))
+    with pytest.raises(ValueError, match=r"view of label 0 is \(40, 39\), not the image's"):
+        merger.result(lambda k: np.zeros((40, 39), np.float32))
 
 
 # -- the Predictor -----------------------------------------------------------------------------
