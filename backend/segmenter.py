@@ -295,7 +295,9 @@ class Segmenter:
                 tile_overlap=self.settings.tile_overlap,
                 # the lowest threshold regions are cut at: a tile region left to the whole view
                 # leaves nothing above any control's threshold
-                found_threshold=min((c.threshold for c in controls), default=self.settings.threshold),
+                found_threshold=min(
+                    (c.threshold for c in controls), default=self.settings.threshold
+                ),
             )
             if len(rows_by_size) == 1:
                 return probs  # the common case: no second copy of K full-size maps

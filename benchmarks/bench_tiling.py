@@ -2,7 +2,7 @@
 demo scenes (large objects), through the backend's own path (`CLIPSegBackend.predict_image`:
 maps -> regions -> results), plus the post-processing peak memory at 4000 x 3000 with 5 labels.
 
-    python benchmarks/bench_tiling.py [--scenes 4] [--tiles 0,256,384] [--memory]
+    python benchmarks/bench_tiling.py [--scenes 4] [--tiles 0,256,384] [--memory] [--timing]
 
 Per setting: recall of the objects (a region of the right label at IoU > 0.5, one-to-one),
 false regions per image, panoptic quality (PQ = sum of matched IoUs / (TP + FP/2 + FN/2)),
@@ -76,13 +76,42 @@ def peak_memory(backend) -> None:
     )
 
 
+def timing(backend, tiles: list[int], repeats: int = 5) -> None:
+    """Median seconds of one 1920 x 1440 image with 5 labels per tile size, the runs of all
+    sizes interleaved (so that a burst of load on a shared machine spreads over all of them)."""
+    scene = make_large_scene(100)
+    labels = sorted({o.name for o in scene.objects})[:5]
+    controls = {
+        t: parse_label_config(_config(labels, t), backend.settings.threshold) for t in tiles
+    }
+    seconds: dict[int, list[float]] = {t: [] for t in tiles}
+    for _ in range(repeats):
+        for t in tiles:
+            start = time.perf_counter()
+            backend.predict_image(scene.image, controls[t])
+            seconds[t].append(time.perf_counter() - start)
+    print("| tile px | tiles | s / image (median) | s / tile |")
+    print("| --- | --- | --- | --- |")
+    for t in tiles:
+        n = len(tile_boxes(1920, 1440, t, 0.25)) if t else 0
+        median = statistics.median(seconds[t])
+        per_tile = f"{median / n:.3f}" if n else "-"
+        print(f"| {t or 'off'} | {n} | {median:.2f} | {per_tile} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, default=4)
     parser.add_argument("--tiles", default="0,256,384")
     parser.add_argument("--memory", action="store_true")
+    parser.add_argument(
+        "--timing", action="store_true", help="only time one image per tile size (5 runs each)"
+    )
     args = parser.parse_args()
     backend = CLIPSegBackend.load(Settings(model="demo", device="cpu", min_region_area=20))
+    if args.timing:
+        timing(backend, [int(t) for t in args.tiles.split(",")])
+        return
     if args.memory:
         peak_memory(backend)  # first, so that the peak is this image's
     large = [make_large_scene(seed) for seed in range(100, 100 + args.scenes)]

@@ -614,8 +614,8 @@ class Predictor:
         with the whole image's, seen at the model's size (`clipseg.tiling.TileMerger` gives the
         rule: tiles add only what the whole view did not find above ``found_threshold``; use the
         threshold the regions are cut at). The prompts (or a (K, D) tensor of their embeddings)
-        are embedded once for all tiles. ``tile_size=0``, or an image that fits in one tile, is exactly `segment`.
-        Afterwards the whole image is the current one, as after `set_image`.
+        are embedded once for all tiles. ``tile_size=0``, or an image that fits in one tile, is
+        exactly `segment`. Afterwards the whole image is the current one, as after `set_image`.
 
         Memory: the (K, H, W) result and one weight map at the image's size, plus one tile's
         (K, tile, tile) maps at a time.

@@ -7,7 +7,8 @@ acknowledgements one gunicorn worker is killed with SIGKILL (gunicorn starts ano
 KILL_ALL the master and every worker are (a machine losing power, the OOM killer); the server is
 started again on the same port while the senders go on. At the end every acknowledged id must
 be in the exemplar store and in the learning loop's annotation store (what the next training
-learns from; trainings run during the flood, every CLIPSEG_TRAIN_EVERY=10 annotations). `python tests/backend/test_durability.py` runs it alone and prints
+learns from; trainings run during the flood, every CLIPSEG_TRAIN_EVERY=10 annotations).
+`python tests/backend/test_durability.py` runs it alone and prints
 the figures docs/backend.md quotes.
 """
 
