@@ -240,3 +240,140 @@ def check_stored_predictions(
         assert got["score"] == pytest.approx(want["score"], rel=1e-6)
         assert region_keys(got["result"]) == region_keys(want["result"])
         assert got["result"] == want["result"], f"task {task['id']}: the regions changed"
+
+
+# ---------------------------------------------------------------------------------------------
+# clipseg-label predict --project P --push (issue 21, item 4)
+
+PROJECT_MODE = "legacy"  # see test_predict_project_push's docstring
+
+
+def run_predict_project(
+    ls: LabelStudio, project: int, config: Path, out: Path, store: Path, engine: str = "local"
+) -> tuple[subprocess.CompletedProcess, float]:
+    """`clipseg-label predict --project P --url URL --api-key KEY --push` (the console script,
+    demo model, ``engine``); (the finished process, its wall time)."""
+    exe = Path(sys.executable).parent / "clipseg-label"
+    assert exe.exists(), f"{exe} is missing: pip install -e . in this environment"
+    cmd = [
+        str(exe),
+        "predict",
+        "--project",
+        str(project),
+        "--url",
+        ls.url,
+        "--api-key",
+        ls.api_key,
+        "--push",
+        "--engine",
+        engine,
+        "--label-config",
+        str(config),
+        "--model",
+        "demo",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--store",
+        str(store),
+    ]
+    started = time.monotonic()
+    proc = subprocess.run(
+        cmd, env=_clean_env(), cwd=out.parent, capture_output=True, text=True,
+        timeout=PREDICT_TIMEOUT,
+    )  # fmt: skip
+    wall_s = time.monotonic() - started
+    shown = " ".join("KEY" if part == ls.api_key else part for part in cmd)
+    assert proc.returncode == 0, f"{shown} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+    return proc, wall_s
+
+
+def test_predict_project_push(
+    label_studio: LabelStudio,
+    tmp_path: Path,
+    e2e_report: list[str],
+    step_timer: StepTimer,
+) -> None:
+    """`clipseg-label predict --project P ... --push` against the real Label Studio: every task
+    of the project gets exactly one prediction, of the model_version the backend would report
+    for the project (`CLIPSegBackend.model_version` on the same MODEL_DIR), whose masks match
+    the scenes' truth; the same command again imports nothing (the tasks holding that version
+    are skipped); after one stored prediction is deleted, a rerun pushes that task's saved
+    record again, and only that one (the resume rule: no prediction duplicated).
+
+    Runs in the ``legacy`` token mode only: the command reaches Label Studio through the same
+    label-studio-sdk client (`backend.batch.push.connect`) as `clipseg-label push`, which
+    test_cli_tasks_import_and_push runs in both modes; a second run would cost ~30 s of CI
+    and check nothing new."""
+    if label_studio.mode != PROJECT_MODE:
+        pytest.skip(f"runs in the {PROJECT_MODE!r} token mode only (see the docstring)")
+    from backend.model import CLIPSegBackend
+    from backend.settings import Settings
+
+    mark = step_timer.mark
+    ls, client = label_studio, label_studio.client
+    scenes = {s: make_scene(s) for s in CLI_SEEDS}
+    labels = sorted({o.name for sc in scenes.values() for o in sc.objects})
+    config = tmp_path / "config.xml"
+    config.write_text(label_config(labels))
+    pid = int(client.create_project("clipseg-label predict --project", config.read_text())["id"])
+    files = [write_scene(sc, tmp_path / "uploads") for sc in scenes.values()]
+    assert client.import_files(pid, files)["task_count"] == len(files)
+    tasks = client.wait_task_count(pid, len(files))
+    assert sorted(seed_of(t) for t in tasks) == sorted(scenes)
+    store, out = tmp_path / "model-dir", tmp_path / "out"
+    backend = CLIPSegBackend.load(Settings(model="demo", device="cpu", model_dir=str(store)))
+    version = backend.model_version(pid)  # what the backend would answer /setup with
+    mark("project made")
+
+    # --- 1. every task predicted and pushed, once
+    proc, wall_first = run_predict_project(ls, pid, config, out, store)
+    n = len(tasks)
+    assert f"project {pid}: 0 tasks held this model_version's prediction already; {n} " in (
+        proc.stderr
+    ), proc.stderr
+    assert f"{n} predictions imported" in proc.stderr, proc.stderr
+    stored = {t["id"]: client.predictions(t["id"]) for t in tasks}
+    assert {tid: len(p) for tid, p in stored.items()} == {t["id"]: 1 for t in tasks}
+    assert {p[0]["model_version"] for p in stored.values()} == {version}
+    ious = check_predictions(
+        client, tasks, scenes, version, floors=CLI_IOU_FLOORS, mean_floor=CLI_MEAN_IOU_FLOOR
+    )
+    mark("predicted and pushed")
+
+    # --- 2. the same command again: nothing to do, nothing imported
+    proc, wall_again = run_predict_project(ls, pid, config, out, store)
+    assert (
+        f"project {pid}: {n} tasks held this model_version's prediction already; 0 predictions "
+        "imported" in proc.stderr
+    ), proc.stderr
+    again = {t["id"]: client.predictions(t["id"]) for t in tasks}
+    assert {tid: [p["id"] for p in ps] for tid, ps in again.items()} == {
+        tid: [p["id"] for p in ps] for tid, ps in stored.items()
+    }, "a prediction was added or replaced"
+    mark("run again: nothing pushed")
+
+    # --- 3. a prediction that never reached Label Studio (deleted here) is pushed from its
+    # saved record on the next run, and no other
+    victim = tasks[0]["id"]
+    client.request("DELETE", f"/api/predictions/{stored[victim][0]['id']}", expect=(204, 200))
+    assert client.predictions(victim) == []
+    proc, wall_resume = run_predict_project(ls, pid, config, out, store)
+    assert (
+        f"project {pid}: {n - 1} tasks held this model_version's prediction already; 1 "
+        "predictions imported" in proc.stderr
+    ), proc.stderr
+    assert "0 predicted, 1 already done" in proc.stderr, proc.stderr
+    final = {t["id"]: client.predictions(t["id"]) for t in tasks}
+    assert {tid: len(p) for tid, p in final.items()} == {t["id"]: 1 for t in tasks}
+    assert final[victim][0]["result"] == stored[victim][0]["result"]
+    assert final[victim][0]["model_version"] == version
+    for tid in final:
+        if tid != victim:
+            assert final[tid][0]["id"] == stored[tid][0]["id"]
+    mark("resumed: the lost prediction pushed again")
+    e2e_report.append(
+        f"{ls.mode}: clipseg-label predict --project --push, {n} tasks: {wall_first:.1f} s, "
+        f"again {wall_again:.1f} s, resumed {wall_resume:.1f} s; IoU: {iou_summary(ious)}"
+    )
