@@ -300,12 +300,14 @@ def test_predict_project_push(
     for the project (`CLIPSegBackend.model_version` on the same MODEL_DIR), whose masks match
     the scenes' truth; the same command again imports nothing (the tasks holding that version
     are skipped); after one stored prediction is deleted, a rerun pushes that task's saved
-    record again, and only that one (the resume rule: no prediction duplicated).
+    record again, and only that one (the resume rule: no prediction duplicated). Last,
+    ``--engine ray`` (a local Ray) on a second project of the same scenes stores the local
+    engine's predictions: the same regions and scores, one per task.
 
     Runs in the ``legacy`` token mode only: the command reaches Label Studio through the same
     label-studio-sdk client (`backend.batch.push.connect`) as `clipseg-label push`, which
     test_cli_tasks_import_and_push runs in both modes; a second run would cost ~30 s of CI
-    and check nothing new."""
+    and check nothing new (the Ray run alone takes ~30 s)."""
     if label_studio.mode != PROJECT_MODE:
         pytest.skip(f"runs in the {PROJECT_MODE!r} token mode only (see the docstring)")
     from backend.model import CLIPSegBackend
@@ -373,7 +375,36 @@ def test_predict_project_push(
         if tid != victim:
             assert final[tid][0]["id"] == stored[tid][0]["id"]
     mark("resumed: the lost prediction pushed again")
+
+    # --- 4. --engine ray on a second project of the same scenes: the same predictions
+    pid_ray = int(
+        client.create_project("clipseg-label predict --engine ray", config.read_text())["id"]
+    )
+    assert client.import_files(pid_ray, files)["task_count"] == len(files)
+    tasks_ray = client.wait_task_count(pid_ray, len(files))
+    version_ray = backend.model_version(pid_ray)
+    proc, wall_ray = run_predict_project(ls, pid_ray, config, tmp_path / "out-ray", store, "ray")
+    assert f"project {pid_ray}: 0 tasks held this model_version's prediction already; {n} " in (
+        proc.stderr
+    ), proc.stderr
+    local_by_seed = {seed_of(t): final[t["id"]][0] for t in tasks}
+    for task in tasks_ray:
+        preds = client.predictions(task["id"])
+        assert len(preds) == 1, f"task {task['id']}: {len(preds)} predictions"
+        got, want = preds[0], local_by_seed[seed_of(task)]
+        assert got["model_version"] == version_ray
+        assert got["score"] == pytest.approx(want["score"], rel=1e-5)
+        assert without_ids(got["result"]) == without_ids(want["result"]), (
+            f"scene {seed_of(task)}: the Ray engine's regions differ from the local engine's"
+        )
+    mark("--engine ray: the local engine's predictions")
     e2e_report.append(
         f"{ls.mode}: clipseg-label predict --project --push, {n} tasks: {wall_first:.1f} s, "
-        f"again {wall_again:.1f} s, resumed {wall_resume:.1f} s; IoU: {iou_summary(ious)}"
+        f"again {wall_again:.1f} s, resumed {wall_resume:.1f} s, --engine ray "
+        f"{wall_ray:.1f} s; IoU: {iou_summary(ious)}"
     )
+
+
+def without_ids(result: list[dict]) -> list[dict]:
+    """The regions without their ids (random per run)."""
+    return [{k: v for k, v in r.items() if k != "id"} for r in result]

@@ -64,8 +64,8 @@ TRAIN_TIMEOUT = 300.0
 # 0.17-0.83 (5 runs; the spread comes from the trainer's validation split, a hash of the task
 # ids, which depend on the tests run before in the same Label Studio). Offline, the same tasks
 # under 24 id offsets gave PQ 0.57-0.76, false regions at most 1.0 per task. More tasks are not
-# safer today: with 16, 3 of 24 splits let 1-3 validation tasks pick the resolver on the model's
-# own masks, and held-out PQ fell to 0.11-0.19 (docs/e2e.md).
+# safer today: with 16 (20), 3 (1) of 24 splits let 1-3 validation tasks pick the resolver on
+# the model's own masks, and held-out PQ fell to 0.11-0.19 (docs/e2e.md).
 MIN_PQ_GAIN = 0.2
 MAX_FALSE_RATIO = 0.5  # false regions per task after / before
 
