@@ -289,6 +289,7 @@ def run_predict_project(
     return proc, wall_s
 
 
+@pytest.mark.token_mode(PROJECT_MODE, reason="the SDK client is the one push tests in both modes")
 def test_predict_project_push(
     label_studio: LabelStudio,
     tmp_path: Path,
@@ -308,8 +309,6 @@ def test_predict_project_push(
     label-studio-sdk client (`backend.batch.push.connect`) as `clipseg-label push`, which
     test_cli_tasks_import_and_push runs in both modes; a second run would cost ~30 s of CI
     and check nothing new (the Ray run alone takes ~30 s)."""
-    if label_studio.mode != PROJECT_MODE:
-        pytest.skip(f"runs in the {PROJECT_MODE!r} token mode only (see the docstring)")
     from backend.model import CLIPSegBackend
     from backend.settings import Settings
 

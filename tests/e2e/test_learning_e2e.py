@@ -148,6 +148,7 @@ def wait_for_promotion(url: str, pid: int, runs_before: int, proc: ManagedProces
     )
 
 
+@pytest.mark.token_mode(MODE, reason="the token only matters to the client of the backend test")
 def test_learning_loop_end_to_end(
     label_studio: LabelStudio,
     processes: ProcessRegistry,
@@ -155,8 +156,6 @@ def test_learning_loop_end_to_end(
     e2e_report: list[str],
     step_timer: StepTimer,
 ) -> None:
-    if label_studio.mode != MODE:
-        pytest.skip(f"runs in the {MODE!r} token mode only (see the module docstring)")
     from backend.batch.predict import label_config_for
 
     mark = step_timer.mark
