@@ -149,6 +149,27 @@ def step_timer(request: pytest.FixtureRequest, e2e_report: list[str]) -> Iterato
     print(f"\n[e2e] {timer.summary()}", flush=True)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "token_mode(mode, reason=...): run the test against that token mode's Label Studio only",
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip a ``token_mode``-marked test in the other modes before its fixtures are set up (no
+    backend started, no empty wall time in the report)."""
+    marker = item.get_closest_marker("token_mode")
+    callspec = getattr(item, "callspec", None)
+    if marker is None or callspec is None or "label_studio" not in callspec.params:
+        return
+    if callspec.params["label_studio"] not in marker.args:
+        why = marker.kwargs.get("reason", "")
+        pytest.skip(
+            f"runs in the {'/'.join(marker.args)} token mode only" + (f": {why}" if why else "")
+        )
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _REPORT:
         terminalreporter.section("clipseg e2e")

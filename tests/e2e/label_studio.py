@@ -646,12 +646,22 @@ class LSClient:
             f"/api/ml/{ml_backend}/interactive-annotating", json={"task": task, "context": context}
         )
 
-    def retrieve_predictions(self, project: int) -> dict:
+    def retrieve_predictions(self, project: int, tasks: list[int] | None = None) -> dict:
+        """The data manager's "Retrieve predictions" on every task, or on the ``tasks`` (ids)
+        selected."""
+        selected = (
+            {"all": True, "excluded": []} if tasks is None else {"all": False, "included": tasks}
+        )
         return self.post(
             "/api/dm/actions",
             params={"id": "retrieve_tasks_predictions", "project": project},
-            json={"selectedItems": {"all": True, "excluded": []}},
+            json={"selectedItems": selected},
         )
+
+    def train(self, ml_backend: int) -> None:
+        """The "Start training" button of a connected ML backend: Label Studio 1.23.2 posts a
+        START_TRAINING webhook (the project, no annotation) to the backend's /webhook."""
+        self.post(f"/api/ml/{ml_backend}/train")
 
     def create_annotation(self, task: int, result: list[dict]) -> dict:
         return self.post(f"/api/tasks/{task}/annotations", json={"result": result})

@@ -240,3 +240,170 @@ def check_stored_predictions(
         assert got["score"] == pytest.approx(want["score"], rel=1e-6)
         assert region_keys(got["result"]) == region_keys(want["result"])
         assert got["result"] == want["result"], f"task {task['id']}: the regions changed"
+
+
+# ---------------------------------------------------------------------------------------------
+# clipseg-label predict --project P --push (issue 21, item 4)
+
+PROJECT_MODE = "legacy"  # see test_predict_project_push's docstring
+
+
+def run_predict_project(
+    ls: LabelStudio, project: int, config: Path, out: Path, store: Path, engine: str = "local"
+) -> tuple[subprocess.CompletedProcess, float]:
+    """`clipseg-label predict --project P --url URL --api-key KEY --push` (the console script,
+    demo model, ``engine``); (the finished process, its wall time)."""
+    exe = Path(sys.executable).parent / "clipseg-label"
+    assert exe.exists(), f"{exe} is missing: pip install -e . in this environment"
+    cmd = [
+        str(exe),
+        "predict",
+        "--project",
+        str(project),
+        "--url",
+        ls.url,
+        "--api-key",
+        ls.api_key,
+        "--push",
+        "--engine",
+        engine,
+        "--label-config",
+        str(config),
+        "--model",
+        "demo",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--store",
+        str(store),
+    ]
+    started = time.monotonic()
+    proc = subprocess.run(
+        cmd, env=_clean_env(), cwd=out.parent, capture_output=True, text=True,
+        timeout=PREDICT_TIMEOUT,
+    )  # fmt: skip
+    wall_s = time.monotonic() - started
+    shown = " ".join("KEY" if part == ls.api_key else part for part in cmd)
+    assert proc.returncode == 0, f"{shown} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+    return proc, wall_s
+
+
+@pytest.mark.token_mode(PROJECT_MODE, reason="the SDK client is the one push tests in both modes")
+def test_predict_project_push(
+    label_studio: LabelStudio,
+    tmp_path: Path,
+    e2e_report: list[str],
+    step_timer: StepTimer,
+) -> None:
+    """`clipseg-label predict --project P ... --push` against the real Label Studio: every task
+    of the project gets exactly one prediction, of the model_version the backend would report
+    for the project (`CLIPSegBackend.model_version` on the same MODEL_DIR), whose masks match
+    the scenes' truth; the same command again imports nothing (the tasks holding that version
+    are skipped); after one stored prediction is deleted, a rerun pushes that task's saved
+    record again, and only that one (the resume rule: no prediction duplicated). Last,
+    ``--engine ray`` (a local Ray) on a second project of the same scenes stores the local
+    engine's predictions: the same regions and scores, one per task.
+
+    Runs in the ``legacy`` token mode only: the command reaches Label Studio through the same
+    label-studio-sdk client (`backend.batch.push.connect`) as `clipseg-label push`, which
+    test_cli_tasks_import_and_push runs in both modes; a second run would cost ~30 s of CI
+    and check nothing new (the Ray run alone takes ~30 s)."""
+    from backend.model import CLIPSegBackend
+    from backend.settings import Settings
+
+    mark = step_timer.mark
+    ls, client = label_studio, label_studio.client
+    scenes = {s: make_scene(s) for s in CLI_SEEDS}
+    labels = sorted({o.name for sc in scenes.values() for o in sc.objects})
+    config = tmp_path / "config.xml"
+    config.write_text(label_config(labels))
+    pid = int(client.create_project("clipseg-label predict --project", config.read_text())["id"])
+    files = [write_scene(sc, tmp_path / "uploads") for sc in scenes.values()]
+    assert client.import_files(pid, files)["task_count"] == len(files)
+    tasks = client.wait_task_count(pid, len(files))
+    assert sorted(seed_of(t) for t in tasks) == sorted(scenes)
+    store, out = tmp_path / "model-dir", tmp_path / "out"
+    backend = CLIPSegBackend.load(Settings(model="demo", device="cpu", model_dir=str(store)))
+    version = backend.model_version(pid)  # what the backend would answer /setup with
+    mark("project made")
+
+    # --- 1. every task predicted and pushed, once
+    proc, wall_first = run_predict_project(ls, pid, config, out, store)
+    n = len(tasks)
+    assert f"project {pid}: 0 tasks held this model_version's prediction already; {n} " in (
+        proc.stderr
+    ), proc.stderr
+    assert f"{n} predictions imported" in proc.stderr, proc.stderr
+    stored = {t["id"]: client.predictions(t["id"]) for t in tasks}
+    assert {tid: len(p) for tid, p in stored.items()} == {t["id"]: 1 for t in tasks}
+    assert {p[0]["model_version"] for p in stored.values()} == {version}
+    ious = check_predictions(
+        client, tasks, scenes, version, floors=CLI_IOU_FLOORS, mean_floor=CLI_MEAN_IOU_FLOOR
+    )
+    mark("predicted and pushed")
+
+    # --- 2. the same command again: nothing to do, nothing imported
+    proc, wall_again = run_predict_project(ls, pid, config, out, store)
+    assert (
+        f"project {pid}: {n} tasks held this model_version's prediction already; 0 predictions "
+        "imported" in proc.stderr
+    ), proc.stderr
+    again = {t["id"]: client.predictions(t["id"]) for t in tasks}
+    assert {tid: [p["id"] for p in ps] for tid, ps in again.items()} == {
+        tid: [p["id"] for p in ps] for tid, ps in stored.items()
+    }, "a prediction was added or replaced"
+    mark("run again: nothing pushed")
+
+    # --- 3. a prediction that never reached Label Studio (deleted here) is pushed from its
+    # saved record on the next run, and no other
+    victim = tasks[0]["id"]
+    client.request("DELETE", f"/api/predictions/{stored[victim][0]['id']}", expect=(204, 200))
+    assert client.predictions(victim) == []
+    proc, wall_resume = run_predict_project(ls, pid, config, out, store)
+    assert (
+        f"project {pid}: {n - 1} tasks held this model_version's prediction already; 1 "
+        "predictions imported" in proc.stderr
+    ), proc.stderr
+    assert "0 predicted, 1 already done" in proc.stderr, proc.stderr
+    final = {t["id"]: client.predictions(t["id"]) for t in tasks}
+    assert {tid: len(p) for tid, p in final.items()} == {t["id"]: 1 for t in tasks}
+    assert final[victim][0]["result"] == stored[victim][0]["result"]
+    assert final[victim][0]["model_version"] == version
+    for tid in final:
+        if tid != victim:
+            assert final[tid][0]["id"] == stored[tid][0]["id"]
+    mark("resumed: the lost prediction pushed again")
+
+    # --- 4. --engine ray on a second project of the same scenes: the same predictions
+    pid_ray = int(
+        client.create_project("clipseg-label predict --engine ray", config.read_text())["id"]
+    )
+    assert client.import_files(pid_ray, files)["task_count"] == len(files)
+    tasks_ray = client.wait_task_count(pid_ray, len(files))
+    version_ray = backend.model_version(pid_ray)
+    proc, wall_ray = run_predict_project(ls, pid_ray, config, tmp_path / "out-ray", store, "ray")
+    assert f"project {pid_ray}: 0 tasks held this model_version's prediction already; {n} " in (
+        proc.stderr
+    ), proc.stderr
+    local_by_seed = {seed_of(t): final[t["id"]][0] for t in tasks}
+    for task in tasks_ray:
+        preds = client.predictions(task["id"])
+        assert len(preds) == 1, f"task {task['id']}: {len(preds)} predictions"
+        got, want = preds[0], local_by_seed[seed_of(task)]
+        assert got["model_version"] == version_ray
+        assert got["score"] == pytest.approx(want["score"], rel=1e-5)
+        assert without_ids(got["result"]) == without_ids(want["result"]), (
+            f"scene {seed_of(task)}: the Ray engine's regions differ from the local engine's"
+        )
+    mark("--engine ray: the local engine's predictions")
+    e2e_report.append(
+        f"{ls.mode}: clipseg-label predict --project --push, {n} tasks: {wall_first:.1f} s, "
+        f"again {wall_again:.1f} s, resumed {wall_resume:.1f} s, --engine ray "
+        f"{wall_ray:.1f} s; IoU: {iou_summary(ious)}"
+    )
+
+
+def without_ids(result: list[dict]) -> list[dict]:
+    """The regions without their ids (random per run)."""
+    return [{k: v for k, v in r.items() if k != "id"} for r in result]

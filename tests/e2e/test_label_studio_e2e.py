@@ -33,17 +33,16 @@ import requests
 
 from clipseg.demo.scenes import EVAL_SEED_START, Scene, make_scene
 
+from .backend_process import backend_model_version, start_backend
 from .label_studio import (
     PASSWORD,
     USERNAME,
     LabelStudio,
     LSClient,
-    ManagedProcess,
     ProcessRegistry,
     StepTimer,
     WebDriver,
     dump_json,
-    wait_http,
 )
 from .scene_checks import (
     BRUSH_IOU_FLOOR,
@@ -67,65 +66,6 @@ pytestmark = [
 UPLOAD_SEEDS = (EVAL_SEED_START + 6, EVAL_SEED_START + 8, EVAL_SEED_START + 9)
 LOCAL_SEEDS = (EVAL_SEED_START + 2, EVAL_SEED_START + 4, EVAL_SEED_START + 7)
 BROWSER_SEED = LOCAL_SEEDS[0]  # an unannotated local-files task with few objects
-
-BACKEND_MODEL = "demo"  # CLIPSEG_MODEL of the backend: the bundled demo model
-BACKEND_START_TIMEOUT = 180.0
-
-
-# ---------------------------------------------------------------------------------------------
-# the backend (its own helpers are building it; see the module docstring of backend/server.py)
-
-
-def start_backend(
-    reg: ProcessRegistry, ls: LabelStudio, workdir: Path, docroot: Path
-) -> tuple[str, Path, ManagedProcess]:
-    """`clipseg-backend` on 127.0.0.1:<free port> with the demo model: (url, MODEL_DIR, process)."""
-    import os
-    import shutil
-    import sys
-
-    from .label_studio import free_port
-
-    # the console script of the interpreter running the tests (a PATH lookup may find a shim)
-    exe = Path(sys.executable).parent / "clipseg-backend"
-    if not exe.exists():
-        found = shutil.which("clipseg-backend")
-        assert found, "clipseg-backend is not installed: pip install -e . in this environment"
-        exe = Path(found)
-    port = free_port()
-    model_dir = workdir / f"model-dir-{ls.mode}"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("CLIPSEG_", "LABEL_STUDIO_", "BASIC_AUTH_"))
-    }
-    env.update(
-        CLIPSEG_MODEL=BACKEND_MODEL,
-        CLIPSEG_DEVICE="cpu",
-        MODEL_DIR=str(model_dir),
-        LABEL_STUDIO_URL=ls.url,
-        LABEL_STUDIO_API_KEY=ls.api_key,
-        LOCAL_FILES_DOCUMENT_ROOT=str(docroot),
-        WORKERS="1",
-        LOG_LEVEL="INFO",
-        PYTHONUNBUFFERED="1",
-    )
-    proc = reg.start(
-        f"clipseg-backend[{ls.mode}]",
-        [str(exe), "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        cwd=workdir,
-        log=workdir / f"backend-{ls.mode}.log",
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/health", proc, BACKEND_START_TIMEOUT)
-    return url, model_dir, proc
-
-
-def backend_model_version(backend_url: str, project: int) -> str:
-    r = requests.post(backend_url + "/setup", json={"project": str(project)}, timeout=30)
-    r.raise_for_status()
-    return str(r.json()["model_version"])
 
 
 def exemplar_count(model_dir: Path, project: int) -> int:
