@@ -218,6 +218,37 @@ def test_training_promotes_a_state_that_removes_false_regions(backend, scenes) -
     assert backend.learned.info("7", again["id"])["reason"].startswith("validation PQ not above")
 
 
+def test_what_is_learned_does_not_depend_on_the_validation_tasks(backend, scenes) -> None:
+    """The mask choice and the resolver come from the training tasks alone (cross-validation
+    there): the held-out tasks that decide promotion are not also what chose. Wiping the
+    validation tasks' annotations changes the validation figures, not what was learned."""
+    import dataclasses
+
+    from backend.learning.trainer import is_validation, split, train_state
+
+    examples, _ = _examples(scenes["train"])
+    train, validation = split(examples)
+    assert train and validation and all(is_validation(e.task) for e in validation)
+    controls = _controls(scenes)
+    learned, record = train_state(backend.segmenter, controls, examples, {}, None)
+    wiped = [
+        dataclasses.replace(e, truth=()) if is_validation(e.task) else e for e in examples
+    ]
+    learned_wiped, record_wiped = train_state(backend.segmenter, controls, wiped, {}, None)
+    assert record["masks"] == record_wiped["masks"]
+    for name, resolver in learned.items():
+        other = learned_wiped[name]
+        assert resolver.refine == other.refine
+        np.testing.assert_array_equal(resolver.weights, other.weights)
+    assert record["validation"]["new"] != record_wiped["validation"]["new"]
+    chosen = record["masks"]["label"]["chosen"]
+    assert chosen in ("model masks", "refined") and set(record["masks"]["label"]) == {
+        "model masks",
+        "refined",
+        "chosen",
+    }
+
+
 def test_bad_annotations_are_reported_and_skipped(backend, scenes, tmp_path: Path) -> None:
     tasks = json.loads(scenes["train"].read_text())[:4]
     results = tasks[0]["annotations"][0]["result"]
