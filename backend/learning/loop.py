@@ -164,7 +164,7 @@ class LearningLoop:
         project's annotations (its export through Label Studio's API)."""
         client = self.client(key)
         if client is None:
-            raise ImageError(
+            raise LabelStudioError(
                 "START_TRAINING needs Label Studio's API: set LABEL_STUDIO_URL and "
                 "LABEL_STUDIO_API_KEY (or connect the backend so that /setup sends them)"
             )
