@@ -6,7 +6,9 @@ Raised here and caught at an entry point (the server, `clipseg-label`):
 - `SourceError`: a `clipseg-label` input that names nothing readable;
 - `WebhookDataError`: a webhook body without what `fit` needs;
 - `LabelStudioError`: Label Studio refused a request or could not be reached (a token exchange,
-  an export, a push: `backend.batch.push.PushError` is one).
+  a 401, an export, a push: `backend.batch.push.PushError` is one). It is not an `ImageError`:
+  whoever turns one bad task into a failure record (`backend.model`, `backend.batch.predict`,
+  `backend.batch.ray_engine`, `backend.batch.exemplar_build`) catches both.
 Two live beside the code that raises them: `backend.images.ImageError` (a task's image cannot
 be had; `DisallowedSourceError`, one the backend must not read) and
 `backend.settings.SettingsError` (an environment variable the backend cannot use).

@@ -46,6 +46,7 @@ from label_studio_sdk._extensions.label_studio_tools.core.utils.io import (
 )
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from backend.errors import LabelStudioError
 from backend.pixel_budget import PixelBudget, PixelBudgetExceeded, Reservation
 from backend.settings import Settings
 
@@ -202,13 +203,15 @@ class LabelStudioClient:
             timeout=self.timeout,
         )
         if response.status_code != 200:
-            raise ImageError(
+            raise LabelStudioError(
                 f"Label Studio refused the personal access token at /api/token/refresh/ "
                 f"(HTTP {response.status_code}); create a new one in Account & Settings"
             )
         access = response.json().get("access")
         if not access:
-            raise ImageError("Label Studio's /api/token/refresh/ answer has no 'access' token")
+            raise LabelStudioError(
+                "Label Studio's /api/token/refresh/ answer has no 'access' token"
+            )
         return access
 
     def auth_headers(self, refresh: bool = False) -> dict[str, str]:
@@ -241,13 +244,13 @@ class LabelStudioClient:
                 else ""
             )
             response.close()
-            raise ImageError(f"Label Studio answered 401 for {url}{hint}")
+            raise LabelStudioError(f"Label Studio answered 401 for {url}{hint}")
         return response
 
     def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
         response = self.get(path, params=params)
         if response.status_code != 200:
-            raise ImageError(f"Label Studio answered HTTP {response.status_code} for {path}")
+            raise LabelStudioError(f"Label Studio answered HTTP {response.status_code} for {path}")
         return response.json()
 
 

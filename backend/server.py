@@ -28,6 +28,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from backend.errors import LabelStudioError
 from backend.images import ImageError, ImagesBusy
 from backend.journal import WebhookJournal
 from backend.label_config import LabelConfigError
@@ -82,7 +83,7 @@ def create_app(backend: Any, settings: Settings) -> Flask:
     app.json.sort_keys = False
     app.json.ensure_ascii = False
 
-    expected = (ImageError, WebhookDataError, LabelConfigError)
+    expected = (ImageError, LabelStudioError, WebhookDataError, LabelConfigError)
     journal = WebhookJournal(Path(settings.model_dir) / "webhooks", settings.webhook_journal_bytes)
     worker = WebhookWorker(backend.fit, settings.webhook_queue_size, expected, journal)
     app.extensions["clipseg_backend"] = backend

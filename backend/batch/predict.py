@@ -37,7 +37,13 @@ from backend.batch.outputs import (
 from backend.batch.sources import ImageSource, SourceReader, collect_sources, task_image_value
 from backend.batch.state import StateStore, fingerprint
 from backend.controls import NOTHING_TO_PREDICT, RESULT_OPTIONS
-from backend.errors import LabelConfigError, SourceError, Words, environment_words
+from backend.errors import (
+    LabelConfigError,
+    LabelStudioError,
+    SourceError,
+    Words,
+    environment_words,
+)
 from backend.formats.coco import rle_to_mask
 from backend.images import ImageError
 from backend.label_config import ControlSpec, parse_label_config
@@ -336,7 +342,7 @@ def run_predict(
         for src in batch:
             try:
                 loaded.append((src, reader.read(src).array))
-            except ImageError as exc:
+            except (ImageError, LabelStudioError) as exc:  # one bad task, not the batch
                 run.add(Outcome(src, failure=image_failure(src, str(exc))))
         for outcome in predict_batch(annotator, loaded, score_mode=score_mode, colors=colors):
             run.add(outcome)
@@ -499,7 +505,7 @@ def _missing_overlays(
             continue
         try:
             image = reader.read(src).array
-        except ImageError as exc:
+        except (ImageError, LabelStudioError) as exc:  # one bad task, not the batch
             summary.failures.append(image_failure(src, f"overlay: {exc}"))
             continue
         name = overlay_name(src.key, src.ref)

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from backend.batch.sources import ImageSource, SourceReader
-from backend.errors import EngineError
+from backend.errors import EngineError, LabelStudioError
 from backend.images import ImageError
 from backend.label_config import ControlSpec
 from backend.settings import Settings
@@ -117,7 +117,7 @@ def _decode(row: dict[str, Any], settings: Settings) -> dict[str, Any]:
     for item in json.loads(row["sources"]):
         try:
             array = reader.read(ImageSource(**item)).array
-        except ImageError as exc:
+        except (ImageError, LabelStudioError) as exc:  # one bad task, not the batch
             pixels.append(b"")
             shapes.append([0, 0, 0])
             errors.append(str(exc))

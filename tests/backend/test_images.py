@@ -10,6 +10,7 @@ import pytest
 from backend_helpers import FakeLabelStudio, make_jwt, png_bytes
 from PIL import Image
 
+from backend.errors import LabelStudioError
 from backend.images import (
     DisallowedSourceError,
     ImageError,
@@ -59,7 +60,7 @@ def test_personal_access_token_is_exchanged_and_refreshed_on_401():
 def test_wrong_token_is_a_clear_error(fake_ls):
     fake_ls.files["/data/upload/1/a.png"] = png_bytes(32, 32)
     ls = LabelStudioClient(fake_ls.url, "wrong", 5)
-    with pytest.raises(ImageError, match="401.*personal access token"):
+    with pytest.raises(LabelStudioError, match="401.*personal access token"):
         ImageLoader(_settings()).load(
             {"id": 1, "data": {"image": "/data/upload/1/a.png"}}, "image", ls
         )
