@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -34,6 +34,9 @@ from backend.journal import WebhookJournal
 from backend.label_config import LabelConfigError
 from backend.settings import Settings, SettingsError
 from backend.webhooks import WebhookBusy, WebhookDataError, WebhookWorker, validate_webhook
+
+if TYPE_CHECKING:  # at run time backend.model is imported inside load_backend_or_exit
+    from backend.model import CLIPSegBackend
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +79,7 @@ class _BadBody(Exception):
     pass
 
 
-def create_app(backend: Any, settings: Settings) -> Flask:
+def create_app(backend: CLIPSegBackend, settings: Settings) -> Flask:
     """The Flask app serving `backend` (an already loaded model; never loaded per request)."""
     app = Flask("clipseg-backend")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
@@ -243,7 +246,7 @@ def configure_logging(level: str) -> None:
 WORKER_BOOT_ERROR = 3
 
 
-def load_backend_or_exit(settings: Settings, status: int = 1) -> Any:
+def load_backend_or_exit(settings: Settings, status: int = 1) -> CLIPSegBackend:
     """Load the model; on failure log why and how to fix it, and exit with `status`.
 
     Inside a gunicorn worker pass WORKER_BOOT_ERROR, so that gunicorn halts rather than
