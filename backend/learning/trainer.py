@@ -269,7 +269,9 @@ def train_state(
     choices: dict[str, dict[str, float]] = {}
     trained = [s for s in seen if id(s.example) in train_ids]
     for control in learnable:
-        scores = {refine: _cross_validated_pq(control, trained, refine) for refine in REFINE_CHOICES}
+        scores = {
+            refine: _cross_validated_pq(control, trained, refine) for refine in REFINE_CHOICES
+        }
         scored = {refine: pq for refine, pq in scores.items() if pq is not None}
         # the better in cross-validation; a tie, or too few tasks to tell, keeps the model's masks
         refine = max(scored, key=lambda r: (scored[r], not r)) if scored else False

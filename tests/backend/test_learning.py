@@ -231,9 +231,7 @@ def test_what_is_learned_does_not_depend_on_the_validation_tasks(backend, scenes
     assert train and validation and all(is_validation(e.task) for e in validation)
     controls = _controls(scenes)
     learned, record = train_state(backend.segmenter, controls, examples, {}, None)
-    wiped = [
-        dataclasses.replace(e, truth=()) if is_validation(e.task) else e for e in examples
-    ]
+    wiped = [dataclasses.replace(e, truth=()) if is_validation(e.task) else e for e in examples]
     learned_wiped, record_wiped = train_state(backend.segmenter, controls, wiped, {}, None)
     assert record["masks"] == record_wiped["masks"]
     for name, resolver in learned.items():
