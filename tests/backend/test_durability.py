@@ -83,25 +83,25 @@ def _gone(pid: int) -> bool:
     return state in ("Z", "X")  # a zombie holds no socket
 
 
-def _stored_ids(model_dir: Path) -> set[int]:
+def _ids_in(files: list[Path], key: str) -> set[int]:
+    """The int ids under ``key`` of the JSON ``files`` (one being replaced is read next time)."""
     ids: set[int] = set()
-    for path in (model_dir / "exemplars").glob("*/1.json"):
+    for path in files:
         try:
-            ids |= {int(a) for a in json.loads(path.read_text())["annotations"]}
+            ids |= {int(a) for a in json.loads(path.read_text())[key]}
         except (OSError, ValueError):
             pass  # being replaced right now: read again later
     return ids
+
+
+def _stored_ids(model_dir: Path) -> set[int]:
+    """Annotation ids in the exemplar store of project 1."""
+    return _ids_in(list((model_dir / "exemplars").glob("*/1.json")), "annotations")
 
 
 def _training_ids(model_dir: Path) -> set[int]:
     """Annotation ids in the learning loop's store of project 1 (backend.learning.store)."""
-    ids: set[int] = set()
-    for path in (model_dir / "learning").glob("*/1/annotations.json"):
-        try:
-            ids |= {int(a) for a in json.loads(path.read_text())["annotations"]}
-        except (OSError, ValueError):
-            pass  # being replaced right now: read again later
-    return ids
+    return _ids_in(list((model_dir / "learning").glob("*/1/annotations.json")), "annotations")
 
 
 def run_flood(tmp: Path) -> dict[str, float]:
