@@ -33,13 +33,7 @@ from backend.errors import (  # ModelLoadError, WebhookDataError: server.py impo
     environment_words,
 )
 from backend.exemplars import Exemplar, ExemplarStore, project_key
-from backend.images import (
-    ImageError,
-    ImageLoader,
-    ImagesBusy,
-    LabelStudioClient,
-    label_studio_client,
-)
+from backend.images import ImageError, ImageLoader, ImagesBusy
 from backend.interactive import parse_context
 from backend.label_config import (
     PROMPT_FIELD,
@@ -57,6 +51,7 @@ from backend.loading import (  # noqa: F401 (server.py imports these two from he
     load_model,
     resolve_device,
 )
+from backend.ls_client import LabelStudioClient, label_studio_client
 from backend.segmenter import ImagePrediction, Resolvers, Segmenter, merge_predictions
 from backend.settings import Settings, SettingsError
 
