@@ -19,23 +19,24 @@ Two clients, each for the work it can do:
     byte cap (CLIPSEG_MAX_DOWNLOAD_BYTES) and one deadline over the whole download
     (CLIPSEG_HTTP_TIMEOUT, or what is left of a /predict's budget) while a slow server drips
     its bytes. The SDK's calls return parsed bodies (its ``files.download`` returns None), and
-    it retries a refused connection or a 5xx after sleeping 1 s, then 2 s, whatever the caller's
-    deadline;
-  - *redirects and credentials*: `get` never follows a redirect (`ImageLoader._download`
-    follows each one by hand, checked against the host policy), and refuses any URL that is not
-    on Label Studio's own origin (`owns`: scheme, host and port), so the key only ever goes
-    there. The SDK's httpx client follows redirects itself (``follow_redirects=True``);
+    it retries a refused connection or a 5xx after sleeping about 1 s, then 2 s, whatever the
+    caller's deadline;
+  - *redirects and credentials*: `get` refuses any URL that is not on Label Studio's own origin
+    (`owns`: scheme, host and port, of the URL as `parse_http_url` rebuilt it), so the key only
+    ever goes there; `ImageLoader._download` asks it not to follow redirects and follows each
+    one by hand, checked against the host policy, without credentials off Label Studio. The
+    SDK's httpx client follows redirects itself (``follow_redirects=True``);
   - *tokens as a server needs them*: a legacy token is sent as ``Authorization: Token <key>``;
     a personal access token (any well-formed JWT) is exchanged at ``/api/token/refresh/`` for
     an access token sent as ``Authorization: Bearer <access>``, cached, and exchanged again
-    when Label Studio answers 401, which also gets a `LabelStudioError` that says what to do
-    (Label Studio 1.23 refuses legacy tokens unless the organization enables them). The SDK
-    refreshes only when the access token's ``exp`` has passed by this machine's clock, and
-    refuses a refresh token without an ``exp`` or past it when the client is made (an
-    `ApiError` in the middle of a /setup), where Label Studio should be the judge.
+    when Label Studio answers 401; a 401 that remains is a `LabelStudioError` that says what
+    to do (Label Studio 1.23 refuses legacy tokens unless the organization enables them). The
+    SDK refreshes only when the access token's ``exp`` has passed by this machine's clock, and
+    raises `ApiError` when the client is made for a refresh token without an ``exp`` or past
+    it; here Label Studio judges the token, on the first request, and the answer says why.
 
-The URL rules both clients' callers rely on (`parse_http_url`: strict parsing, the URL rebuilt
-from what was checked) live in `backend.images`, with the rest of the image source policy.
+`LabelStudioClient` checks URLs with `backend.images.parse_http_url` (strict parsing, the URL
+rebuilt from what was checked), which lives with the rest of the image source policy.
 """
 
 from __future__ import annotations
