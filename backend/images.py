@@ -14,9 +14,9 @@ Every request has a timeout and a byte cap; the pixel count is checked from the 
 before the pixels are decoded; EXIF orientation is applied, so the returned size is the one
 Label Studio shows (`original_width` / `original_height`).
 
-Label Studio tokens: a legacy token is sent as `Authorization: Token <key>`; a personal access
-token (a JWT refresh token) is exchanged at `/api/token/refresh/` for an access token sent as
-`Authorization: Bearer <access>`, cached, and exchanged again on a 401.
+Requests to Label Studio itself go through `backend.ls_client.LabelStudioClient` (its tokens,
+and credentials sent only to its origin); this module decides what may be fetched, bounds the
+download and decodes it.
 """
 
 from __future__ import annotations
@@ -28,12 +28,11 @@ import os
 import re
 import stat
 import struct
-import threading
 import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urljoin, urlparse
 
 import numpy as np
@@ -42,13 +41,14 @@ import urllib3
 from label_studio_sdk._extensions.label_studio_tools.core.utils.io import (
     encode_presign_fileuri,
     is_cloud_storage_uri,
-    is_jwt_well_formed,
 )
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from backend.errors import LabelStudioError
 from backend.pixel_budget import PixelBudget, PixelBudgetExceeded, Reservation
 from backend.settings import Settings
+
+if TYPE_CHECKING:
+    from backend.ls_client import LabelStudioClient
 
 logger = logging.getLogger(__name__)
 
@@ -169,89 +169,6 @@ def parse_http_url(url: str) -> HttpUrl:
 def _host_port(url: str) -> tuple[str, int | None]:
     parsed = parse_http_url(url)
     return parsed.host.strip("[]"), parsed.port
-
-
-class LabelStudioClient:
-    """Authenticated GETs against one Label Studio (legacy token or personal access token)."""
-
-    def __init__(self, base_url: str, api_key: str, timeout: float) -> None:
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"Label Studio URL must start with http:// or https://: {base_url!r}")
-        self.base_url = base_url.rstrip("/")
-        self.api_key = api_key or ""
-        self.timeout = timeout
-        self.is_personal_token = bool(self.api_key) and is_jwt_well_formed(self.api_key)
-        self._access: str | None = None
-        self._lock = threading.Lock()
-        self.session = requests.Session()
-
-    def owns(self, url: str) -> bool:
-        """Whether `url` points at this Label Studio (same scheme, host and port, parsed by
-        `parse_http_url`; a URL it refuses is not Label Studio's)."""
-        try:
-            return parse_http_url(url).origin == parse_http_url(self.base_url).origin
-        except DisallowedSourceError:
-            return False
-
-    def absolute(self, url: str) -> str:
-        return urljoin(self.base_url + "/", url.lstrip("/")) if url.startswith("/") else url
-
-    def _exchange(self) -> str:
-        response = self.session.post(
-            f"{self.base_url}/api/token/refresh/",
-            json={"refresh": self.api_key},
-            timeout=self.timeout,
-        )
-        if response.status_code != 200:
-            raise LabelStudioError(
-                f"Label Studio refused the personal access token at /api/token/refresh/ "
-                f"(HTTP {response.status_code}); create a new one in Account & Settings"
-            )
-        access = response.json().get("access")
-        if not access:
-            raise LabelStudioError(
-                "Label Studio's /api/token/refresh/ answer has no 'access' token"
-            )
-        return access
-
-    def auth_headers(self, refresh: bool = False) -> dict[str, str]:
-        """The Authorization header for this Label Studio; `refresh` forces a new access token."""
-        if not self.api_key:
-            return {}
-        if not self.is_personal_token:
-            return {"Authorization": f"Token {self.api_key}"}
-        with self._lock:
-            if self._access is None or refresh:
-                self._access = self._exchange()
-            return {"Authorization": f"Bearer {self._access}"}
-
-    def get(self, url: str, **kwargs: Any) -> requests.Response:
-        """GET `url` (relative to Label Studio or on it) with credentials; retried once on a 401."""
-        url = self.absolute(url)
-        if not self.owns(url):
-            raise DisallowedSourceError(f"not a Label Studio URL: {url}")
-        url = parse_http_url(url).url  # connect to exactly what was checked
-        kwargs.setdefault("timeout", self.timeout)
-        response = self.session.get(url, headers=self.auth_headers(), **kwargs)
-        if response.status_code == 401 and self.is_personal_token:
-            response.close()
-            response = self.session.get(url, headers=self.auth_headers(refresh=True), **kwargs)
-        if response.status_code == 401:
-            hint = (
-                " (Label Studio 1.23 rejects legacy tokens unless the organization enables them:"
-                " use a personal access token)"
-                if self.api_key and not self.is_personal_token
-                else ""
-            )
-            response.close()
-            raise LabelStudioError(f"Label Studio answered 401 for {url}{hint}")
-        return response
-
-    def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
-        response = self.get(path, params=params)
-        if response.status_code != 200:
-            raise LabelStudioError(f"Label Studio answered HTTP {response.status_code} for {path}")
-        return response.json()
 
 
 class ImageLoader:
@@ -638,74 +555,14 @@ def decode_image(
     return LoadedImage(array=array, source=source, reservation=reservation)
 
 
-def label_studio_client(
-    settings: Settings, hostname: str | None, access_token: str | None
-) -> LabelStudioClient | None:
-    """The Label Studio a project's images and annotations come from, with its key.
-
-    `hostname` and `access_token` are what a /setup sent, and anyone who can reach the backend
-    can send one, so a request never chooses where the configured key goes:
-
-    - LABEL_STUDIO_URL set: always that URL. The key is LABEL_STUDIO_API_KEY; without one, the
-      `access_token` of a /setup whose `hostname` has LABEL_STUDIO_URL's origin (scheme, host,
-      port). A `hostname` with another origin is ignored (logged).
-    - LABEL_STUDIO_API_KEY set without LABEL_STUDIO_URL: no Label Studio; the key is never sent
-      to a `hostname` a request named (relative image URLs then fail, saying to set the URL).
-    - neither: `hostname` with the `access_token` of the same /setup, Label Studio's own
-      behaviour (a request's token goes to that request's host, never another); a `hostname`
-      without a token is not used.
-    """
-    hostname = (hostname or "").strip().rstrip("/")
-    token = (access_token or "").strip()
-    configured_url, configured_key = settings.label_studio_url, settings.label_studio_api_key
-    url, key = "", ""
-    if configured_url:
-        url, key = configured_url, configured_key
-        same = hostname and _same_origin(hostname, configured_url)
-        if hostname and not same:
-            logger.warning(
-                "/setup sent hostname %r, not LABEL_STUDIO_URL's origin: ignored, using %s",
-                hostname[:200],
-                configured_url,
-            )
-        if not key and token and same:
-            key = token
-    elif configured_key:
-        if hostname:
-            logger.warning(
-                "/setup sent hostname %r, but LABEL_STUDIO_API_KEY is only ever sent to "
-                "LABEL_STUDIO_URL, which is not set: set LABEL_STUDIO_URL to download from "
-                "Label Studio",
-                hostname[:200],
-            )
-        return None
-    elif hostname and token:
-        url, key = hostname, token
-    if not url:
-        return None
-    try:
-        return LabelStudioClient(url, key, settings.http_timeout)
-    except ValueError as exc:
-        logger.error("%s", exc)
-        return None
-
-
-def _same_origin(a: str, b: str) -> bool:
-    try:
-        return parse_http_url(a).origin == parse_http_url(b).origin
-    except DisallowedSourceError:
-        return False
-
-
 __all__ = [
     "IMAGE_FORMATS",
     "DisallowedSourceError",
     "ImageError",
     "ImageLoader",
     "ImagesBusy",
-    "LabelStudioClient",
     "LoadedImage",
     "decode_image",
     "open_header",
-    "label_studio_client",
+    "parse_http_url",
 ]

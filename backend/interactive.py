@@ -17,7 +17,10 @@ Only the labels named this way are answered: a context that holds such items for
 even unusable ones (a negative keypoint, `is_positive: false`; an item without labels; blank
 text), asks for an interactive answer, which may then be empty; never for every label. Items
 on other images, and anything malformed (not a dict, labels not a list of strings), are left out.
-This module only reads the context; it does not embed or predict anything.
+
+Whether a request is interactive at all is `is_interactive`, the same rule over the config's
+`<Image>` names: a context whose items point at no image of the config asks for an ordinary
+prediction. This module only reads the context; it does not embed or predict anything.
 """
 
 from __future__ import annotations
@@ -29,7 +32,14 @@ from typing import Any
 
 from backend.controls import SMART_REGION_TYPES
 
-__all__ = ["Interaction", "SmartRegion", "labels_named", "normalize", "parse_context"]
+__all__ = [
+    "Interaction",
+    "SmartRegion",
+    "is_interactive",
+    "labels_named",
+    "normalize",
+    "parse_context",
+]
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,17 @@ def parse_context(
             if labels:
                 regions.append(SmartRegion(dict(item), kind, labels))
     return Interaction(tuple(regions), tuple(dict.fromkeys(prompts)), count)
+
+
+def is_interactive(context: Any, image_names: Collection[str]) -> bool:
+    """Whether `context` asks for an interactive answer (shown in the editor, never stored): it
+    holds a smart-region or TextArea item on one of `image_names` (the label config's `<Image>`
+    names, `backend.label_config.image_names`; usable or not, as `parse_context` counts them).
+
+    The one rule for a whole /predict: its answers, and those of its tasks that fail, which then
+    carry an empty `result` for the editor (`backend.model._failed`). A project whose config has
+    no control the backend answers still gets interactive answers for its images."""
+    return bool(parse_context(context, image_names))
 
 
 def _texts(text: Any) -> list[str]:

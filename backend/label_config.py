@@ -27,6 +27,7 @@ __all__ = [
     "ControlSpec",
     "LabelConfigError",  # server.py imports it from here
     "LabelSpec",
+    "image_names",
     "parse_label_config",
     "prompt_fields",
 ]
@@ -156,6 +157,18 @@ def parse_label_config(config: str, default_threshold: float) -> tuple[ControlSp
                 )
             )
     return tuple(specs)
+
+
+@lru_cache(maxsize=64)
+def image_names(config: str) -> frozenset[str]:
+    """The names of the `<Image>` tags of `config`, whether or not a control the backend answers
+    points at them (what an interactive context's items name in `to_name`). An unparseable config
+    has none (`parse_label_config` reports the error)."""
+    try:
+        interface = LabelInterface(config)
+    except Exception:  # the SDK raises assorted lxml / parsing errors
+        return frozenset()
+    return frozenset(obj.name for obj in interface.objects if obj.tag.lower() == "image")
 
 
 #: The name of the TextArea whose text is a prompt without any marking (Label Studio's own

@@ -33,18 +33,13 @@ from backend.errors import (  # ModelLoadError, WebhookDataError: server.py impo
     environment_words,
 )
 from backend.exemplars import Exemplar, ExemplarStore, project_key
-from backend.images import (
-    ImageError,
-    ImageLoader,
-    ImagesBusy,
-    LabelStudioClient,
-    label_studio_client,
-)
-from backend.interactive import parse_context
+from backend.images import ImageError, ImageLoader, ImagesBusy
+from backend.interactive import is_interactive
 from backend.label_config import (
     PROMPT_FIELD,
     ControlSpec,
     LabelConfigError,
+    image_names,
     parse_label_config,
     prompt_fields,
 )
@@ -57,6 +52,7 @@ from backend.loading import (  # noqa: F401 (server.py imports these two from he
     load_model,
     resolve_device,
 )
+from backend.ls_client import LabelStudioClient, label_studio_client
 from backend.segmenter import ImagePrediction, Resolvers, Segmenter, merge_predictions
 from backend.settings import Settings, SettingsError
 
@@ -259,8 +255,9 @@ class CLIPSegBackend:
         """
         version = self.model_version(project)
         # An interactive answer is shown, never stored: Label Studio's editor reads its
-        # `result`, and fails on an answer without one.
-        interactive = isinstance(context, dict) and bool(context.get("result"))
+        # `result`, and fails on an answer without one. Decided once, over the config's images
+        # (not only those with a control the backend answers), for every answer below.
+        interactive = is_interactive(context, image_names(label_config or ""))
 
         def failed(error: str) -> dict[str, Any]:
             return _failed(version, error, interactive)
@@ -301,7 +298,15 @@ class CLIPSegBackend:
             downloads_end = None if deadline is None else deadline + DOWNLOAD_GRACE
             try:
                 pred = self.predict_task(
-                    task, controls, stored, context, client, downloads_end, fields, resolvers
+                    task,
+                    controls,
+                    stored,
+                    context,
+                    client,
+                    downloads_end,
+                    fields,
+                    resolvers,
+                    interactive=interactive,
                 )
                 out.append(pred.answer(version, self.settings.score_mode))
             except ImagesBusy:
@@ -327,17 +332,21 @@ class CLIPSegBackend:
         deadline: float | None = None,
         prompt_fields: Collection[str] = (PROMPT_FIELD,),
         resolvers: Resolvers | None = None,
+        interactive: bool | None = None,
     ) -> ImagePrediction:
         """Results of every control for one task, each of its images loaded (downloads over by
         `deadline`, a `time.monotonic()` value, when given) and encoded once; `resolvers`: the
-        project's learned ones by control name."""
+        project's learned ones by control name. `interactive`: the request's decision
+        (`predict`: `is_interactive` over the config's images); None decides it over the
+        controls' images. An interactive answer predicts only the images the context is on."""
         by_image: dict[str, list[ControlSpec]] = {}
         for control in controls:
             by_image.setdefault(control.value_key, []).append(control)
-        interactive = bool(parse_context(context, {c.to_name for c in controls}))
+        if interactive is None:
+            interactive = is_interactive(context, {c.to_name for c in controls})
         parts = []
         for value_key, image_controls in by_image.items():
-            if interactive and not parse_context(context, {c.to_name for c in image_controls}):
+            if interactive and not is_interactive(context, {c.to_name for c in image_controls}):
                 continue  # the annotator is working on another image of the task
             with self.images.load(task, value_key, client, deadline) as image:  # pixel budget
                 parts.append(

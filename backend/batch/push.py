@@ -1,7 +1,8 @@
 """Send predictions and uncertainty scores to a Label Studio project through label-studio-sdk.
 
-`connect` makes the SDK client (``LabelStudio(base_url, api_key)``; the SDK exchanges a personal
-access token for access tokens itself, a legacy token is sent as is). Then:
+The client is label-studio-sdk's, made by `backend.ls_client.sdk_client` (``LabelStudio(base_url,
+api_key)``; the SDK exchanges a personal access token for access tokens itself, a legacy token is
+sent as is). Then:
 
 - `import_tasks`: the tasks of ``tasks.json`` become new tasks, with their predictions;
 - `attach_predictions`: each task's prediction is added to the project's existing task with the
@@ -58,32 +59,6 @@ class PushError(LabelStudioError):
     def __init__(self, message: str, report: PushReport | None = None) -> None:
         super().__init__(message)
         self.report = report or PushReport()
-
-
-def connect(url: str, api_key: str, **client_kwargs: Any) -> LabelStudio:
-    """The SDK client for ``url``; raises ValueError naming the missing setting."""
-    if not url:
-        raise ValueError("no Label Studio URL: pass --url or set LABEL_STUDIO_URL")
-    if not url.startswith(("http://", "https://")):
-        raise ValueError(f"the Label Studio URL must start with http:// or https://: {url!r}")
-    if not api_key:
-        raise ValueError(
-            "no API key: pass --api-key or set LABEL_STUDIO_API_KEY (a personal access token "
-            "or a legacy token, from Label Studio's Account & Settings)"
-        )
-    try:
-        return LabelStudio(base_url=url.rstrip("/"), api_key=api_key, **client_kwargs)
-    except ApiError as exc:  # the SDK checks a personal access token's expiry here
-        raise ValueError(
-            f"the API key is not usable: {_detail(exc.body)} (create a new personal access "
-            "token in Label Studio's Account & Settings, or pass a legacy token)"
-        ) from exc
-
-
-def _detail(body: Any) -> str:
-    if isinstance(body, dict) and isinstance(body.get("detail"), str):
-        return body["detail"]
-    return str(body)
 
 
 def _origin(exc: httpx.HTTPError) -> str:

@@ -29,7 +29,8 @@ from typing import Any
 from urllib.parse import quote, urlparse
 
 from backend.errors import SourceError
-from backend.images import ImageError, ImageLoader, LabelStudioClient, LoadedImage, decode_image
+from backend.images import ImageError, ImageLoader, LoadedImage, decode_image
+from backend.ls_client import LabelStudioClient, configured_client
 from backend.settings import Settings
 
 #: File suffixes of the formats the backend decodes (`backend.images.IMAGE_FORMATS`: JPEG, PNG,
@@ -246,13 +247,7 @@ class SourceReader:
         )
         self.loader = ImageLoader(self.settings)
         self.loader.reveal_paths = True  # the operator's own run: say where files were looked for
-        self.ls: LabelStudioClient | None = None
-        if self.settings.label_studio_url:
-            self.ls = LabelStudioClient(
-                self.settings.label_studio_url,
-                self.settings.label_studio_api_key,
-                self.settings.http_timeout,
-            )
+        self.ls: LabelStudioClient | None = configured_client(self.settings)
 
     def read(self, source: ImageSource) -> LoadedImage:
         """The decoded image; raises `ImageError` with a message naming the source."""

@@ -151,9 +151,11 @@ def read_tasks(path: str) -> list[dict[str, Any]]:
 
 
 def connect(args: argparse.Namespace) -> LabelStudio:
-    from backend.batch import push
+    """The label-studio-sdk client of ``--url`` / ``--api-key`` (`backend.ls_client.sdk_client`);
+    a missing or unusable one is a UsageError."""
+    from backend import ls_client
 
     try:
-        return push.connect(args.url, args.api_key or env("LABEL_STUDIO_API_KEY"))
+        return ls_client.sdk_client(args.url, args.api_key or env("LABEL_STUDIO_API_KEY"))
     except ValueError as exc:
         raise UsageError(str(exc)) from exc

@@ -38,7 +38,7 @@ from backend.settings import Settings
 from backend.webhooks import validate_webhook
 
 if TYPE_CHECKING:
-    from backend.images import LabelStudioClient
+    from backend.ls_client import LabelStudioClient
     from backend.segmenter import Segmenter
 
 logger = logging.getLogger(__name__)

@@ -15,9 +15,9 @@ from backend.images import (
     DisallowedSourceError,
     ImageError,
     ImageLoader,
-    LabelStudioClient,
     decode_image,
 )
+from backend.ls_client import LabelStudioClient
 from backend.settings import Settings
 
 

@@ -7,7 +7,13 @@ from backend_helpers import load_recorded
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backend.interactive import Interaction, labels_named, normalize, parse_context
+from backend.interactive import (
+    Interaction,
+    is_interactive,
+    labels_named,
+    normalize,
+    parse_context,
+)
 
 LABELS = {"cat": ("cat",), "black cat": ("black cat",), "dog": ("a photo of a dog", "puppy")}
 
@@ -134,6 +140,29 @@ def test_prompt_fields_of_a_label_config():
     per_region += '<TextArea name="prompt" toName="image" perRegion="true"/></View>'
     assert prompt_fields(per_region) == set()
     assert prompt_fields("<View><Image") == {"prompt"}
+
+
+def test_a_request_is_interactive_when_its_context_is_on_an_image_of_the_config():
+    from backend.label_config import image_names
+
+    config = (
+        '<View><Image name="a" value="$a"/><Image name="b" value="$b"/>'
+        '<BrushLabels name="tag" toName="a"><Label value="cat"/></BrushLabels>'
+        '<TextArea name="prompt" toName="b"/></View>'
+    )
+    images = image_names(config)
+    assert images == {"a", "b"}  # "b" has no control the backend answers: still an image
+    assert image_names("<View><Image") == frozenset()
+    for context in (
+        {"result": [_textarea("x", to_name="b")]},
+        {"result": [_keypoint(["cat"], to_name="a", is_positive=False)]},
+        {"result": [_textarea("x", to_name="elsewhere")]},
+        {"result": [{"type": "choices", "to_name": "a", "value": {"choices": ["x"]}}]},
+        None,
+    ):
+        assert is_interactive(context, images) == bool(parse_context(context, images))
+    assert is_interactive({"result": [_textarea("x", to_name="b")]}, images)
+    assert not is_interactive({"result": [_textarea("x", to_name="elsewhere")]}, images)
 
 
 def test_labels_tied_on_length_are_all_returned_in_order():

@@ -113,6 +113,20 @@ def test_a_failed_interactive_request_still_has_a_result(tmp_path, local_root):
     assert pred["result"] == [] and "missing.png" in pred["error"]
 
 
+def test_a_context_on_no_image_of_the_config_is_not_interactive(tmp_path, local_root):
+    """One rule for the answers and the failures of a request (`is_interactive`): a context
+    whose items point at no `<Image>` of the config asks for ordinary predictions, so a task
+    that fails gets no `result` (Label Studio asks again), not an empty one that it would store
+    as this model_version's prediction."""
+    backend = fake_backend(tmp_path, local_files_document_root=str(local_root))
+    context = {"result": [_textarea("a cat", to_name="elsewhere")]}
+    tasks = [_task(1), _task(2, "missing.png")]
+    ok, bad = backend.predict(tasks, context=context, project=1, label_config=CONFIG)
+    [plain] = backend.predict([_task(1)], project=1, label_config=CONFIG)
+    assert ok["result"] and _labels_of(ok) == _labels_of(plain)  # the configured prompts
+    assert "result" not in bad and "missing.png" in bad["error"]
+
+
 def test_tasks_past_the_predict_budget_are_left_for_later(tmp_path, local_root, monkeypatch):
     backend = fake_backend(tmp_path, local_files_document_root=str(local_root), predict_budget=10.0)
     # a clock that each encoded image moves 6 s on: the budget runs out after the second task

@@ -12,7 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from backend_helpers import CONFIG, FakeLabelStudio, fake_backend, png_bytes
 
-from backend.images import DisallowedSourceError, ImageLoader, LabelStudioClient
+from backend.images import DisallowedSourceError, ImageLoader
+from backend.ls_client import LabelStudioClient
 from backend.server import create_app
 from backend.settings import Settings
 

@@ -17,10 +17,9 @@ from backend.images import (
     DisallowedSourceError,
     ImageError,
     ImageLoader,
-    LabelStudioClient,
-    label_studio_client,
     parse_http_url,
 )
+from backend.ls_client import LabelStudioClient, label_studio_client
 from backend.settings import Settings
 
 KEY = "secret-legacy-key"

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from backend import ls_client
 from backend.batch import push
 from backend.batch.rank import rank_tasks, write_ranking
 
@@ -64,7 +65,7 @@ class FakeLabelStudio:
 
 def _client(fake: FakeLabelStudio):
     transport = httpx.MockTransport(fake.handler)
-    return push.connect(
+    return ls_client.sdk_client(
         "http://ls.test", "legacy-token-123", httpx_client=httpx.Client(transport=transport)
     )
 
@@ -157,9 +158,9 @@ def test_push_errors_name_the_request():
     with pytest.raises(push.PushError, match="HTTP 404.*project id"):
         push.import_tasks(_client(fake), 99, [_task("a.png", 0.2)])
     with pytest.raises(ValueError, match="LABEL_STUDIO_URL"):
-        push.connect("", "k")
+        ls_client.sdk_client("", "k")
     with pytest.raises(ValueError, match="LABEL_STUDIO_API_KEY"):
-        push.connect("http://x", "")
+        ls_client.sdk_client("http://x", "")
 
 
 def test_rank_and_push_commands(tmp_path, monkeypatch, capsys):
@@ -213,7 +214,7 @@ def test_transport_errors_become_push_errors_naming_the_url(error, no_retry_wait
         error.request = request
         raise error
 
-    client = push.connect(
+    client = ls_client.sdk_client(
         "http://ls.test:8080",
         "k",
         httpx_client=httpx.Client(transport=httpx.MockTransport(handler)),
@@ -234,7 +235,7 @@ def test_a_connection_lost_while_paging_tasks_is_a_push_error(no_retry_wait):
             raise httpx.ConnectError("[Errno 104] Connection reset by peer", request=request)
         return fake.handler(request)
 
-    client = push.connect(
+    client = ls_client.sdk_client(
         "http://ls.test", "k", httpx_client=httpx.Client(transport=httpx.MockTransport(handler))
     )
     with pytest.raises(push.PushError, match="list the tasks of project 3: cannot reach"):
@@ -261,12 +262,12 @@ def test_unreachable_label_studio_is_one_line_and_exit_2(command, tmp_path, caps
 
 def _cli_client(monkeypatch, handler):
     """Make the CLI's Label Studio client talk to ``handler``."""
-    real = push.connect
+    real = ls_client.sdk_client
 
-    def connect(url, api_key, **kwargs):
+    def sdk_client(url, api_key, **kwargs):
         return real(url, api_key, httpx_client=httpx.Client(transport=httpx.MockTransport(handler)))
 
-    monkeypatch.setattr(push, "connect", connect)
+    monkeypatch.setattr(ls_client, "sdk_client", sdk_client)
 
 
 def test_a_refused_first_request_keeps_its_message_and_is_a_usage_error(

@@ -306,7 +306,7 @@ def test_predict_project_push(
     engine's predictions: the same regions and scores, one per task.
 
     Runs in the ``legacy`` token mode only: the command reaches Label Studio through the same
-    label-studio-sdk client (`backend.batch.push.connect`) as `clipseg-label push`, which
+    label-studio-sdk client (`backend.ls_client.sdk_client`) as `clipseg-label push`, which
     test_cli_tasks_import_and_push runs in both modes; a second run would cost ~30 s of CI
     and check nothing new (the Ray run alone takes ~30 s)."""
     from backend.model import CLIPSegBackend
