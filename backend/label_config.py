@@ -176,24 +176,6 @@ def image_names(config: str) -> frozenset[str]:
 PROMPT_FIELD = "prompt"
 
 
-def _tile_size(attr: dict[str, str], control: str) -> int | None:
-    """`model_tile_size`: None when absent; a bad value is an error of the config (it would
-    otherwise silently predict small objects at the whole image's scale)."""
-    raw = attr.get("model_tile_size")
-    if raw is None or raw.strip() == "":
-        return None
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise LabelConfigError(
-            f"control {control!r}: model_tile_size={raw!r} is not a whole number of pixels "
-            "(0 turns tiling off)"
-        )
-    return value
-
-
 @lru_cache(maxsize=64)
 def prompt_fields(config: str) -> frozenset[str]:
     """The names of the TextAreas whose submitted text is a prompt (`backend.interactive`): the
