@@ -57,9 +57,6 @@ CLIP_SPLIT_PATTERN = (
 )
 END_OF_WORD_SUFFIX = "</w>"
 
-IMAGENET_DEFAULT_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_DEFAULT_STD = [0.229, 0.224, 0.225]
-
 # Order in which `transformers` registers the named special tokens; when two names share a
 # content (eos, unk and pad are all <|endoftext|>), the last spec wins, as in `tokenizers`.
 _SPECIAL_TOKEN_NAMES = (

@@ -49,14 +49,13 @@ from tqdm import tqdm
 from clipseg import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor
 from clipseg.demo import scenes as demo_scenes
 from clipseg.demo.vocabulary import TEMPLATES, write_vocabulary
+from clipseg.image_processing import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from clipseg.prompts import prepare_visual_prompt
 
 logger = logging.getLogger(__name__)
 
 DEMO_NAME = "clipseg-demo"
 """``_name_or_path`` written into a demo checkpoint's config.json (with ``"demo": true``)."""
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,8 +165,8 @@ def write_demo_processor(out: Path, image_size: int, vocab_from: Path | None = N
         "do_normalize": True,
         "do_rescale": True,
         "do_resize": True,
-        "image_mean": IMAGENET_MEAN,
-        "image_std": IMAGENET_STD,
+        "image_mean": IMAGENET_DEFAULT_MEAN,
+        "image_std": IMAGENET_DEFAULT_STD,
         "image_processor_type": "ViTImageProcessor",
         "processor_class": "CLIPSegProcessor",
         "resample": 2,
