@@ -53,8 +53,9 @@ _PROJECT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 @dataclass(frozen=True)
-class Exemplar:
-    """One annotator region turned into a conditional embedding of its label."""
+class LabelEmbedding:
+    """One annotator region turned into a conditional embedding of its label (what the store
+    keeps; `clipseg.Exemplar` is the image + mask it was embedded from)."""
 
     label: str
     embedding: np.ndarray  # (D,) float32
@@ -222,7 +223,7 @@ class ExemplarStore:
         self,
         project: Any,
         annotation_id: Any,
-        exemplars: Iterable[Exemplar],
+        exemplars: Iterable[LabelEmbedding],
         task_id: Any = None,
         updated_at: str | None = None,
     ) -> bool:

@@ -32,7 +32,7 @@ from backend.errors import (  # ModelLoadError, WebhookDataError: server.py impo
     Words,
     environment_words,
 )
-from backend.exemplars import Exemplar, ExemplarStore, project_key
+from backend.exemplars import ExemplarStore, LabelEmbedding, project_key
 from backend.images import ImageError, ImageLoader, ImagesBusy
 from backend.interactive import is_interactive
 from backend.label_config import (
@@ -397,7 +397,7 @@ class CLIPSegBackend:
 
     def exemplars_of(
         self, task: dict, results: Sequence[dict], label_config: str | None, project: Any = None
-    ) -> list[Exemplar]:
+    ) -> list[LabelEmbedding]:
         """The exemplars of an annotation's regions (`LearningLoop.exemplars_of`)."""
         return self.learning.exemplars_of(task, results, label_config, project)
 

@@ -28,7 +28,7 @@ import numpy as np
 from backend.atomic import write_json_atomic
 from backend.controls import REGION_TYPES, exemplar_shape
 from backend.errors import LabelStudioError, WebhookDataError
-from backend.exemplars import Exemplar, ExemplarStore, project_key
+from backend.exemplars import ExemplarStore, LabelEmbedding, project_key
 from backend.images import ImageError, ImageLoader, LoadedImage
 from backend.label_config import ControlSpec, LabelConfigError, parse_label_config
 from backend.learning.scheduler import Trainer
@@ -358,7 +358,7 @@ class LearningLoop:
 
     def exemplars_of(
         self, task: dict, results: Sequence[dict], label_config: str | None, project: Any = None
-    ) -> list[Exemplar]:
+    ) -> list[LabelEmbedding]:
         """The exemplars of an annotation's brush / polygon / rectangle regions."""
         value_keys: dict[str, str] = {}
         if label_config:
@@ -379,8 +379,8 @@ class LearningLoop:
         value_keys: dict[str, str],
         client: LabelStudioClient | None,
         images: dict[str, LoadedImage],
-    ) -> list[Exemplar]:
-        out: list[Exemplar] = []
+    ) -> list[LabelEmbedding]:
+        out: list[LabelEmbedding] = []
         for item in results:
             kind = item.get("type") if isinstance(item, dict) else None
             kind = kind.lower() if isinstance(kind, str) else ""
@@ -410,5 +410,5 @@ class LearningLoop:
                 emb = self.segmenter.predictor.embed_exemplar(image, **shape)
             vec = emb.detach().cpu().float().numpy()
             for name in names:
-                out.append(Exemplar(name, vec, region=str(item.get("id") or ""), type=kind))
+                out.append(LabelEmbedding(name, vec, region=str(item.get("id") or ""), type=kind))
         return out

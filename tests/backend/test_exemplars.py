@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from backend.exemplars import Exemplar, ExemplarStore, project_key
+from backend.exemplars import ExemplarStore, LabelEmbedding, project_key
 
 
-def _ex(label: str, value: float, dim: int = 4) -> Exemplar:
-    return Exemplar(
+def _ex(label: str, value: float, dim: int = 4) -> LabelEmbedding:
+    return LabelEmbedding(
         label=label, embedding=np.full(dim, value, np.float32), region="r", type="brushlabels"
     )
 
