@@ -305,7 +305,7 @@ class DemoData:
             patch_shapes.append(self._patch_shapes(scene))
             absent = scene.absent_prompts(3)
             names = sorted({o.name for o in scene.objects})
-            same_color_hard, same_shape_hard = _hard_negatives(scene)
+            same_color_hard, same_shape_hard = hard_negatives(scene)
             shapes = sorted({o.shape for o in scene.objects})
             colors = sorted({f"{o.color} object" for o in scene.objects})
             for _ in range(self.prompts_per_image):
@@ -330,7 +330,7 @@ class DemoData:
                 pair = len(texts)
                 pair_image.append(b)
                 targets.append(scene.target(prompt))
-                discriminative.append(_shape_discriminates(prompt, scene))
+                discriminative.append(shape_discriminates(prompt, scene))
                 if self.rng.random() < self.template_fraction:
                     texts.append(self.rng.choice(TEMPLATES).format(prompt))
                 else:
@@ -374,7 +374,7 @@ class DemoData:
         return counts.argmax(-1)
 
 
-def _hard_negatives(scene: demo_scenes.Scene) -> tuple[list[str], list[str]]:
+def hard_negatives(scene: demo_scenes.Scene) -> tuple[list[str], list[str]]:
     """Absent ``"<color> <shape>"`` prompts that share the color (first list) or the shape
     (second) of an object present: they teach the model to check both words."""
     names = {o.name for o in scene.objects}
@@ -385,7 +385,7 @@ def _hard_negatives(scene: demo_scenes.Scene) -> tuple[list[str], list[str]]:
     return sorted(same_color - names), sorted(same_shape - names)
 
 
-def _shape_discriminates(prompt: str, scene: demo_scenes.Scene) -> bool:
+def shape_discriminates(prompt: str, scene: demo_scenes.Scene) -> bool:
     """Whether the prompt names a shape and the scene holds an object that the prompt's color
     (any color for ``"<shape>"``) would match but its shape rules out: a pair that color alone
     gets wrong."""

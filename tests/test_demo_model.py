@@ -286,7 +286,7 @@ def test_train_reuses_the_shipped_vocabulary_and_varied_scenes(tmp_path):
 
 def test_shape_discriminating_pairs_and_hard_negatives():
     from clipseg.demo.scenes import Scene, SceneObject
-    from clipseg.train import _hard_negatives, _shape_discriminates
+    from clipseg.train import hard_negatives, shape_discriminates
 
     mask = np.zeros((8, 8), bool)
     scene = Scene(
@@ -295,12 +295,12 @@ def test_shape_discriminating_pairs_and_hard_negatives():
         objects=[SceneObject("white", "circle", mask), SceneObject("red", "star", mask)],
         background="plain",
     )
-    assert _shape_discriminates("white square", scene)  # absent, and color alone would fire
-    assert _shape_discriminates("white circle", scene) is False  # the only white object
-    assert _shape_discriminates("circle", scene)  # the red star is not one
-    assert _shape_discriminates("white object", scene) is False  # no shape word
-    assert _shape_discriminates("blue square", scene) is False  # no blue object
-    same_color, same_shape = _hard_negatives(scene)
+    assert shape_discriminates("white square", scene)  # absent, and color alone would fire
+    assert shape_discriminates("white circle", scene) is False  # the only white object
+    assert shape_discriminates("circle", scene)  # the red star is not one
+    assert shape_discriminates("white object", scene) is False  # no shape word
+    assert shape_discriminates("blue square", scene) is False  # no blue object
+    same_color, same_shape = hard_negatives(scene)
     assert "white square" in same_color and "white circle" not in same_color
     assert "blue circle" in same_shape and "red star" not in same_shape
 
