@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backend.cli.common import (
     DEVICES,
@@ -19,6 +19,9 @@ from backend.cli.common import (
     option_words,
     settings_from,
 )
+
+if TYPE_CHECKING:
+    from backend.model import CLIPSegBackend
 
 #: Problems listed on stderr (all of them are in --json).
 SHOWN = 20
@@ -115,7 +118,7 @@ def _project(args: argparse.Namespace) -> str:
         raise UsageError(f"--project: {exc}") from exc
 
 
-def _listing(backend: Any, project: str) -> dict[str, Any]:
+def _listing(backend: CLIPSegBackend, project: str) -> dict[str, Any]:
     store = backend.learned
     return {
         "project": project,
