@@ -76,8 +76,18 @@ def test_time_interleaved_runs_contenders_round_robin() -> None:
         ["bench_predict_latency.py", "--small", "--repeats", "1", "--warmup", "0"],
         ["bench_formats.py", "--width", "400", "--height", "300", "--repeats", "1"],
         ["bench_interactive.py", "--small", "--width", "320", "--height", "240", "--prompts", "2"],
+        ["probe_shapes.py", "--image-size", "32", "--steps", "2", "--every", "1"]
+        + ["--eval-scenes", "4", "--batch-size", "2"],
     ],
-    ids=["cpu", "gpu-on-cpu", "profile-on-cpu", "predict-latency", "formats", "interactive"],
+    ids=[
+        "cpu",
+        "gpu-on-cpu",
+        "profile-on-cpu",
+        "predict-latency",
+        "formats",
+        "interactive",
+        "probe-shapes",
+    ],
 )
 def test_benchmark_scripts_run_on_the_small_model(args: list[str], tmp_path: Path) -> None:
     """Each prints its table; the two implementations agree on the small random model."""
@@ -102,6 +112,9 @@ def test_benchmark_scripts_run_on_the_small_model(args: list[str], tmp_path: Pat
         assert any(s == "total" for s in stages)
     elif args[0] == "bench_interactive.py":
         assert [row.split("|")[1].strip() for row in rows[-2:]] == ["0", "16"]
+    elif args[0] == "probe_shapes.py":
+        assert [row.split("|")[1].strip() for row in rows[1:]] == ["1", "2"]  # one row a step
+        assert all(0.0 <= float(row.split("|")[3]) <= 1.0 for row in rows[1:])
     elif args[0] == "bench_formats.py":
         operations = [row.split("|")[1].strip() for row in rows[1:]]
         assert operations[:2] == ["brush RLE encode", "brush RLE decode"]
