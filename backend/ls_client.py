@@ -22,9 +22,11 @@ Two clients, each for the work it can do:
     it retries a refused connection or a 5xx after sleeping about 1 s, then 2 s, whatever the
     caller's deadline;
   - *redirects and credentials*: `get` refuses any URL that is not on Label Studio's own origin
-    (`owns`: scheme, host and port, of the URL as `parse_http_url` rebuilt it), so the key only
-    ever goes there; `ImageLoader._download` asks it not to follow redirects and follows each
-    one by hand, checked against the host policy, without credentials off Label Studio. The
+    (`owns`: scheme, host and port, of the URL as `parse_http_url` rebuilt it), and it never
+    follows a redirect (nor does the token exchange), so the key only ever goes there; a
+    redirect from the API is a `LabelStudioError` that names it. `ImageLoader._download`
+    follows an image's redirects by hand, each checked against the host policy, without
+    credentials off Label Studio. The
     SDK's httpx client follows redirects itself (``follow_redirects=True``);
   - *tokens as a server needs them*: a legacy token is sent as ``Authorization: Token <key>``;
     a personal access token (any well-formed JWT) is exchanged at ``/api/token/refresh/`` for
@@ -88,7 +90,10 @@ class LabelStudioClient:
             f"{self.base_url}/api/token/refresh/",
             json={"refresh": self.api_key},
             timeout=self.timeout,
+            allow_redirects=False,  # a 307/308 would resend the refresh token to its Location
         )
+        if response.is_redirect:
+            raise LabelStudioError(_redirect_message(response, "/api/token/refresh/"))
         if response.status_code != 200:
             raise LabelStudioError(
                 f"Label Studio refused the personal access token at /api/token/refresh/ "
@@ -113,12 +118,17 @@ class LabelStudioClient:
             return {"Authorization": f"Bearer {self._access}"}
 
     def get(self, url: str, **kwargs: Any) -> requests.Response:
-        """GET `url` (relative to Label Studio or on it) with credentials; retried once on a 401."""
+        """GET `url` (relative to Label Studio or on it) with credentials; retried once on a 401.
+
+        Redirects are not followed: `requests` would keep the Authorization header on a redirect
+        to the same host with another scheme, which is another origin. A caller that follows
+        them checks each Location itself (`backend.images.ImageLoader`)."""
         url = self.absolute(url)
         if not self.owns(url):
             raise DisallowedSourceError(f"not a Label Studio URL: {url}")
         url = parse_http_url(url).url  # connect to exactly what was checked
         kwargs.setdefault("timeout", self.timeout)
+        kwargs["allow_redirects"] = False
         response = self.session.get(url, headers=self.auth_headers(), **kwargs)
         if response.status_code == 401 and self.is_personal_token:
             response.close()
@@ -136,6 +146,9 @@ class LabelStudioClient:
 
     def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
         response = self.get(path, params=params)
+        if response.is_redirect:
+            response.close()
+            raise LabelStudioError(_redirect_message(response, path))
         if response.status_code != 200:
             raise LabelStudioError(f"Label Studio answered HTTP {response.status_code} for {path}")
         return response.json()
@@ -191,6 +204,15 @@ def label_studio_client(
     except ValueError as exc:
         logger.error("%s", exc)
         return None
+
+
+def _redirect_message(response: requests.Response, path: str) -> str:
+    location = response.headers.get("Location", "")[:200]
+    return (
+        f"Label Studio answered HTTP {response.status_code} for {path}, a redirect to "
+        f"{location!r}, which is not followed with credentials: set LABEL_STUDIO_URL to the "
+        "address Label Studio serves its API at"
+    )
 
 
 def _same_origin(a: str, b: str) -> bool:

@@ -68,7 +68,9 @@ class FakeLabelStudio:
         self.access_serial = 0
         self.valid_access: set[str] = set()
         self.redirect_to: str | None = None  # presign redirects here + the decoded uri's path
-        self.redirects: dict[str, str] = {}  # path -> Location, for any other GET
+        self.redirects: dict[
+            str, str
+        ] = {}  # path -> Location, for any other GET (302), a POST (307)
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -94,6 +96,8 @@ class FakeLabelStudio:
                 fake.requests.append(("POST", self.path, self.headers.get("Authorization")))
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
+                if self.path in fake.redirects:  # 307: a client that follows resends the body
+                    return self._send(307, headers={"Location": fake.redirects[self.path]})
                 if self.path == "/api/token/refresh/":
                     if fake.personal and body.get("refresh") == fake.token:
                         fake.access_serial += 1

@@ -10,8 +10,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from backend_helpers import CONFIG, FakeLabelStudio, fake_backend, png_bytes
+from backend_helpers import CONFIG, FakeLabelStudio, fake_backend, make_jwt, png_bytes
 
+from backend.errors import LabelStudioError
 from backend.images import DisallowedSourceError, ImageLoader
 from backend.ls_client import LabelStudioClient
 from backend.server import create_app
@@ -88,6 +89,54 @@ def test_backslash_userinfo_bypass_of_the_allowlist(fake_ls, other):
     with pytest.raises(DisallowedSourceError):
         _load(loader, url, LabelStudioClient(fake_ls.url, KEY, 5))
     assert other.requests == []
+
+
+class RecordingOther(OtherHost):
+    """`OtherHost` that also records POST bodies (a redirected token exchange would land here)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.posts: list[bytes] = []
+        handler = self.server.RequestHandlerClass
+        recorder = self
+
+        def do_POST(self):  # noqa: N802
+            recorder.posts.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        handler.do_POST = do_POST
+
+
+def test_label_studio_api_redirects_are_not_followed_with_credentials(fake_ls, other):
+    """An API answer that redirects (to another host, or to the same host under another
+    scheme, which `requests` would follow with the Authorization header) is an error that names
+    the redirect; nothing reaches the other host."""
+    ls = LabelStudioClient(fake_ls.url, KEY, 5)
+    fake_ls.redirects["/api/projects/1/export"] = f"{other.url}/export"
+    with pytest.raises(LabelStudioError, match="redirect to .*127.0.0.2.*LABEL_STUDIO_URL"):
+        ls.get_json("/api/projects/1/export", params={"exportType": "JSON"})
+    assert other.requests == []
+    assert [p for _, p, _ in fake_ls.requests] == ["/api/projects/1/export?exportType=JSON"]
+
+
+def test_the_token_exchange_is_not_redirected_with_the_refresh_token():
+    """A 307 from /api/token/refresh/ would make `requests` resend the JSON body, the refresh
+    token itself, to the Location; the exchange refuses the redirect instead."""
+    fake_ls_personal = FakeLabelStudio(
+        token=make_jwt({"token_type": "refresh", "exp": 4102444800}), personal=True
+    )
+    recorder = RecordingOther()
+    try:
+        fake_ls_personal.redirects["/api/token/refresh/"] = f"{recorder.url}/api/token/refresh/"
+        ls = LabelStudioClient(fake_ls_personal.url, fake_ls_personal.token, 5)
+        with pytest.raises(LabelStudioError, match="HTTP 307 for /api/token/refresh/"):
+            ls.get_json("/api/projects/1/export")
+        assert recorder.posts == [] and recorder.requests == []
+    finally:
+        recorder.close()
+        fake_ls_personal.close()
 
 
 @pytest.mark.parametrize("allow_other", [False, True])
