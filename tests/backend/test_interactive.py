@@ -153,16 +153,16 @@ def test_a_request_is_interactive_when_its_context_is_on_an_image_of_the_config(
     images = image_names(config)
     assert images == {"a", "b"}  # "b" has no control the backend answers: still an image
     assert image_names("<View><Image") == frozenset()
-    for context in (
-        {"result": [_textarea("x", to_name="b")]},
-        {"result": [_keypoint(["cat"], to_name="a", is_positive=False)]},
-        {"result": [_textarea("x", to_name="elsewhere")]},
-        {"result": [{"type": "choices", "to_name": "a", "value": {"choices": ["x"]}}]},
-        None,
-    ):
-        assert is_interactive(context, images) == bool(parse_context(context, images))
-    assert is_interactive({"result": [_textarea("x", to_name="b")]}, images)
-    assert not is_interactive({"result": [_textarea("x", to_name="elsewhere")]}, images)
+    expected = [
+        ({"result": [_textarea("x", to_name="b")]}, True),  # an image without a control
+        ({"result": [_keypoint(["cat"], to_name="a", is_positive=False)]}, True),  # unusable
+        ({"result": [_textarea("x", to_name="elsewhere")]}, False),  # no image of the config
+        ({"result": [{"type": "choices", "to_name": "a", "value": {"choices": ["x"]}}]}, False),
+        ({"result": []}, False),
+        (None, False),
+    ]
+    for context, interactive in expected:
+        assert is_interactive(context, images) is interactive, context
 
 
 def test_labels_tied_on_length_are_all_returned_in_order():
